@@ -1,0 +1,1 @@
+"""kdpipe: audit knowledge distillation against random and same-initialisation controls."""
