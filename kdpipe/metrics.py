@@ -1,0 +1,158 @@
+"""Functional similarity of a student to its teacher, from test-set logits (PROTOCOL.md section 2).
+
+Every function takes logits of shape [N, C] (N samples, C classes; for a language model every
+predicted token position is a sample) and, where needed, integer labels of shape [N]. Arithmetic
+is float64 whatever the input dtype. Argmax-based metrics use the logits directly, so classes
+whose probabilities underflow to the same value are still ordered. Logarithms are natural.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# The metrics that compare a student with its teacher; the statistics are run on these.
+FUNCTIONAL_METRICS = (
+    "activation_distance",
+    "js_divergence",
+    "prediction_agreement",
+    "correct_agreement",
+    "incorrect_agreement",
+    "rank_disagreement",
+)
+# For these a higher value means closer to the teacher; for the other functional metrics, lower.
+HIGHER_IS_CLOSER = ("prediction_agreement", "correct_agreement", "incorrect_agreement")
+
+
+def _matrix(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"expected an array of shape [N, C] with N > 0, got {x.shape}")
+    return x
+
+
+def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
+    a, b = _matrix(a), _matrix(b)
+    if a.shape != b.shape:
+        raise ValueError(f"shape mismatch: {a.shape} vs {b.shape}")
+    return a, b
+
+
+def _labels(labels, n: int) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"expected {n} integer labels, got {labels.dtype} of shape {labels.shape}")
+    return labels
+
+
+def log_softmax(logits) -> np.ndarray:
+    """Row-wise log-softmax; -inf logits give -inf (zero probability) without warnings."""
+    z = _matrix(logits)
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def softmax(logits) -> np.ndarray:
+    """Row-wise softmax, shifted by the row maximum so that large logits do not overflow."""
+    return np.exp(log_softmax(logits))
+
+
+def accuracy(logits, labels) -> float:
+    """Share of samples whose argmax class is the label."""
+    logits = _matrix(logits)
+    labels = _labels(labels, len(logits))
+    return float(np.mean(logits.argmax(axis=1) == labels))
+
+
+def cross_entropy(logits, labels) -> float:
+    """Mean cross-entropy -log p(label) in nats."""
+    logp = log_softmax(logits)
+    labels = _labels(labels, len(logp))
+    return float(-np.mean(logp[np.arange(len(logp)), labels]))
+
+
+def activation_distance(p, q) -> float:
+    """Mean over samples of the Euclidean distance between probability vectors p_i and q_i."""
+    p, q = _pair(p, q)
+    return float(np.mean(np.linalg.norm(p - q, axis=1)))
+
+
+def _kl_to_mixture(p: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Row-wise KL(p || m) for m = (p + q) / 2, so m > 0 wherever p > 0; 0 * log 0 counts as 0."""
+    ratio = np.divide(p, m, out=np.ones_like(p), where=p > 0)
+    return np.sum(p * np.log(ratio), axis=1)
+
+
+def js_divergence(p, q) -> float:
+    """Mean over samples of the Jensen-Shannon divergence JSD(p_i, q_i) in nats, in [0, log 2]."""
+    p, q = _pair(p, q)
+    m = 0.5 * (p + q)
+    jsd = 0.5 * _kl_to_mixture(p, m) + 0.5 * _kl_to_mixture(q, m)
+    return float(np.mean(np.maximum(jsd, 0.0)))  # rounding can leave -1e-17 for p == q
+
+
+def prediction_agreement(student_logits, teacher_logits) -> float:
+    """Share of samples on which student and teacher predict the same class."""
+    s, t = _pair(student_logits, teacher_logits)
+    return float(np.mean(s.argmax(axis=1) == t.argmax(axis=1)))
+
+
+def agreement_split(student_logits, teacher_logits, labels) -> tuple[float, float, int, int]:
+    """Agreement with the teacher, split by whether the teacher is right.
+
+    Returns (correct_agreement, incorrect_agreement, n_teacher_correct, n_teacher_incorrect):
+    the share of teacher-correct samples on which the student predicts the teacher's class, the
+    share of teacher-incorrect samples on which the student predicts the teacher's wrong class,
+    and the two subset sizes. A share over an empty subset is NaN.
+    """
+    s, t = _pair(student_logits, teacher_logits)
+    labels = _labels(labels, len(t))
+    teacher_pred = t.argmax(axis=1)
+    agree = s.argmax(axis=1) == teacher_pred
+    teacher_correct = teacher_pred == labels
+    n_correct = int(teacher_correct.sum())
+    n_incorrect = len(labels) - n_correct
+    correct_agreement = float(agree[teacher_correct].mean()) if n_correct else float("nan")
+    incorrect_agreement = float(agree[~teacher_correct].mean()) if n_incorrect else float("nan")
+    return correct_agreement, incorrect_agreement, n_correct, n_incorrect
+
+
+def rank_disagreement(student_logits, teacher_logits, chunk_size: int = 65536) -> float:
+    """Mean over samples of the normalised Kendall distance between the two class rankings.
+
+    For each sample, the share of the C(C-1)/2 class pairs (a, b) that student and teacher order
+    in strictly opposite ways; a tie in either ranking (equal logits, or two -inf) is not a
+    discordance. Logits order classes like the probabilities but do not underflow into ties.
+    Samples are processed chunk_size at a time and pairs one anchor class at a time, so the
+    temporaries hold at most chunk_size * (C - 1) values (33 MiB for C = 65 by default).
+    """
+    s, t = _pair(student_logits, teacher_logits)
+    n, c = s.shape
+    if c < 2:
+        raise ValueError("rank_disagreement needs at least two classes")
+    discordant = 0
+    with np.errstate(invalid="ignore"):  # -inf - -inf is NaN: its sign is NaN, never discordant
+        for start in range(0, n, chunk_size):
+            sc, tc = s[start:start + chunk_size], t[start:start + chunk_size]
+            for a in range(c - 1):
+                ds = np.sign(sc[:, a, None] - sc[:, a + 1:])
+                dt = np.sign(tc[:, a, None] - tc[:, a + 1:])
+                discordant += int(np.count_nonzero(ds * dt < 0))
+    return discordant / (n * c * (c - 1) / 2)
+
+
+def student_metrics(student_logits, teacher_logits, labels) -> dict:
+    """All section-2 metrics of one student against its teacher, as plain Python numbers."""
+    s, t = _pair(student_logits, teacher_logits)
+    p_s, p_t = softmax(s), softmax(t)
+    correct_agreement, incorrect_agreement, n_correct, n_incorrect = agreement_split(s, t, labels)
+    return {
+        "accuracy": accuracy(s, labels),
+        "loss": cross_entropy(s, labels),
+        "activation_distance": activation_distance(p_s, p_t),
+        "js_divergence": js_divergence(p_s, p_t),
+        "prediction_agreement": prediction_agreement(s, t),
+        "correct_agreement": correct_agreement,
+        "incorrect_agreement": incorrect_agreement,
+        "n_teacher_correct": n_correct,
+        "n_teacher_incorrect": n_incorrect,
+        "rank_disagreement": rank_disagreement(s, t),
+    }

@@ -1,0 +1,220 @@
+"""Statistics over the models table (PROTOCOL.md section 3).
+
+The models table has one row per trained model with columns setup, dataset, arch, role
+("teacher" | "student"), teacher_id, method ("kd" | "rcd" | "siddo"; "" for teachers), alpha
+(siddo rows carry 0.0, teachers NaN), temperature (NaN for siddo and teachers), width, seed and
+the metric columns of kdpipe.metrics.student_metrics. Only student rows enter the statistics.
+
+siddo does not depend on alpha or T (it is trained once per (setup, width, seed)), so a kd or rcd
+group (setup, alpha, temperature, width) is compared with the siddo rows of the same setup and
+width whose teacher_id is among the group's teachers, whatever their alpha and temperature.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import mannwhitneyu
+
+from kdpipe.metrics import FUNCTIONAL_METRICS, HIGHER_IS_CLOSER
+
+GROUP = ["setup", "alpha", "temperature", "width"]
+# (name, first method, second method); median_1 and the effect size refer to the first.
+COMPARISONS = (
+    ("kd_vs_siddo", "kd", "siddo"),
+    ("kd_vs_rcd", "kd", "rcd"),
+    ("rcd_vs_siddo", "rcd", "siddo"),
+)
+
+
+def mann_whitney(x, y) -> dict:
+    """Two-sided Mann-Whitney U test of x against y (scipy, method "auto"), NaN values dropped.
+
+    u is the statistic of x (pairs with x > y, ties counting one half); effect_size is the
+    rank-biserial correlation 2 u / (n1 n2) - 1 in [-1, 1], positive when x tends to be larger.
+    With an empty side u, p and effect_size are NaN.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    x, y = x[~np.isnan(x)], y[~np.isnan(y)]
+    n1, n2 = len(x), len(y)
+    u = p = effect = float("nan")
+    if n1 >= 1 and n2 >= 1:
+        result = mannwhitneyu(x, y, alternative="two-sided", method="auto")
+        u, p = float(result.statistic), float(result.pvalue)
+        effect = 2.0 * u / (n1 * n2) - 1.0
+    return {
+        "n1": n1,
+        "n2": n2,
+        "u": u,
+        "p": p,
+        "effect_size": effect,
+        "median_1": float(np.median(x)) if n1 else float("nan"),
+        "median_2": float(np.median(y)) if n2 else float("nan"),
+    }
+
+
+def toward_teacher(metric: str, median_1: float, median_2: float) -> bool:
+    """True when the first sample is closer to the teacher: higher agreement, lower distance.
+
+    False on equality or NaN. Defined only for FUNCTIONAL_METRICS (accuracy or loss have no
+    teacher direction), so any other metric raises ValueError.
+    """
+    if metric not in FUNCTIONAL_METRICS:
+        raise ValueError(f"{metric!r} is not one of {FUNCTIONAL_METRICS}")
+    if metric in HIGHER_IS_CLOSER:
+        return bool(median_1 > median_2)
+    return bool(median_1 < median_2)  # NaN compares False either way
+
+
+def adjust_pvalues(p, method: str) -> np.ndarray:
+    """Multiplicity-adjusted p-values: "none", "holm" (step-down) or "bh" (Benjamini-Hochberg).
+
+    The family is every non-NaN entry of p; NaN entries stay NaN. Adjusted values are monotone
+    in the raw ones and clipped to 1.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    if method not in ("none", "holm", "bh"):
+        raise ValueError(f"unknown correction {method!r}; expected none, holm or bh")
+    adjusted = p.copy()
+    if method == "none":
+        return adjusted
+    valid = ~np.isnan(p)
+    m = int(valid.sum())
+    order = np.argsort(p[valid], kind="stable")
+    ranked = p[valid][order]
+    rank = np.arange(1, m + 1)
+    if method == "holm":
+        # p_(i) * (m - i + 1), made non-decreasing from the smallest p upward
+        ranked = np.maximum.accumulate(np.minimum(ranked * (m - rank + 1), 1.0))
+    else:
+        # p_(i) * m / i, made non-decreasing by taking the minimum from the largest p downward
+        ranked = np.minimum.accumulate(np.minimum(ranked * m / rank, 1.0)[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = ranked
+    adjusted[valid] = out
+    return adjusted
+
+
+def _method_groups(models: pd.DataFrame):
+    """Yield ((setup, alpha, temperature, width), {"kd": rows, "rcd": rows, "siddo": rows}).
+
+    One item per group holding kd or rcd student rows; siddo rows are matched by setup, width
+    and the group's teacher ids, regardless of their alpha and temperature.
+    """
+    students = models[models["role"] == "student"]
+    siddo = students[students["method"] == "siddo"]
+    distilled = students[students["method"].isin(["kd", "rcd"])]
+    for key, rows in distilled.groupby(GROUP, dropna=False, sort=True):
+        setup, _, _, width = key
+        matched = siddo[
+            (siddo["setup"] == setup)
+            & (siddo["width"] == width)
+            & siddo["teacher_id"].isin(rows["teacher_id"].unique())
+        ]
+        arms = {method: rows[rows["method"] == method] for method in ("kd", "rcd")}
+        yield key, {**arms, "siddo": matched}
+
+
+def compare_methods(models: pd.DataFrame, metrics=FUNCTIONAL_METRICS, level: float = 0.05,
+                    correction: str = "none") -> pd.DataFrame:
+    """Mann-Whitney tests over seeds of kd vs siddo, kd vs rcd and rcd vs siddo.
+
+    One row per (setup, alpha, temperature, width) that has kd rows, metric and comparison,
+    sorted by those columns. significant = p < level and the first method's median is closer to
+    the teacher. With correction "holm" or "bh" a p_adjusted column is added and used for
+    significant; the family is the whole table (every non-NaN p of every setup, group, metric
+    and comparison).
+    """
+    rows = []
+    for (setup, alpha, temperature, width), arms in _method_groups(models):
+        if arms["kd"].empty:
+            continue
+        for metric in metrics:
+            for comparison, first, second in COMPARISONS:
+                test = mann_whitney(arms[first][metric], arms[second][metric])
+                rows.append({
+                    "setup": setup, "alpha": alpha, "temperature": temperature, "width": width,
+                    "metric": metric, "comparison": comparison, **test,
+                    "toward_teacher": toward_teacher(metric, test["median_1"], test["median_2"]),
+                })
+    columns = GROUP + ["metric", "comparison", "n1", "n2", "u", "p", "effect_size",
+                       "median_1", "median_2", "toward_teacher"]
+    table = pd.DataFrame(rows, columns=columns)
+    table = table.sort_values(GROUP + ["metric", "comparison"], kind="stable", ignore_index=True)
+    p = table["p"].to_numpy(dtype=np.float64)
+    if correction != "none":
+        p = adjust_pvalues(p, correction)
+    table["significant"] = (p < level) & table["toward_teacher"].to_numpy(dtype=bool)
+    if correction != "none":
+        table["p_adjusted"] = p
+    return table
+
+
+def asymmetry(models: pd.DataFrame) -> pd.DataFrame:
+    """The asymmetric payoff: median correct and incorrect agreement of kd and rcd against siddo.
+
+    One row per (setup, alpha, temperature, width) and method (kd, rcd) with rows; delta_x =
+    median of the method - median of the matched siddo rows; ratio = delta_incorrect /
+    delta_correct (NaN when delta_correct is 0 or NaN).
+    """
+    rows = []
+    for (setup, alpha, temperature, width), arms in _method_groups(models):
+        siddo = arms["siddo"]
+        median_correct_siddo = siddo["correct_agreement"].median()
+        median_incorrect_siddo = siddo["incorrect_agreement"].median()
+        for method in ("kd", "rcd"):
+            if arms[method].empty:
+                continue
+            median_correct = arms[method]["correct_agreement"].median()
+            median_incorrect = arms[method]["incorrect_agreement"].median()
+            delta_correct = median_correct - median_correct_siddo
+            delta_incorrect = median_incorrect - median_incorrect_siddo
+            rows.append({
+                "setup": setup, "alpha": alpha, "temperature": temperature, "width": width,
+                "method": method,
+                "median_correct": median_correct, "median_incorrect": median_incorrect,
+                "median_correct_siddo": median_correct_siddo,
+                "median_incorrect_siddo": median_incorrect_siddo,
+                "delta_correct": delta_correct, "delta_incorrect": delta_incorrect,
+                "ratio": delta_incorrect / delta_correct if delta_correct != 0 else float("nan"),
+            })
+    columns = GROUP + ["method", "median_correct", "median_incorrect", "median_correct_siddo",
+                       "median_incorrect_siddo", "delta_correct", "delta_incorrect", "ratio"]
+    table = pd.DataFrame(rows, columns=columns)
+    return table.sort_values(GROUP + ["method"], kind="stable", ignore_index=True)
+
+
+def _slope(x: np.ndarray, y: np.ndarray) -> float:
+    """Least-squares slope of y on x over the non-NaN y; NaN with fewer than two distinct x."""
+    keep = ~np.isnan(y)
+    x, y = x[keep], y[keep]
+    if len(np.unique(x)) < 2:
+        return float("nan")
+    dx = x - x.mean()
+    return float(np.sum(dx * (y - y.mean())) / np.sum(dx * dx))
+
+
+def scaling(models: pd.DataFrame) -> pd.DataFrame:
+    """Capacity scaling: slopes of correct and incorrect agreement against log2(width).
+
+    One row per (setup, alpha, temperature, method) for kd, rcd and siddo (siddo: alpha 0,
+    temperature NaN), fitted by least squares over every student model in the group (one point
+    per model, not per-width medians). slope_ratio = slope_incorrect / slope_correct, NaN when
+    slope_correct is 0 or NaN (fewer than two distinct widths).
+    """
+    students = models[(models["role"] == "student") & models["method"].isin(["kd", "rcd", "siddo"])]
+    keys = ["setup", "alpha", "temperature", "method"]
+    rows = []
+    # dropna=False: siddo's temperature is NaN and must stay a group key
+    for (setup, alpha, temperature, method), group in students.groupby(keys, dropna=False):
+        log_width = np.log2(group["width"].to_numpy(dtype=np.float64))
+        slope_correct = _slope(log_width, group["correct_agreement"].to_numpy(dtype=np.float64))
+        slope_incorrect = _slope(log_width, group["incorrect_agreement"].to_numpy(dtype=np.float64))
+        rows.append({
+            "setup": setup, "alpha": alpha, "temperature": temperature, "method": method,
+            "n_widths": int(group["width"].nunique()), "n_models": len(group),
+            "slope_correct": slope_correct, "slope_incorrect": slope_incorrect,
+            "slope_ratio": slope_incorrect / slope_correct if slope_correct != 0 else float("nan"),
+        })
+    columns = keys + ["n_widths", "n_models", "slope_correct", "slope_incorrect", "slope_ratio"]
+    return pd.DataFrame(rows, columns=columns)
