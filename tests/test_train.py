@@ -1,0 +1,152 @@
+"""The training loop, the losses and the controls (PROTOCOL section 1)."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdpipe import models
+from kdpipe.train import (Learner, RandomLogits, Recipe, TeacherLogits, distillation_loss,
+                          generator, seed_for, train)
+
+torch.set_num_threads(1)
+
+
+def toy_data(n=64, d=6, c=3, seed=0):
+    g = generator(seed)
+    x = torch.randn(n, d, generator=g)
+    y = torch.randint(0, c, (n,), generator=g)
+    return x, y
+
+
+def fresh_mlp(width=0.1, seed=1, d=6, c=3):
+    model = models.build("mlp", (d,), c, width)
+    models.init_parameters(model, generator(seed))
+    return model
+
+
+def test_kd_loss_matches_the_protocol_formula_by_hand():
+    zs = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    zt = torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    y = torch.tensor([0, 2])
+    alpha, t = 0.3, 2.0
+    ps, pt = torch.softmax(zs / t, -1), torch.softmax(zt / t, -1)
+    kl = (pt * (pt.log() - ps.log())).sum(-1).mean()  # KL(teacher || student), batch mean
+    ce = -torch.log_softmax(zs, -1)[torch.arange(2), y].mean()
+    expected = (1 - alpha) * ce + alpha * t * t * kl
+    assert distillation_loss(zs, y, zt, alpha, t).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_kd_loss_without_target_is_cross_entropy_and_alpha_one_is_pure_kl():
+    zs, zt = torch.randn(5, 4, generator=generator(0)), torch.randn(5, 4, generator=generator(1))
+    y = torch.tensor([0, 1, 2, 3, 0])
+    assert distillation_loss(zs, y, None, 0.9, 4.0).item() == pytest.approx(F.cross_entropy(zs, y).item())
+    kl = F.kl_div(F.log_softmax(zs, -1), F.softmax(zt, -1), reduction="batchmean")
+    assert distillation_loss(zs, y, zt, 1.0, 1.0).item() == pytest.approx(kl.item(), rel=1e-6)
+    assert distillation_loss(zt, y, zt, 1.0, 3.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_random_logits_are_uniform_fresh_every_step_and_reproducible():
+    noise = RandomLogits(100, 10, seed=7)
+    index = torch.arange(32)
+    a, b = noise(index, 0, 0), noise(index, 0, 1)
+    assert a.shape == (32, 10) and 0 <= a.min() and a.max() < 1
+    assert not torch.equal(a, b)  # fresh at every step
+    again = RandomLogits(100, 10, seed=7)
+    assert torch.equal(again(index, 0, 0), a) and torch.equal(again(index, 0, 1), b)
+    # each epoch's stream is derived from the epoch alone: a resumed run draws the same noise
+    assert torch.equal(RandomLogits(100, 10, seed=7)(index, 3, 0), noise(index, 3, 0))
+    big = RandomLogits(10, 10, seed=1)(torch.arange(10_000) % 10, 0, 0)
+    assert big.mean().item() == pytest.approx(0.5, abs=0.01)
+
+
+def test_random_logits_fixed_and_gaussian_options():
+    fixed = RandomLogits(50, 4, seed=3, resample="fixed")
+    index = torch.tensor([3, 7, 3])
+    first = fixed(index, 0, 0)
+    assert torch.equal(first, fixed(index, 5, 9)) and torch.equal(first[0], first[2])
+    gauss = RandomLogits(10, 4, seed=3, distribution="gaussian")(torch.arange(5000) % 10, 0, 0)
+    assert gauss.min() < 0 and gauss.std().item() == pytest.approx(1.0, abs=0.05)
+    with pytest.raises(ValueError, match="distribution"):
+        RandomLogits(10, 4, seed=3, distribution="laplace")
+
+
+def test_teacher_logits_index_the_cache():
+    cache = torch.arange(12.0).view(4, 3)
+    assert torch.equal(TeacherLogits(cache)(torch.tensor([2, 0]), 0, 0), cache[[2, 0]])
+
+
+def test_training_is_deterministic_and_depends_on_order_seed():
+    x, y = toy_data()
+    recipe = Recipe(epochs=3, batch_size=16)
+    runs = []
+    for order_seed in (11, 11, 12):
+        model = fresh_mlp()
+        train([Learner("m", model)], x, y, recipe, order_seed)
+        runs.append(torch.cat([p.flatten() for p in model.parameters()]))
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2])
+
+
+def test_learners_trained_together_equal_learners_trained_alone():
+    """The kd+rcd pair shares batches, yet each model gets exactly its own gradient."""
+    x, y = toy_data()
+    teacher = torch.randn(len(x), 3, generator=generator(5))
+    recipe = Recipe(epochs=2, batch_size=16, optimizer="sgd", lr=0.1)
+
+    def learners():
+        base = fresh_mlp()
+        return [Learner("kd", copy.deepcopy(base), TeacherLogits(teacher), 0.5, 2.0),
+                Learner("rcd", copy.deepcopy(base), RandomLogits(len(x), 3, seed=9), 0.5, 2.0)]
+
+    together = learners()
+    train(together, x, y, recipe, order_seed=4)
+    for k in range(2):
+        alone = learners()[k]
+        train([alone], x, y, recipe, order_seed=4)
+        for p, q in zip(alone.model.parameters(), together[k].model.parameters()):
+            torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+    assert together[0].history[-1]["loss"] != together[1].history[-1]["loss"]
+
+
+def test_history_records_every_epoch():
+    x, y = toy_data()
+    learner = Learner("m", fresh_mlp())
+    seen = []
+    train([learner], x, y, Recipe(epochs=4, batch_size=10), 0, log=lambda e, ls: seen.append(e))
+    assert seen == [1, 2, 3, 4]
+    assert [h["epoch"] for h in learner.history] == [1, 2, 3, 4]
+    assert all(0 <= h["accuracy"] <= 1 and h["loss"] > 0 for h in learner.history)
+
+
+def test_init_parameters_uses_only_the_generator():
+    a, b = fresh_mlp(seed=3), fresh_mlp(seed=3)
+    torch.manual_seed(123)  # the global RNG must not matter
+    c = fresh_mlp(seed=3)
+    for p, q, r in zip(a.parameters(), b.parameters(), c.parameters()):
+        assert torch.equal(p, q) and torch.equal(p, r)
+    d = fresh_mlp(seed=4)
+    assert not torch.equal(next(a.parameters()), next(d.parameters()))
+    linear = a.stage1[0]
+    bound = math.sqrt(6 / ((1 + 5) * linear.in_features))  # kaiming_uniform, a = sqrt(5)
+    assert linear.weight.abs().max() <= bound
+
+
+def test_width_multiplier_scales_every_architecture():
+    for arch, shape in (("mlp", (1, 8, 8)), ("cnn", (1, 8, 8))):
+        sizes = [sum(p.numel() for p in models.build(arch, shape, 10, w).parameters())
+                 for w in (0.5, 1, 2)]
+        assert sizes[0] < sizes[1] < sizes[2]
+        out = models.build(arch, shape, 10, 0.5)(torch.zeros(2, *shape))
+        assert out.shape == (2, 10)
+    with pytest.raises(ValueError, match="width"):
+        models.build("mlp", (4,), 2, 0)
+    with pytest.raises(ValueError, match="unknown architecture 'resnet-9000'"):
+        models.build("resnet-9000", (4,), 2, 1)
+
+
+def test_seed_streams_are_distinct():
+    assert seed_for("order", "teacher", 0) != seed_for("order", "student", 0)
+    assert seed_for("init", 0.5, 1) != seed_for("init", 2.0, 1)
+    assert seed_for("init", 0.5, 1) == seed_for("init", 0.5, 1)
