@@ -57,24 +57,26 @@ class TeacherLogits:
 
 
 class RandomLogits:
-    """Noise logits for random-control distillation (rcd).
+    """Noise logits for random-control distillation (rcd), ``shape`` per sample: (C,), or
+    (L, C) for a language model.
 
     ``distribution``: ``uniform`` (U[0, 1)) or ``gaussian`` (N(0, 1)). ``resample``: ``step``
     draws afresh for every sample at every step; ``fixed`` draws one vector per training sample
     for the whole run. Draws come from generators seeded by ``seed`` (and the epoch).
     """
 
-    def __init__(self, num_samples: int, num_classes: int, seed: int, distribution="uniform",
+    def __init__(self, num_samples: int, shape, seed: int, distribution="uniform",
                  resample="step", device="cpu"):
         if distribution not in ("uniform", "gaussian"):
             raise ValueError(f"rcd distribution must be uniform or gaussian, got {distribution!r}")
         if resample not in ("step", "fixed"):
             raise ValueError(f"rcd resample must be step or fixed, got {resample!r}")
         self.draw = torch.rand if distribution == "uniform" else torch.randn
-        self.num_classes, self.seed, self.resample, self.device = num_classes, seed, resample, device
+        self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        self.seed, self.device = seed, device
         self.fixed = None
         if resample == "fixed":
-            self.fixed = self.draw(num_samples, num_classes, generator=generator(seed, device),
+            self.fixed = self.draw(num_samples, *self.shape, generator=generator(seed, device),
                                    device=device)
         self.epoch, self.stream = None, None
 
@@ -83,11 +85,18 @@ class RandomLogits:
             return self.fixed[index]
         if epoch != self.epoch:
             self.epoch, self.stream = epoch, generator(seed_for(self.seed, epoch), self.device)
-        return self.draw(len(index), self.num_classes, generator=self.stream, device=self.device)
+        return self.draw(len(index), *self.shape, generator=self.stream, device=self.device)
 
 
 def distillation_loss(student_logits, labels, target_logits, alpha: float, temperature: float):
-    """(1 - alpha) CE(y, z_s) + alpha T^2 KL(softmax(z_t / T) || softmax(z_s / T)), batch mean."""
+    """(1 - alpha) CE(y, z_s) + alpha T^2 KL(softmax(z_t / T) || softmax(z_s / T)), batch mean.
+
+    Logits [..., C] with labels [...]: for a language model every position is a sample.
+    """
+    classes = student_logits.shape[-1]
+    student_logits, labels = student_logits.reshape(-1, classes), labels.reshape(-1)
+    if target_logits is not None:
+        target_logits = target_logits.reshape(-1, classes)
     ce = F.cross_entropy(student_logits, labels)
     if target_logits is None:
         return ce
@@ -171,7 +180,7 @@ def train(learners: list, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, orde
             step += 1
         for k, learner in enumerate(learners):
             learner.history.append({"epoch": epoch + 1, "loss": loss_sums[k].item() / n,
-                                    "accuracy": correct[k].item() / n})
+                                    "accuracy": correct[k].item() / y.numel()})
         if log is not None:
             log(epoch + 1, learners)
     return time.perf_counter() - start

@@ -150,3 +150,13 @@ def test_seed_streams_are_distinct():
     assert seed_for("order", "teacher", 0) != seed_for("order", "student", 0)
     assert seed_for("init", 0.5, 1) != seed_for("init", 2.0, 1)
     assert seed_for("init", 0.5, 1) == seed_for("init", 0.5, 1)
+
+
+def test_sequence_logits_count_every_position_as_a_sample():
+    zs = torch.randn(2, 5, 4, generator=generator(0))
+    zt = torch.randn(2, 5, 4, generator=generator(1))
+    y = torch.randint(0, 4, (2, 5), generator=generator(2))
+    flat = distillation_loss(zs.reshape(10, 4), y.reshape(10), zt.reshape(10, 4), 0.5, 2.0)
+    assert distillation_loss(zs, y, zt, 0.5, 2.0).item() == pytest.approx(flat.item())
+    noise = RandomLogits(8, (5, 4), seed=1)(torch.tensor([0, 3]), 0, 0)
+    assert noise.shape == (2, 5, 4)

@@ -1,0 +1,325 @@
+"""The command line the workflow rules call: ``python -m kdpipe <step> --help``.
+
+Each step reads its settings as one JSON ``--spec`` (the rule passes exactly the config values the
+step depends on, so Snakemake reruns a step when, and only when, one of them changes) and writes
+its outputs atomically. Heavy imports happen inside the steps: ``--help`` stays instant.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from kdpipe.models import ARCHS
+
+# Modules a fork server preloads so that jobs do not pay for importing them (kdpipe.server);
+# torch._dynamo is what creating a torch optimizer first imports (about 1 s).
+PRELOAD = ("torch", "torch._dynamo", "numpy", "kdpipe.train", "kdpipe.metrics", "kdpipe.data",
+           *ARCHS.values())
+
+TEACHER_INIT, TEACHER_WEIGHTS = "init.pt", "model.pt"
+TEST_LOGITS, TRAIN_LOGITS, ROW, TIMING = "logits.npy", "train_logits.npy", "row.json", "timing.json"
+
+
+def spec_arg(text: str) -> dict:
+    """A JSON object, given inline or as @path."""
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text()
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"--spec is not valid JSON: {error}") from None
+    if not isinstance(spec, dict):
+        raise argparse.ArgumentTypeError("--spec must be a JSON object")
+    return spec
+
+
+def setup_torch(threads: int, device: str) -> str:
+    import torch
+
+    torch.set_num_threads(threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def relative(path, results: Path) -> str:
+    return os.path.relpath(Path(path).resolve(), Path(results).resolve())
+
+
+def recipe_of(spec: dict):
+    from kdpipe.train import Recipe
+
+    return Recipe(**spec["recipe"])
+
+
+# --- steps -------------------------------------------------------------------------------------
+
+def prepare_data(args) -> int:
+    import numpy as np
+
+    from kdpipe import data
+    from kdpipe.io import write_npy
+
+    data.prepare(args.spec["family"], args.spec["options"], args.raw_dir, args.out)
+    prepared = data.load(args.out)
+    write_npy(args.labels_out, prepared.y_test.numpy().reshape(-1).astype(np.int64))
+    print(f"{args.spec['family']}: {len(prepared.y_train)} train, {len(prepared.y_test)} test "
+          f"samples, {prepared.num_classes} classes, inputs {list(prepared.input_shape)}",
+          file=sys.stderr)
+    return 0
+
+
+def train_teacher(args) -> int:
+    import torch
+
+    from kdpipe import data, models
+    from kdpipe.train import EpochLog, Learner, generator, seed_for, train
+
+    spec, out = args.spec, Path(args.out)
+    device = setup_torch(args.threads, args.device)
+    dataset = data.load(args.data, device)
+    model = models.build(spec["arch"], dataset.input_shape, dataset.num_classes, 1.0).to(device)
+    models.init_parameters(model, generator(seed_for("teacher-init", spec["seed"]), device))
+    save_state(model, out / TEACHER_INIT)
+    recipe = recipe_of(spec)
+    teacher = Learner("teacher", model)
+    seconds = train([teacher], dataset.x_train, dataset.y_train, recipe,
+                    order_seed=seed_for("order", "teacher", spec["seed"]),
+                    log=EpochLog(f"{spec['setup']} teacher", recipe.epochs))
+    save_state(model, out / TEACHER_WEIGHTS)
+    write_model_outputs(args, spec, dataset, out, model, recipe, seconds, role="teacher")
+    return 0
+
+
+def train_students(args) -> int:
+    import copy
+
+    import torch
+
+    from kdpipe import data, models
+    from kdpipe.train import (EpochLog, Learner, RandomLogits, TeacherLogits, generator,
+                              seed_for, train)
+
+    spec = args.spec
+    outputs = dict(args.out)
+    methods = spec["methods"]
+    missing = [m["method"] for m in methods if m["method"] not in outputs]
+    if missing:
+        raise SystemExit(f"no --out given for method(s) {', '.join(missing)}")
+    device = setup_torch(args.threads, args.device)
+    dataset = data.load(args.data, device)
+    teacher_dir = Path(args.teacher)
+    width, seed = float(spec["width"]), int(spec["seed"])
+
+    initial = models.build(spec["arch"], dataset.input_shape, dataset.num_classes, width).to(device)
+    if width == 1.0:  # self-distillation: every student starts from the teacher's theta0
+        initial.load_state_dict(torch.load(teacher_dir / TEACHER_INIT, map_location=device,
+                                           weights_only=True))
+    else:
+        models.init_parameters(initial, generator(seed_for("init", width, seed), device))
+
+    teacher_train_logits = None
+    learners = []
+    for m in methods:
+        target = None
+        if m["method"] in ("kd", "rcd"):
+            if m["method"] == "kd":
+                if teacher_train_logits is None:
+                    teacher_train_logits = load_logits(teacher_dir / TRAIN_LOGITS, device)
+                target = TeacherLogits(teacher_train_logits)
+            else:
+                noise = m.get("noise", {})
+                shape = (*dataset.y_train.shape[1:], dataset.num_classes)
+                target = RandomLogits(len(dataset.y_train), shape, seed_for("noise", seed),
+                                      device=device, **noise)
+        elif m["method"] != "siddo":
+            raise SystemExit(f"unknown method {m['method']!r}; known: kd, rcd, siddo")
+        learners.append(Learner(m["method"], copy.deepcopy(initial), target,
+                                alpha=float(m.get("alpha", 0.0)),
+                                temperature=float(m.get("temperature", 1.0))))
+    recipe = recipe_of(spec)
+    label = f"{spec['setup']} w={width:g} s={seed}"
+    seconds = train(learners, dataset.x_train, dataset.y_train, recipe,
+                    order_seed=seed_for("order", "student", seed),
+                    log=EpochLog(label, recipe.epochs))
+    for m, learner in zip(methods, learners):
+        write_model_outputs(args, {**spec, **m}, dataset, Path(outputs[m["method"]]), learner.model,
+                            recipe, seconds / len(learners), role="student")
+    return 0
+
+
+def save_state(model, path: Path) -> None:
+    import torch
+
+    from kdpipe.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(model.state_dict(), tmp)
+
+
+def load_logits(path: Path, device: str):
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.load(path)).to(device)
+
+
+def write_model_outputs(args, spec, dataset, out: Path, model, recipe, seconds, role) -> None:
+    """Test logits, (teacher) train logits, the table row and the timing; row.json last."""
+    import numpy as np
+
+    from kdpipe import metrics
+    from kdpipe.io import write_json, write_npy
+    from kdpipe.train import predict
+
+    def flat(logits):  # sequence models predict every position: one sample each
+        return logits.reshape(-1, logits.shape[-1]).float().cpu().numpy()
+
+    test_logits = flat(predict(model, dataset.x_test, recipe.eval_batch_size))
+    train_logits = predict(model, dataset.x_train, recipe.eval_batch_size)
+    labels = dataset.y_test.reshape(-1).cpu().numpy()
+    train_loss = metrics.cross_entropy(flat(train_logits), dataset.y_train.reshape(-1).cpu().numpy())
+    write_npy(out / TEST_LOGITS, test_logits)
+    results = Path(args.results)
+    row = {
+        "setup": spec["setup"], "dataset": spec["dataset"], "arch": spec["arch"], "role": role,
+        "teacher_id": spec["teacher_id"], "method": spec.get("method", ""),
+        "alpha": spec.get("alpha"), "temperature": spec.get("temperature"),
+        "width": float(spec.get("width", 1.0)), "seed": int(spec["seed"]),
+        "train_loss": train_loss,
+        "logits_path": relative(out / TEST_LOGITS, results),
+        "labels_path": relative(args.labels, results),
+    }
+    if role == "teacher":
+        write_npy(out / TRAIN_LOGITS, flat(train_logits))
+        correct = int((test_logits.argmax(-1) == labels).sum())
+        row.update(accuracy=metrics.accuracy(test_logits, labels),
+                   loss=metrics.cross_entropy(test_logits, labels),
+                   n_teacher_correct=correct, n_teacher_incorrect=len(labels) - correct)
+    else:
+        teacher_logits = np.load(Path(args.teacher) / TEST_LOGITS)
+        row.update(metrics.student_metrics(test_logits, teacher_logits, labels))
+    write_json(out / TIMING, {"train_seconds": seconds})
+    write_json(out / ROW, row)
+
+
+def collect(args) -> int:
+    from kdpipe.tables import collect_rows, write_table
+
+    rows = [line for line in Path(args.rows_file).read_text().splitlines() if line.strip()]
+    table = collect_rows(rows, args.results)
+    write_table(table, Path(args.out))
+    print(f"collected {len(table)} models into {args.out}", file=sys.stderr)
+    return 0
+
+
+def statistics(args) -> int:
+    import pandas as pd
+
+    from kdpipe import stats
+    from kdpipe.tables import write_table
+
+    out = Path(args.out)
+    models = pd.read_parquet(out / "models.parquet")
+    spec = args.spec
+    write_table(stats.compare_methods(models, metrics=tuple(spec["metrics"]), level=spec["level"],
+                                      correction=spec["correction"]), out / "stats.parquet")
+    write_table(stats.asymmetry(models), out / "asymmetry.parquet")
+    write_table(stats.scaling(models), out / "scaling.parquet")
+    return 0
+
+
+def figures(args) -> int:
+    from kdpipe import plots
+
+    written = plots.make_figures(Path(args.tables), Path(args.out), args.spec)
+    print(f"wrote {len(written)} figure files to {args.out}", file=sys.stderr)
+    return 0
+
+
+def serve(args) -> int:
+    from kdpipe import server
+
+    server.serve(args.socket, preload=PRELOAD, parent_pid=args.parent_pid,
+                 idle_timeout=args.idle_timeout)
+    return 0
+
+
+# --- parser ------------------------------------------------------------------------------------
+
+def method_output(text: str):
+    method, sep, path = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--out takes METHOD=DIR, got {text!r}")
+    return method, path
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m kdpipe", description=__doc__.split("\n\n")[0])
+    steps = p.add_subparsers(dest="step", required=True, metavar="STEP")
+
+    def step(name, func, help):
+        s = steps.add_parser(name, help=help, description=help)
+        s.set_defaults(func=func)
+        return s
+
+    def training(s):
+        s.add_argument("--spec", type=spec_arg, required=True,
+                       help="JSON (or @file): setup, dataset, arch, seed, teacher_id, recipe, ...")
+        s.add_argument("--data", type=Path, required=True, help="prepared dataset (.pt)")
+        s.add_argument("--labels", type=Path, required=True, help="test labels (.npy)")
+        s.add_argument("--results", type=Path, default=Path("results"),
+                       help="results folder the table's paths are relative to (default: results)")
+        s.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+        s.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+
+    s = step("prepare-data", prepare_data, "Prepare a dataset once into a tensor file.")
+    s.add_argument("--spec", type=spec_arg, required=True, help='JSON: {"family": ..., "options": {...}}')
+    s.add_argument("--raw-dir", type=Path, required=True, help="folder of the official files")
+    s.add_argument("--out", type=Path, required=True, help="prepared tensor file (.pt)")
+    s.add_argument("--labels-out", type=Path, required=True, help="test labels (.npy, int64)")
+
+    s = step("train-teacher", train_teacher,
+             "Train a teacher with cross-entropy; keep theta0, weights, train and test logits.")
+    training(s)
+    s.add_argument("--out", type=Path, required=True, help="teacher folder")
+
+    s = step("train-students", train_students,
+             "Train students of one (setup, width, seed) together on identical batches.")
+    training(s)
+    s.add_argument("--teacher", type=Path, required=True, help="the teacher's folder")
+    s.add_argument("--out", type=method_output, action="append", required=True,
+                   help="METHOD=DIR, once per method in the spec")
+
+    s = step("collect", collect, "Merge per-model rows into models.parquet (+ .csv).")
+    s.add_argument("--rows-file", type=Path, required=True, help="text file, one row.json per line")
+    s.add_argument("--results", type=Path, default=Path("results"), help="results folder")
+    s.add_argument("--out", type=Path, required=True, help="models table (.parquet)")
+
+    s = step("stats", statistics, "Mann-Whitney tests, asymmetry and scaling tables.")
+    s.add_argument("--spec", type=spec_arg, required=True,
+                   help='JSON: {"metrics": [...], "level": 0.05, "correction": "none|holm|bh"}')
+    s.add_argument("--out", type=Path, required=True, help="tables folder holding models.parquet")
+
+    s = step("figures", figures, "Draw every figure from the tables alone.")
+    s.add_argument("--spec", type=spec_arg, required=True, help="JSON plotting options")
+    s.add_argument("--tables", type=Path, required=True, help="tables folder")
+    s.add_argument("--out", type=Path, required=True, help="figures folder")
+
+    s = step("serve", serve, "Run a fork server that runs steps without re-importing torch.")
+    s.add_argument("--socket", required=True, help="Unix socket path")
+    s.add_argument("--parent-pid", type=int, help="exit when this process ends")
+    s.add_argument("--idle-timeout", type=float, help="exit after this many idle seconds")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    start = time.perf_counter()
+    code = args.func(args)
+    print(f"{args.step} done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return code

@@ -1,0 +1,36 @@
+"""scikit-learn's handwritten digits (1,797 8x8 images, 10 classes): embedded, no download.
+
+Options (ours; the paper does not use this set):
+- ``test_fraction`` (0.7): a large test split so that the teacher leaves enough errors for
+  incorrect agreement to be measured (about 60 on 1,258 test images);
+- ``split_seed`` (0): the seed of the fixed stratified split.
+Pixels are scaled from 0..16 to [0, 1]; images are [1, 8, 8].
+"""
+from pathlib import Path
+
+DEFAULTS = {"test_fraction": 0.7, "split_seed": 0}
+
+
+def acquire(options: dict, raw_dir: Path) -> None:
+    """Nothing to fetch: scikit-learn ships the data."""
+
+
+def prepare(options: dict, raw_dir: Path) -> dict:
+    import torch
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from kdpipe.data import check_options
+
+    options = check_options("digits", DEFAULTS, options)
+    digits = load_digits()
+    x = (digits.images / 16.0).astype("float32")[:, None]
+    y = digits.target.astype("int64")
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=options["test_fraction"], stratify=y, random_state=options["split_seed"])
+    return {
+        "x_train": torch.from_numpy(x_train), "y_train": torch.from_numpy(y_train),
+        "x_test": torch.from_numpy(x_test), "y_test": torch.from_numpy(y_test),
+        "classes": [str(c) for c in digits.target_names],
+        "meta": {"kind": "image"},
+    }

@@ -1,0 +1,45 @@
+"""The models table: one row per trained model, merged from the rows the jobs wrote."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from kdpipe.io import atomic_path
+
+MODEL_COLUMNS = {  # name -> dtype; the order is the table's
+    "setup": "string", "dataset": "string", "arch": "string", "role": "string",
+    "teacher_id": "string", "method": "string",
+    "alpha": "float64", "temperature": "float64", "width": "float64", "seed": "int64",
+    "accuracy": "float64", "loss": "float64", "train_loss": "float64",
+    "activation_distance": "float64", "js_divergence": "float64",
+    "prediction_agreement": "float64", "correct_agreement": "float64",
+    "incorrect_agreement": "float64", "n_teacher_correct": "int64", "n_teacher_incorrect": "int64",
+    "rank_disagreement": "float64", "logits_path": "string", "labels_path": "string",
+}
+
+
+def collect_rows(row_files: list, results) -> pd.DataFrame:
+    """Read every row.json into one table, sorted so that the same study gives the same bytes."""
+    rows = []
+    for path in row_files:
+        try:
+            rows.append(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"cannot read model row {path}: {error}") from None
+    table = pd.DataFrame(rows, columns=list(MODEL_COLUMNS))
+    table = table.astype({k: v for k, v in MODEL_COLUMNS.items() if v != "string"})
+    table = table.astype({k: str for k, v in MODEL_COLUMNS.items() if v == "string"})
+    # within a setup the teacher comes first: its method is ""
+    order = ["setup", "method", "alpha", "temperature", "width", "seed"]
+    return table.sort_values(order, na_position="first").reset_index(drop=True)
+
+
+def write_table(table: pd.DataFrame, path: Path) -> None:
+    """Write ``path`` (.parquet) and a .csv copy beside it, each atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        table.to_parquet(tmp, index=False)
+    with atomic_path(path.with_suffix(".csv")) as tmp:
+        table.to_csv(tmp, index=False)
