@@ -1,0 +1,520 @@
+"""Figures of the audit, drawn from the result tables alone (PROTOCOL.md section 4).
+
+make_figures reads models/stats/asymmetry/scaling.parquet from a tables folder and writes every
+figure that figure_stems names; each figure is drawn by one function below that takes tables
+and returns a matplotlib Figure.
+
+Figures are built as matplotlib.figure.Figure objects, never through pyplot: a caller's backend,
+open figures and rcParams are left alone, PNG is rendered by Agg whatever backend is active, and
+a figure is freed as soon as it is dropped (pyplot holds no reference that would need closing).
+seaborn's style and context apply only while make_figures runs.
+
+Conventions of every figure: methods in the order kd, rcd, siddo, one colour each; a dot is one
+student (one seed) and a bar joined by a line is the median over seeds. siddo does not depend on
+alpha or T, so against those it is drawn as a reference across the panel: median line and
+interquartile band.
+"""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from kdpipe.io import atomic_path
+from kdpipe.metrics import FUNCTIONAL_METRICS, HIGHER_IS_CLOSER
+from kdpipe.stats import asymmetry
+
+METHODS = ("kd", "rcd", "siddo")
+TABLES = ("models", "stats", "asymmetry", "scaling")
+DEFAULT_OPTIONS = {
+    "formats": ["png", "pdf"],
+    "dpi": 150,
+    "width": 1.0,
+    "temperature": 1.0,
+    "style": "whitegrid",
+    "context": "paper",
+    "palette": "colorblind",
+}
+
+# metric -> (short name, what the value is, with its unit)
+METRIC_LABELS = {
+    "activation_distance": ("activation distance", r"mean $\|p_s - p_t\|_2$"),
+    "js_divergence": ("Jensen-Shannon divergence", "mean JSD, nats"),
+    "prediction_agreement": ("prediction agreement", "share of test samples"),
+    "correct_agreement": ("agreement where the teacher is right", "share of teacher-correct samples"),
+    "incorrect_agreement": ("agreement on the teacher's errors", "share of teacher-wrong samples"),
+    "rank_disagreement": ("rank disagreement", "share of class pairs ordered differently"),
+    "accuracy": ("test accuracy", "share of test samples correct"),
+}
+# (agreement metric, its slope column in the scaling table, its delta column in the asymmetry table)
+PAYOFF = (("correct_agreement", "slope_correct", "delta_correct"),
+          ("incorrect_agreement", "slope_incorrect", "delta_incorrect"))
+
+
+def figure_stems(setups: list[str], temperatures: list[float]) -> list[str]:
+    """File names without extension of every figure make_figures writes for these setups and T."""
+    stems = []
+    for setup in setups:
+        stems += [f"fig1_functional_{setup}", f"fig2_payoff_{setup}", f"fig3_accuracy_{setup}",
+                  f"fig4_width_{setup}"]
+    stems.append("fig5_teacher_loss")
+    if len(set(temperatures)) > 1:
+        stems += [f"fig6_temperature_{setup}" for setup in setups]
+    return stems
+
+
+def method_colors(palette: str = "colorblind") -> dict:
+    """The colour of each method: the first three colours of a seaborn palette, in METHODS order."""
+    return dict(zip(METHODS, sns.color_palette(palette, len(METHODS))))
+
+
+def make_figures(tables_dir, out_dir, options: dict | None = None) -> list[Path]:
+    """Draw every figure of figure_stems from the four tables in ``tables_dir`` into ``out_dir``.
+
+    The setups and temperatures are those of the models table. options, all optional:
+      formats      file formats written for each figure (default ["png", "pdf"])
+      dpi          raster resolution, dots per inch (default 150)
+      width        student width multiplier shown by figures 1-3 and 5 (default 1.0:
+                   self-distillation); a setup without it shows its closest trained width
+      temperature  KD temperature shown by figures 1-5 (default 1.0, the protocol's); the closest
+                   trained T where it is absent
+      style, context, palette   seaborn axes style, plotting context and method palette
+                   (defaults "whitegrid", "paper", "colorblind")
+    Every file is written atomically. Returns the paths written, in figure_stems order.
+    """
+    options = {**DEFAULT_OPTIONS, **(options or {})}
+    unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown figure option(s) {', '.join(unknown)}; known: {', '.join(DEFAULT_OPTIONS)}")
+    tables = {name: pd.read_parquet(Path(tables_dir) / f"{name}.parquet") for name in TABLES}
+    models, stats = tables["models"], tables["stats"]
+    students = models[models["role"] == "student"]
+    setups = sorted(students["setup"].unique())
+    temperatures = sorted(students["temperature"].dropna().unique())
+    widths, temperature = shown_widths_and_temperature(models, options["width"], options["temperature"])
+    colors = method_colors(options["palette"])
+
+    draw = {"fig5_teacher_loss": partial(fig5_teacher_loss, models, widths, temperature)}
+    for setup in setups:
+        width = widths[setup]
+        draw[f"fig1_functional_{setup}"] = partial(fig1_functional, models, stats, setup, width, temperature, colors)
+        draw[f"fig2_payoff_{setup}"] = partial(fig2_payoff, models, stats, tables["asymmetry"], setup, width,
+                                               temperature, colors)
+        draw[f"fig3_accuracy_{setup}"] = partial(fig3_accuracy, models, setup, width, temperature, colors)
+        draw[f"fig4_width_{setup}"] = partial(fig4_width, models, tables["scaling"], setup, temperature, colors)
+        draw[f"fig6_temperature_{setup}"] = partial(fig6_temperature, models, stats, setup, width, colors)
+
+    out_dir = Path(out_dir)
+    paths = []
+    with sns.axes_style(options["style"]), sns.plotting_context(options["context"]):
+        for stem in figure_stems(setups, temperatures):
+            fig = draw[stem]()
+            for fmt in options["formats"]:
+                path = out_dir / f"{stem}.{fmt}"
+                with atomic_path(path) as tmp:
+                    # no creation date in PDFs: the same tables and options give the same bytes
+                    fig.savefig(tmp, format=fmt, dpi=options["dpi"],
+                                metadata={"CreationDate": None} if fmt == "pdf" else None)
+                paths.append(path)
+    return paths
+
+
+def shown_widths_and_temperature(models, width: float, temperature: float) -> tuple[dict, float]:
+    """The student width each setup's figures show (setup -> width) and the T figures 1-5 show.
+
+    Each is the trained value closest to the one asked for (width per setup, T over all setups).
+    """
+    students = models[models["role"] == "student"]
+    widths = {setup: _closest(rows["width"].unique(), width) for setup, rows in students.groupby("setup")}
+    return widths, _closest(students["temperature"].dropna().unique(), temperature)
+
+
+# ---- the figures -------------------------------------------------------------------------------
+
+def fig1_functional(models, stats, setup, width, temperature, colors) -> Figure:
+    """Every functional metric of kd and rcd students by alpha, with siddo as reference.
+
+    A star marks an alpha where kd differs from siddo significantly toward the teacher.
+    """
+    students = _students(models, setup, width, temperature)
+    alphas = _levels(students, "alpha")
+    to_x = partial(_level_index, alphas)
+    significant = _significant(stats, setup, width, temperature)
+    fig = Figure(figsize=(11, 6.6), layout="constrained")
+    axes = fig.subplots(2, 3, sharex=True)
+    for ax, metric in zip(axes.flat, FUNCTIONAL_METRICS):
+        _metric_panel(ax, students, metric, "alpha", to_x, colors)
+        _stars(ax, to_x(significant.loc[significant["metric"] == metric, "alpha"]), colors["kd"])
+        ax.set_title(METRIC_LABELS[metric][0])
+        ax.set_ylabel(_value_label(metric))
+    for ax in axes[-1]:
+        _level_axis(ax, alphas, "alpha (weight of the distillation term)")
+    fig.suptitle(f"{setup}: functional similarity of the student to its teacher\n"
+                 f"student width {width:g}, T = {temperature:g}, {_n_seeds(students)}")
+    handles, labels = _method_legend(colors, star=True)
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, frameon=False)
+    return fig
+
+
+def fig2_payoff(models, stats, asymmetry_table, setup, width, temperature, colors) -> Figure:
+    """Agreement where the teacher is right and where it is wrong, by alpha: the asymmetric payoff.
+
+    Under each alpha: kd's delta (median kd - median siddo) from the asymmetry table.
+    """
+    students = _students(models, setup, width, temperature)
+    alphas = _levels(students, "alpha")
+    to_x = partial(_level_index, alphas)
+    significant = _significant(stats, setup, width, temperature)
+    kd = asymmetry_table[(asymmetry_table["setup"] == setup) & (asymmetry_table["method"] == "kd")
+                         & _isclose(asymmetry_table["width"], width)
+                         & _isclose(asymmetry_table["temperature"], temperature)]
+    fig = Figure(figsize=(9, 4.8), layout="constrained")
+    axes = fig.subplots(1, 2, sharex=True)
+    for ax, (metric, _, delta) in zip(axes, PAYOFF):
+        _metric_panel(ax, students, metric, "alpha", to_x, colors)
+        _stars(ax, to_x(significant.loc[significant["metric"] == metric, "alpha"]), colors["kd"])
+        _delta_labels(ax, to_x(kd["alpha"]), kd[delta].to_numpy(dtype=float), colors["kd"])
+        ax.set_title(METRIC_LABELS[metric][0])
+        ax.set_ylabel(_value_label(metric))
+        _level_axis(ax, alphas, "alpha (weight of the distillation term)")
+    fig.suptitle(f"{setup}: what kd transfers where the teacher is right vs. where it is wrong\n"
+                 f"student width {width:g}, T = {temperature:g}, {_n_seeds(students)}; "
+                 r"$\Delta$ = median kd $-$ median siddo")
+    handles, labels = _method_legend(colors, star=True)
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, frameon=False)
+    return fig
+
+
+def fig3_accuracy(models, setup, width, temperature, colors) -> Figure:
+    """Student test accuracy by alpha for kd, rcd and siddo; the teacher's as a dashed line."""
+    students = _students(models, setup, width, temperature)
+    alphas = _levels(students, "alpha")
+    teachers = models.loc[(models["role"] == "teacher") & (models["setup"] == setup), "accuracy"].dropna()
+    fig = Figure(figsize=(7, 5), layout="constrained")
+    ax = fig.subplots()
+    _metric_panel(ax, students, "accuracy", "alpha", partial(_level_index, alphas), colors)
+    handles, labels = _method_legend(colors)
+    if len(teachers):
+        ax.axhline(teachers.median(), color="black", ls="--", lw=1.2)
+        handles.append(Line2D([], [], color="black", ls="--", lw=1.2))
+        labels.append("teacher" if len(teachers) == 1 else f"teacher (median of {len(teachers)})")
+    ax.set_ylabel(_value_label("accuracy"))
+    _level_axis(ax, alphas, "alpha (weight of the distillation term)")
+    ax.set_title(f"{setup}: test accuracy of teacher and students\n"
+                 f"student width {width:g}, T = {temperature:g}, {_n_seeds(students)}")
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, frameon=False)
+    return fig
+
+
+def fig4_width(models, scaling_table, setup, temperature, colors) -> Figure:
+    """Correct and incorrect agreement against student width, one column per alpha.
+
+    Each method gets the least-squares line on log2(width) over all its models: the slope is the
+    scaling table's, the intercept mean(y) - slope * mean(log2 width) over the same models.
+    siddo has no alpha: the same siddo models appear in every column.
+    """
+    students = _students(models, setup, None, temperature)
+    alphas = _levels(students, "alpha")
+    widths = np.sort(students["width"].unique())
+    fig = Figure(figsize=(3.6 * len(alphas) + 0.8, 7), layout="constrained")
+    axes = fig.subplots(2, len(alphas), sharex=True, sharey="row", squeeze=False)
+    for col, alpha in enumerate(alphas):
+        at_alpha = students[(students["method"] == "siddo") | _isclose(students["alpha"], alpha)]
+        for row, (metric, slope_column, _) in enumerate(PAYOFF):
+            ax = axes[row, col]
+            if at_alpha[metric].isna().all():
+                _no_data(ax)
+            _dots_and_medians(ax, at_alpha, metric, "width", np.log2, METHODS, colors, medians=False)
+            for method, offset in zip(METHODS, _dodge(len(METHODS))):
+                slope = _scaling_slope(scaling_table, setup, method, alpha, temperature, slope_column)
+                _fit_line(ax, at_alpha[at_alpha["method"] == method], metric, slope, offset, colors[method],
+                          label=method)
+            ax.legend(title="slope per doubling", fontsize="x-small", title_fontsize="x-small", loc="best")
+            if row == 0:
+                ax.set_title(f"alpha = {alpha:g}")
+            if col == 0:
+                ax.set_ylabel(f"{METRIC_LABELS[metric][0]}\n{_value_label(metric)}")
+            if row == 1:
+                _width_axis(ax, widths)
+    fig.suptitle(f"{setup}: agreement with the teacher against student width (T = {temperature:g}, "
+                 f"{_n_seeds(students)})\nlines: least-squares fit on log2(width) over all models; "
+                 "siddo (no alpha) repeated in every column")
+    return fig
+
+
+def fig5_teacher_loss(models, widths: dict, temperature) -> Figure:
+    """Teacher train loss against kd transfer, one point per (setup, teacher) and alpha.
+
+    Transfer is kd's delta_correct and delta_incorrect (median kd - median siddo) of the
+    asymmetry table, computed per teacher among that teacher's own students at the setup's
+    figure width (``widths``: setup -> width); with one teacher per setup these are the
+    asymmetry table's values.
+    """
+    transfer = teacher_transfer(models, widths, temperature)
+    alphas = np.sort(transfer["alpha"].unique())
+    alpha_colors = dict(zip(alphas, sns.color_palette("viridis", len(alphas))))
+    teachers_per_setup = transfer.groupby("setup")["teacher_id"].nunique()
+    fig = Figure(figsize=(10, 4.8), layout="constrained")
+    axes = fig.subplots(1, 2, sharex=True)
+    for ax, (metric, _, delta) in zip(axes, PAYOFF):
+        for alpha in alphas:
+            rows = transfer[transfer["alpha"] == alpha]
+            ax.scatter(rows["teacher_train_loss"], rows[delta], color=alpha_colors[alpha], s=30, zorder=3,
+                       label=f"alpha = {alpha:g}")
+        missing = []
+        for (setup, teacher_id), rows in transfer.groupby(["setup", "teacher_id"]):
+            name = setup if teachers_per_setup[setup] == 1 else f"{setup} ({teacher_id})"
+            if rows[delta].isna().all():
+                missing.append(name)
+            else:
+                ax.annotate(name, (rows["teacher_train_loss"].iloc[0], rows[delta].max()), xytext=(0, 7),
+                            textcoords="offset points", ha="center", fontsize="small")
+        if missing:
+            ax.text(0.02, 0.02, "no finite value: " + ", ".join(missing), transform=ax.transAxes,
+                    fontsize="small", color="0.4")
+        ax.axhline(0.0, color="0.4", lw=0.8)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("teacher train loss (mean cross-entropy, nats; log scale)")
+        ax.set_ylabel(r"$\Delta$ agreement: median kd $-$ median siddo")
+        ax.set_title(METRIC_LABELS[metric][0])
+        ax.margins(x=0.2, y=0.15)
+    shown = sorted(set(widths.values()))
+    width_text = f"{shown[0]:g}" if len(shown) == 1 else ", ".join(f"{s} {w:g}" for s, w in widths.items())
+    fig.suptitle(f"Teacher train loss against what kd transfers (student width {width_text}, "
+                 f"T = {temperature:g})\none point per teacher and alpha; 0 = no more agreement than siddo")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=max(len(alphas), 1), frameon=False)
+    return fig
+
+
+def fig6_temperature(models, stats, setup, width, colors) -> Figure:
+    """The functional metrics of kd and rcd against T, one row per metric and one column per alpha.
+
+    siddo (no T) is the reference band; stars mark significant kd vs siddo transfer at that T.
+    """
+    students = _students(models, setup, width, None)
+    alphas = _levels(students, "alpha")
+    temperatures = _levels(students, "temperature")
+    to_x = partial(_level_index, temperatures)
+    significant = _significant(stats, setup, width)
+    fig = Figure(figsize=(3.4 * len(alphas) + 1.2, 2.3 * len(FUNCTIONAL_METRICS) + 1.4), layout="constrained")
+    axes = fig.subplots(len(FUNCTIONAL_METRICS), len(alphas), sharex=True, squeeze=False)
+    for col, alpha in enumerate(alphas):
+        at_alpha = students[(students["method"] == "siddo") | _isclose(students["alpha"], alpha)]
+        marked = significant[_isclose(significant["alpha"], alpha)]
+        for row, metric in enumerate(FUNCTIONAL_METRICS):
+            ax = axes[row, col]
+            _metric_panel(ax, at_alpha, metric, "temperature", to_x, colors)
+            _stars(ax, to_x(marked.loc[marked["metric"] == metric, "temperature"]), colors["kd"])
+            if row == 0:
+                ax.set_title(f"alpha = {alpha:g}")
+            if col == 0:
+                ax.set_ylabel(f"{METRIC_LABELS[metric][0]}\n{_value_label(metric)}", fontsize="small")
+    for ax in axes[-1]:
+        _level_axis(ax, temperatures, "distillation temperature T")
+    fig.suptitle(f"{setup}: temperature sweep, student width {width:g}, {_n_seeds(students)}")
+    handles, labels = _method_legend(colors, star=True)
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, frameon=False)
+    return fig
+
+
+def teacher_transfer(models, widths: dict, temperature) -> pd.DataFrame:
+    """kd's delta_correct and delta_incorrect per (setup, teacher, alpha), with the teacher's train loss.
+
+    Each teacher's own students at the setup's width (``widths``: setup -> width) and at
+    ``temperature`` go through kdpipe.stats.asymmetry, so the deltas are defined exactly as in
+    the asymmetry table. Teacher rows carry their own id in teacher_id.
+    """
+    columns = ["setup", "teacher_id", "alpha", "teacher_train_loss", "delta_correct", "delta_incorrect"]
+    parts = []
+    teachers = models[models["role"] == "teacher"]
+    for (setup, teacher_id), teacher in teachers.groupby(["setup", "teacher_id"]):
+        if setup not in widths:
+            continue
+        students = _students(models, setup, widths[setup], temperature)
+        table = asymmetry(students[students["teacher_id"] == teacher_id])
+        kd = table[table["method"] == "kd"].assign(teacher_id=teacher_id,
+                                                   teacher_train_loss=teacher["train_loss"].iloc[0])
+        parts.append(kd[columns])
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+
+
+# ---- drawing helpers ---------------------------------------------------------------------------
+
+def _metric_panel(ax, students, metric, by, to_x, colors) -> None:
+    """kd and rcd dots per seed with their medians along ``by``; siddo as a horizontal reference."""
+    if students[metric].isna().all():
+        _no_data(ax)
+        return
+    _dots_and_medians(ax, students, metric, by, to_x, ("kd", "rcd"), colors)
+    siddo = students.loc[students["method"] == "siddo", metric].dropna()
+    if len(siddo):
+        q1, median, q3 = siddo.quantile([0.25, 0.5, 0.75])
+        ax.axhspan(q1, q3, color=colors["siddo"], alpha=0.2, lw=0, zorder=1)
+        ax.axhline(median, color=colors["siddo"], lw=1.5, zorder=1)
+
+
+def _dots_and_medians(ax, students, metric, by, to_x, methods, colors, medians=True) -> None:
+    """One dot per student at to_x(value of ``by``), methods side by side; optionally median bars."""
+    for method, offset in zip(methods, _dodge(len(methods))):
+        rows = students.loc[students["method"] == method, [by, metric]].dropna()
+        if rows.empty:
+            continue
+        ax.scatter(np.asarray(to_x(rows[by]), dtype=float) + offset, rows[metric], s=16, color=colors[method],
+                   alpha=0.6, linewidths=0, zorder=2)
+        if medians:
+            median = rows.groupby(by)[metric].median()
+            ax.plot(np.asarray(to_x(median.index), dtype=float) + offset, median.to_numpy(), color=colors[method],
+                    marker="_", markersize=14, markeredgewidth=2.2, lw=1.2, zorder=3)
+
+
+def _fit_line(ax, rows, metric, slope, offset, color, label) -> None:
+    """The least-squares line of ``metric`` on log2(width) with the given slope, labelled with it.
+
+    The intercept that goes with a least-squares slope is mean(y) - slope * mean(x). Without a
+    finite slope only the legend entry is drawn.
+    """
+    rows = rows[["width", metric]].dropna()
+    x = np.log2(rows["width"].to_numpy(dtype=float))
+    if len(rows) == 0 or not np.isfinite(slope):
+        ax.plot([], [], color=color, lw=1.5, label=f"{label}: n/a")
+        return
+    y = rows[metric].to_numpy(dtype=float)
+    ends = np.array([x.min(), x.max()])
+    ax.plot(ends + offset, y.mean() + slope * (ends - x.mean()), color=color, lw=1.5, gid=f"fit:{label}",
+            label=f"{label}: {slope:+.3f}")
+
+
+def _stars(ax, xs, color) -> None:
+    """A star near the top of the panel above each x; the y range grows to make room for them."""
+    xs = np.asarray(xs, dtype=float)
+    if xs.size == 0:
+        return
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high + 0.15 * (high - low))
+    ax.plot(xs, np.full(xs.size, 0.94), transform=ax.get_xaxis_transform(), ls="none", marker="*",
+            markersize=10, color=color, scalex=False, scaley=False, zorder=4, gid="significant")
+
+
+def _delta_labels(ax, xs, deltas, color) -> None:
+    """Write each delta at the foot of the panel under its x; the y range grows to make room."""
+    low, high = ax.get_ylim()
+    ax.set_ylim(low - 0.15 * (high - low), high)
+    for x, delta in zip(xs, deltas):
+        text = r"$\Delta$ n/a" if np.isnan(delta) else rf"$\Delta$ {delta:+.3f}"
+        ax.text(x, 0.03, text, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+                fontsize="small", color=color)
+
+
+def _method_legend(colors, star=False) -> tuple[list, list]:
+    """Legend handles and labels for kd and rcd dots-and-medians and the siddo reference band."""
+    handles = [Line2D([], [], color=colors[m], marker="o", markersize=4, lw=1.2) for m in ("kd", "rcd")]
+    labels = [f"{m}: dots = seeds, line = medians" for m in ("kd", "rcd")]
+    handles.append((Patch(color=colors["siddo"], alpha=0.2, lw=0), Line2D([], [], color=colors["siddo"], lw=1.5)))
+    labels.append("siddo: median and IQR band (no alpha or T)")
+    if star:
+        handles.append(Line2D([], [], color=colors["kd"], marker="*", markersize=10, ls="none"))
+        labels.append("kd vs siddo: Mann-Whitney p < 0.05, toward the teacher")
+    return handles, labels
+
+
+def _value_label(metric) -> str:
+    """Axis label of a metric: what the value is and, for a functional metric, which way is closer."""
+    value = METRIC_LABELS[metric][1]
+    if metric not in FUNCTIONAL_METRICS:
+        return value
+    return f"{value}\n({'higher' if metric in HIGHER_IS_CLOSER else 'lower'} = closer to the teacher)"
+
+
+def _no_data(ax) -> None:
+    ax.text(0.5, 0.5, "no finite values", transform=ax.transAxes, ha="center", va="center", color="0.4")
+
+
+def _level_axis(ax, levels, label) -> None:
+    """Ticks at the positions 0..n-1 of evenly placed levels, labelled with their values."""
+    ax.set_xticks(range(len(levels)), [f"{v:g}" for v in levels])
+    ax.set_xlim(-0.5, len(levels) - 0.5)
+    ax.set_xlabel(label)
+
+
+def _width_axis(ax, widths) -> None:
+    """A log2 width axis: positions log2(width), labelled with the width multipliers."""
+    ax.set_xticks(np.log2(widths), [f"{w:g}" for w in widths])
+    ax.set_xlim(np.log2(widths[0]) - 0.5, np.log2(widths[-1]) + 0.5)
+    ax.set_xlabel("student width multiplier (log2 scale)")
+
+
+def _dodge(n: int, step: float = 0.14) -> np.ndarray:
+    """Horizontal offsets that place n methods side by side around a position."""
+    return (np.arange(n) - (n - 1) / 2) * step
+
+
+# ---- table selection ---------------------------------------------------------------------------
+
+def _students(models, setup, width=None, temperature=None) -> pd.DataFrame:
+    """Students of a setup: kd and rcd at ``temperature`` and all siddo (no T), at ``width``.
+
+    None keeps every width or every temperature.
+    """
+    rows = models[(models["role"] == "student") & (models["setup"] == setup)]
+    if width is not None:
+        rows = rows[_isclose(rows["width"], width)]
+    if temperature is not None:
+        rows = rows[(rows["method"] == "siddo") | _isclose(rows["temperature"], temperature)]
+    return rows
+
+
+def _significant(stats, setup, width, temperature=None) -> pd.DataFrame:
+    """kd vs siddo rows of the stats table marked significant (p < level, toward the teacher).
+
+    The stats step's ``significant`` column is used as is, so a configured multiple-testing
+    correction carries over. None keeps every temperature.
+    """
+    rows = stats[(stats["setup"] == setup) & (stats["comparison"] == "kd_vs_siddo")
+                 & _isclose(stats["width"], width) & stats["significant"].eq(True).to_numpy()]
+    if temperature is not None:
+        rows = rows[_isclose(rows["temperature"], temperature)]
+    return rows
+
+
+def _scaling_slope(scaling_table, setup, method, alpha, temperature, column) -> float:
+    """A slope of the scaling table; siddo's row is matched by setup alone (it has no alpha or T)."""
+    rows = scaling_table[(scaling_table["setup"] == setup) & (scaling_table["method"] == method)]
+    if method != "siddo":
+        rows = rows[_isclose(rows["alpha"], alpha) & _isclose(rows["temperature"], temperature)]
+    return float(rows[column].iloc[0]) if len(rows) else float("nan")
+
+
+def _levels(students, column) -> np.ndarray:
+    """The sorted distinct values of ``column`` (alpha or temperature) among kd and rcd students."""
+    return np.sort(students.loc[students["method"].isin(["kd", "rcd"]), column].dropna().unique())
+
+
+def _level_index(levels, values) -> np.ndarray:
+    """The position in ``levels`` of each value (the nearest level, so float rounding is harmless)."""
+    values = np.asarray(values, dtype=float).reshape(-1, 1)
+    return np.abs(values - np.asarray(levels, dtype=float)).argmin(axis=1)
+
+
+def _closest(values, target: float) -> float:
+    return float(min(values, key=lambda v: abs(v - target)))
+
+
+def _isclose(column, value) -> np.ndarray:
+    """Float equality up to rounding; NaN matches nothing."""
+    return np.isclose(column.to_numpy(dtype=float), value)
+
+
+def _n_seeds(students) -> str:
+    n = students["seed"].nunique()
+    return f"{n} seed{'s' if n != 1 else ''}"

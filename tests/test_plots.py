@@ -1,0 +1,217 @@
+import math
+
+import matplotlib as mpl
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+
+from kdpipe import plots, stats
+from kdpipe.metrics import FUNCTIONAL_METRICS
+
+SETUPS = ("cifar10_resnet18", "svhn_cnn")
+ALPHAS = (0.1, 0.5, 0.9)
+WIDTHS = (0.5, 1.0, 2.0)
+SEEDS = (0, 1, 2, 3)
+NAN = float("nan")
+
+
+def synthetic_models(temperatures, rng_seed=0) -> pd.DataFrame:
+    """A plausible models table: kd pulls the student toward the teacher with alpha (and less
+    with T), rcd barely, wider students agree more on the teacher's errors. The second setup's
+    teacher makes no test errors, so its incorrect agreement is NaN throughout."""
+    rng = np.random.default_rng(rng_seed)
+    rows = []
+    for i, setup in enumerate(SETUPS):
+        dataset, arch = setup.split("_")
+        teacher_id = f"{setup}-t0"
+        n_incorrect = 120 if i == 0 else 0
+        base = {"setup": setup, "dataset": dataset, "arch": arch, "teacher_id": teacher_id,
+                "n_teacher_correct": 1000 - n_incorrect, "n_teacher_incorrect": n_incorrect,
+                "labels_path": f"{setup}/labels.npy"}
+        rows.append({**base, "role": "teacher", "method": "", "alpha": NAN, "temperature": NAN, "width": 1.0,
+                     "seed": 0, "accuracy": 0.88 if i == 0 else 1.0, "loss": 0.4, "train_loss": 0.02 * 10**i,
+                     "logits_path": f"{setup}/teacher/logits.npy"})
+        arms = [("siddo", 0.0, NAN)] + [(m, a, t) for m in ("kd", "rcd") for a in ALPHAS for t in temperatures]
+        for width in WIDTHS:
+            for seed in SEEDS:
+                for method, alpha, temperature in arms:
+                    pull = alpha / (temperature if method == "kd" else 10 * temperature) if alpha else 0.0
+                    noise = rng.normal(0.0, 0.01, size=4)
+                    correct = 0.93 + 0.04 * pull + 0.005 * math.log2(width) + noise[0]
+                    incorrect = 0.35 + 0.25 * pull + 0.04 * math.log2(width) + 3 * noise[1]
+                    distance = 0.25 - 0.15 * pull - 0.02 * math.log2(width) + noise[2]
+                    rows.append({
+                        **base, "role": "student", "method": method, "alpha": alpha, "temperature": temperature,
+                        "width": width, "seed": seed, "accuracy": 0.86 + noise[3], "loss": 0.45,
+                        "train_loss": 0.01, "activation_distance": distance, "js_divergence": distance**2 / 2,
+                        "prediction_agreement": correct * 0.88 + incorrect * 0.12,
+                        "correct_agreement": correct, "incorrect_agreement": incorrect if n_incorrect else NAN,
+                        "rank_disagreement": 0.1 + distance / 4,
+                        "logits_path": f"{setup}/{method}/{alpha}/{temperature}/{width}/{seed}.npy",
+                    })
+    return pd.DataFrame(rows)
+
+
+def write_tables(directory, temperatures):
+    models = synthetic_models(temperatures)
+    directory.mkdir(parents=True, exist_ok=True)
+    tables = {"models": models, "stats": stats.compare_methods(models), "asymmetry": stats.asymmetry(models),
+              "scaling": stats.scaling(models)}
+    for name, table in tables.items():
+        table.to_parquet(directory / f"{name}.parquet", index=False)
+    return tables
+
+
+@pytest.fixture(scope="module")
+def one_t(tmp_path_factory):
+    """Tables with one temperature and their figures in both default formats at 30 dpi."""
+    root = tmp_path_factory.mktemp("one_t")
+    tables = write_tables(root / "tables", [1.0])
+    paths = plots.make_figures(root / "tables", root / "figures", {"dpi": 30})
+    return root, tables, paths
+
+
+@pytest.fixture(scope="module")
+def two_t(tmp_path_factory):
+    """Tables with two temperatures and their PNGs at 15 dpi in another seaborn style, with the
+    global matplotlib state (rcParams, backend) before and after."""
+    root = tmp_path_factory.mktemp("two_t")
+    write_tables(root / "tables", [1.0, 4.0])
+    before = (dict(mpl.rcParams), mpl.get_backend())
+    paths = plots.make_figures(root / "tables", root / "figures", {"formats": ["png"], "dpi": 15, "style": "dark"})
+    return root, paths, before, (dict(mpl.rcParams), mpl.get_backend())
+
+
+def test_figure_stems_one_temperature():
+    assert plots.figure_stems(["a", "b_c"], [1.0, 1.0]) == [
+        "fig1_functional_a", "fig2_payoff_a", "fig3_accuracy_a", "fig4_width_a",
+        "fig1_functional_b_c", "fig2_payoff_b_c", "fig3_accuracy_b_c", "fig4_width_b_c",
+        "fig5_teacher_loss",
+    ]
+
+
+def test_figure_stems_several_temperatures_add_one_sweep_per_setup():
+    stems = plots.figure_stems(["a", "b"], [1.0, 4.0])
+    assert stems == plots.figure_stems(["a", "b"], [1.0]) + ["fig6_temperature_a", "fig6_temperature_b"]
+
+
+def test_make_figures_writes_exactly_the_stems(one_t):
+    root, _, paths = one_t
+    expected = [f"{stem}.{fmt}" for stem in plots.figure_stems(list(SETUPS), [1.0]) for fmt in ("png", "pdf")]
+    assert [p.name for p in paths] == expected
+    assert sorted(p.name for p in (root / "figures").iterdir()) == sorted(expected)  # no temp files left
+    assert not any("fig6" in name for name in expected)
+    for path in paths:
+        assert path.stat().st_size > 1000
+        if path.suffix == ".pdf":
+            assert path.read_bytes().startswith(b"%PDF")
+        else:
+            height, width = mpimg.imread(path).shape[:2]
+            # every figure is 4 to 16 inches a side: 120 to 480 pixels at 30 dpi
+            assert 120 <= height <= 480 and 120 <= width <= 480, (path.name, height, width)
+
+
+def test_several_temperatures_add_the_sweep(two_t):
+    _, paths, _, _ = two_t
+    assert [p.name for p in paths] == [f"{s}.png" for s in plots.figure_stems(list(SETUPS), [1.0, 4.0])]
+    assert {p.name for p in paths if p.name.startswith("fig6")} == {f"fig6_temperature_{s}.png" for s in SETUPS}
+    for path in paths:
+        assert mpimg.imread(path).size > 0
+
+
+def test_dpi_scales_the_png(one_t, two_t):
+    name = f"fig1_functional_{SETUPS[0]}.png"  # its size does not depend on the temperatures
+    at_30 = mpimg.imread(one_t[0] / "figures" / name).shape[:2]
+    at_15 = mpimg.imread(two_t[0] / "figures" / name).shape[:2]
+    assert at_30[0] == pytest.approx(2 * at_15[0], abs=2) and at_30[1] == pytest.approx(2 * at_15[1], abs=2)
+
+
+def test_make_figures_leaves_global_matplotlib_state_alone(two_t):
+    _, _, before, after = two_t
+    assert after[1] == before[1]
+    assert after[0] == before[0]
+
+
+def test_unknown_option_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="dpis"):
+        plots.make_figures(tmp_path, tmp_path, {"dpis": 300})
+
+
+def test_shown_width_and_temperature_fall_back_to_the_closest_trained(one_t):
+    _, tables, _ = one_t
+    assert plots.shown_widths_and_temperature(tables["models"], 1.0, 1.0) == ({s: 1.0 for s in SETUPS}, 1.0)
+    assert plots.shown_widths_and_temperature(tables["models"], 3.0, 8.0) == ({s: 2.0 for s in SETUPS}, 1.0)
+    models = synthetic_models([1.0, 4.0])
+    models = models[~((models["setup"] == SETUPS[1]) & (models["width"] == 2.0))]
+    assert plots.shown_widths_and_temperature(models, 1.9, 3.0) == ({SETUPS[0]: 2.0, SETUPS[1]: 1.0}, 4.0)
+
+
+def test_fig1_stars_mark_exactly_the_significant_alphas(one_t):
+    _, tables, _ = one_t
+    setup, table = SETUPS[0], tables["stats"]
+    fig = plots.fig1_functional(tables["models"], table, setup, 1.0, 1.0, plots.method_colors())
+    n_stars = 0
+    for ax, metric in zip(fig.axes, FUNCTIONAL_METRICS):
+        stars = [x for line in ax.lines if line.get_gid() == "significant" for x in line.get_xdata()]
+        marked = table[(table["setup"] == setup) & (table["comparison"] == "kd_vs_siddo") & (table["width"] == 1.0)
+                       & (table["metric"] == metric) & (table["p"] < 0.05) & table["toward_teacher"]]
+        assert sorted(stars) == sorted(ALPHAS.index(alpha) for alpha in marked["alpha"]), metric
+        n_stars += len(stars)
+    assert 0 < n_stars < len(ALPHAS) * len(FUNCTIONAL_METRICS)
+
+
+def test_fig4_lines_have_the_scaling_slopes(one_t):
+    _, tables, _ = one_t
+    setup = SETUPS[0]
+    fig = plots.fig4_width(tables["models"], tables["scaling"], setup, 1.0, plots.method_colors())
+    scaling = tables["scaling"][tables["scaling"]["setup"] == setup].set_index(["method", "alpha"])
+    checked = 0
+    for ax, (row, col) in zip(fig.axes, np.ndindex(2, len(ALPHAS))):
+        column = ("slope_correct", "slope_incorrect")[row]
+        for line in ax.lines:
+            if line.get_gid() and line.get_gid().startswith("fit:"):
+                method = line.get_gid()[4:]
+                (x0, x1), (y0, y1) = line.get_xdata(), line.get_ydata()
+                expected = scaling.loc[(method, 0.0 if method == "siddo" else ALPHAS[col]), column]
+                assert (y1 - y0) / (x1 - x0) == pytest.approx(expected)
+                assert f"{expected:+.3f}" in line.get_label()
+                checked += 1
+    assert checked == 2 * len(ALPHAS) * len(plots.METHODS)
+
+
+def test_fig4_without_finite_incorrect_agreement_draws_no_line(one_t):
+    _, tables, _ = one_t
+    fig = plots.fig4_width(tables["models"], tables["scaling"], SETUPS[1], 1.0, plots.method_colors())
+    incorrect_row = fig.axes[len(ALPHAS):2 * len(ALPHAS)]
+    assert not any(line.get_gid() for ax in incorrect_row for line in ax.lines)
+    assert all(any(t.get_text() == "no finite values" for t in ax.texts) for ax in incorrect_row)
+
+
+def test_teacher_transfer_matches_the_asymmetry_table_with_one_teacher(one_t):
+    _, tables, _ = one_t
+    transfer = plots.teacher_transfer(tables["models"], {s: 1.0 for s in SETUPS}, 1.0)
+    asym = tables["asymmetry"]
+    kd = asym[(asym["method"] == "kd") & (asym["width"] == 1.0)]
+    merged = transfer.merge(kd, on=["setup", "alpha"], suffixes=("", "_table"))
+    assert len(merged) == len(SETUPS) * len(ALPHAS)
+    np.testing.assert_allclose(merged["delta_correct"], merged["delta_correct_table"])
+    np.testing.assert_allclose(merged["delta_incorrect"], merged["delta_incorrect_table"])  # NaN == NaN
+    assert set(merged["teacher_train_loss"]) == {0.02, 0.2}
+
+
+def test_teacher_transfer_splits_by_teacher():
+    models = synthetic_models([1.0])
+    models = models[models["setup"] == SETUPS[0]].copy()
+    second = models.copy()
+    second["teacher_id"] = "other"
+    second.loc[second["role"] == "teacher", "train_loss"] = 0.5
+    kd = second["method"] == "kd"
+    second.loc[kd, "correct_agreement"] += 0.01  # this teacher's kd students gain 0.01 more
+    transfer = plots.teacher_transfer(pd.concat([models, second]), {SETUPS[0]: 1.0}, 1.0)
+    by_teacher = transfer.set_index(["teacher_id", "alpha"])
+    for alpha in ALPHAS:
+        gain = by_teacher.loc[("other", alpha), "delta_correct"] - by_teacher.loc[(f"{SETUPS[0]}-t0", alpha),
+                                                                                  "delta_correct"]
+        assert gain == pytest.approx(0.01)
+    assert by_teacher.loc[("other", ALPHAS[0]), "teacher_train_loss"] == 0.5
