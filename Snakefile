@@ -1,0 +1,20 @@
+# kdpipe: knowledge distillation audited against random and same-init controls.
+#   snakemake --cores all                                 the default study (config/config.yaml)
+#   snakemake --cores all --configfile config/paper.yaml  the full study
+# Stages: data -> teacher -> students -> tables -> statistics -> figures (workflow/rules/).
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/teacher.smk"
+include: "workflow/rules/students.smk"
+include: "workflow/rules/tables.smk"
+include: "workflow/rules/figures.smk"
+
+
+rule all:
+    input:
+        TABLES,
+        FIGURES,

@@ -1,0 +1,239 @@
+"""The real workflow on a tiny config: outputs, reruns, kills, determinism, config errors.
+
+One tiny study runs once per session (module fixture); the rerun tests only dry-run against it.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from kdpipe import metrics
+from kdpipe.tables import MODEL_COLUMNS
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "datasets": {"digits": {"family": "digits"}},
+    "setups": {"digits-mlp": {"dataset": "digits", "arch": "mlp",
+                              "recipe": {"epochs": 12, "batch_size": 32}}},
+    "alphas": [0.5],
+    "widths": [0.5, 1],
+    "seeds": [0, 1, 2],
+    "plots": {"formats": ["png"], "dpi": 60},
+}
+
+
+def write_config(workdir: Path, **changes) -> Path:
+    config = {**json.loads(json.dumps(TINY)), **changes}
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+# The rules call `python -m kdpipe`: this interpreter must be the `python` they find.
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def snakemake(workdir: Path, *args, check=True, **popen):
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
+           str(workdir), "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
+    if popen:
+        return subprocess.Popen(cmd, env=ENV, **popen)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=ENV)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def planned_jobs(workdir: Path) -> dict:
+    """rule -> count of the jobs a dry run would execute ({} when nothing is to be done)."""
+    result = snakemake(workdir, "-n")
+    out = result.stdout + result.stderr
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:", 1)[1].strip().splitlines()[2:]
+    jobs = {}
+    for line in table:
+        if not line.strip():
+            break
+        rule, count = line.split()
+        jobs[rule] = int(count)
+    jobs.pop("total")
+    return jobs
+
+
+def tables(workdir: Path) -> dict:
+    folder = workdir / "results" / "tables"
+    return {name: pd.read_parquet(folder / f"{name}.parquet")
+            for name in ("models", "stats", "asymmetry", "scaling")}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("study")
+    write_config(workdir)
+    snakemake(workdir)
+    return workdir
+
+
+def test_tiny_study_produces_every_table_and_figure(study):
+    t = tables(study)
+    models = t["models"]
+    assert list(models.columns) == list(MODEL_COLUMNS)
+    assert len(models) == 1 + 2 * 2 * 3 + 2 * 3  # teacher, kd+rcd per (width, seed), siddo
+    assert models.groupby("method").size().to_dict() == {"": 1, "kd": 6, "rcd": 6, "siddo": 6}
+    teacher = models[models.role == "teacher"].iloc[0]
+    assert teacher.teacher_id == "digits-mlp/teacher" and teacher.method == ""
+    assert np.isnan(teacher.prediction_agreement) and teacher.train_loss > 0
+    assert set(t["stats"].comparison) == {"kd_vs_siddo", "kd_vs_rcd", "rcd_vs_siddo"}
+    assert (study / "results/tables/models.csv").stat().st_size > 0
+    figures = sorted(p.name for p in (study / "results/figures").iterdir())
+    assert figures == sorted(["fig1_functional_digits-mlp.png", "fig2_payoff_digits-mlp.png",
+                              "fig3_accuracy_digits-mlp.png", "fig4_width_digits-mlp.png",
+                              "fig5_teacher_loss.png"])
+    log = (study / "results/logs/train_kd_rcd/digits-mlp/a0.5_T1_w1_s0.log").read_text()
+    assert "epoch 12/12" in log and "kd: loss" in log and "rcd: loss" in log
+    assert "\r" not in log  # no progress bar in a log file
+
+
+def test_tables_recompute_exactly_from_saved_logits(study):
+    models = tables(study)["models"]
+    results = study / "results"
+    teacher = models[models.role == "teacher"].iloc[0]
+    teacher_logits = np.load(results / teacher.logits_path)
+    labels = np.load(results / teacher.labels_path)
+    assert teacher_logits.dtype == np.float32 and labels.dtype == np.int64
+    assert teacher.accuracy == metrics.accuracy(teacher_logits, labels)
+    for row in models[models.role == "student"].itertuples():
+        recomputed = metrics.student_metrics(np.load(results / row.logits_path), teacher_logits,
+                                             labels)
+        for key, value in recomputed.items():
+            assert getattr(row, key) == value, (row.logits_path, key)
+
+
+def test_nothing_to_do_after_a_complete_run(study):
+    assert planned_jobs(study) == {}
+
+
+def test_adding_an_alpha_schedules_only_its_students_and_later_steps(study):
+    write_config(study, alphas=[0.5, 0.9])
+    try:
+        assert planned_jobs(study) == {"train_kd_rcd": 6, "collect": 1, "statistics": 1,
+                                       "figures": 1, "all": 1}
+    finally:
+        write_config(study)
+
+
+def test_deleting_figures_reruns_only_the_figure_step(study):
+    backup = study / "figures.bak"
+    shutil.copytree(study / "results/figures", backup)
+    shutil.rmtree(study / "results/figures")
+    try:
+        assert planned_jobs(study) == {"figures": 1, "all": 1}
+    finally:
+        shutil.copytree(backup, study / "results/figures")
+        shutil.rmtree(backup)
+
+
+def test_changing_a_plotting_option_retrains_nothing(study):
+    write_config(study, plots={"formats": ["png"], "dpi": 61})
+    try:
+        assert planned_jobs(study) == {"figures": 1, "all": 1}
+    finally:
+        write_config(study)
+
+
+def test_changing_a_statistics_option_reruns_statistics_and_figures_only(study):
+    write_config(study, stats={"correction": "holm"})
+    try:
+        assert planned_jobs(study) == {"statistics": 1, "figures": 1, "all": 1}
+    finally:
+        write_config(study)
+
+
+def test_killed_run_leaves_nothing_taken_as_complete_and_reruns_identically(study, tmp_path):
+    """SIGKILL the whole run mid-training; the rerun redoes the killed jobs and then matches an
+    uninterrupted run bit for bit (which also proves that runs are deterministic)."""
+    write_config(tmp_path)
+    run = snakemake(tmp_path, start_new_session=True, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL)
+    logs = tmp_path / "results/logs/train_kd_rcd/digits-mlp"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:  # wait for a student job that is mid-training
+            if any("epoch 3/" in p.read_text() and "done" not in p.read_text()
+                   for p in logs.glob("*.log")):
+                break
+            assert run.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.02)
+        else:
+            pytest.fail("no student job was seen training")
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+    results = tmp_path / "results/digits-mlp"
+    for row in results.glob("*/*/row.json"):
+        json.loads(row.read_text())  # whatever exists is whole
+    done_pairs = sum((results / "rcd" / p.parent.name / "row.json").exists()
+                     for p in results.glob("kd/*/row.json"))
+    done_siddo = len(list(results.glob("siddo/*/row.json")))
+    snakemake(tmp_path, "--unlock")
+    planned = planned_jobs(tmp_path)
+    assert planned.get("train_kd_rcd", 0) == 6 - done_pairs
+    assert planned.get("train_siddo", 0) == 6 - done_siddo
+    assert done_pairs < 6  # the job seen training was not taken as complete
+    snakemake(tmp_path)
+    for name, table in tables(tmp_path).items():
+        pd.testing.assert_frame_equal(table, tables(study)[name], check_exact=True, obj=name)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"colour": "red"}, r"config error at \(top level\): Additional properties are not allowed \('colour'"),
+    ({"alphas": [0.5, 1.5]}, r"config error at alphas\[1\]: 1.5 is greater than the maximum of 1"),
+    ({"seeds": []}, r"config error at seeds: \[\] should be non-empty"),
+    ({"widths": [1, 0]}, r"config error at widths\[1\]: 0 is less than or equal to the minimum of 0"),
+    ({"threads": "two"}, r"config error at threads: 'two' is not of type 'integer'"),
+    ({"setups": {"x": {"dataset": "digits", "arch": "resnet-9000",
+                       "recipe": {"epochs": 1, "batch_size": 8}}}},
+     r"config error at setups.x.arch: 'resnet-9000' is not one of"),
+    ({"datasets": {"digits": {"family": "mnist-typo"}}},
+     r"config error at datasets.digits.family: 'mnist-typo' is not one of"),
+    ({"setups": {"x": {"dataset": "cifar", "arch": "mlp", "recipe": {"epochs": 1, "batch_size": 8}}}},
+     r"config error at setups.x.dataset: unknown dataset 'cifar'"),
+])
+def test_bad_config_stops_before_any_job_naming_key_and_value(tmp_path, change, message):
+    write_config(tmp_path, **change)
+    result = snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0
+    assert re.search(message, result.stdout + result.stderr), result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_default_config_teachers_leave_enough_errors(tmp_path):
+    """The default split must leave >= 30 teacher errors per setup for incorrect agreement."""
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    targets = [f"results/{setup}/teacher/row.json" for setup in config["setups"]]
+    snakemake(tmp_path, *targets)
+    for target in targets:
+        row = json.loads((tmp_path / target).read_text())
+        assert row["n_teacher_incorrect"] >= 30, row
+
+
+def test_every_step_has_help():
+    steps = ["prepare-data", "train-teacher", "train-students", "collect", "stats", "figures",
+             "serve"]
+    for step in steps:
+        result = subprocess.run([sys.executable, "-m", "kdpipe", step, "--help"],
+                                capture_output=True, text=True, env={**os.environ, "KDPIPE_SERVER": ""})
+        assert result.returncode == 0 and "usage: python -m kdpipe" in result.stdout, step

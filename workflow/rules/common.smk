@@ -1,0 +1,130 @@
+# Configuration checks, job lists and paths. No science here: the kdpipe package holds it.
+import hashlib
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import yaml
+from snakemake.exceptions import WorkflowError
+
+
+def validate_config(config, schema_path):
+    """Fill schema defaults and stop on the first problem, naming the key and the value."""
+    schema = yaml.safe_load(open(schema_path))
+    validator_class = jsonschema.validators.validator_for(schema)
+
+    def fill_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub:
+                    instance.setdefault(key, json.loads(json.dumps(sub["default"])))
+        yield from validator_class.VALIDATORS["properties"](validator, properties, instance, schema)
+
+    filling = jsonschema.validators.extend(validator_class, {"properties": fill_defaults})
+    error = jsonschema.exceptions.best_match(filling(schema).iter_errors(config))
+    if error is not None:
+        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+        key = key.lstrip(".") or "(top level)"
+        raise WorkflowError(
+            f"config error at {key}: {error.message} (value: {json.dumps(error.instance)})")
+    for name, setup in config["setups"].items():
+        if setup["dataset"] not in config["datasets"]:
+            raise WorkflowError(
+                f"config error at setups.{name}.dataset: unknown dataset {setup['dataset']!r}; "
+                f"defined in datasets: {', '.join(config['datasets'])}")
+
+
+validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+
+R = config["results"]
+CONDA_ENV = "../../envs/kdpipe.yaml"  # used only under --sdm conda
+
+
+def num(x):
+    """A number as it appears in paths: 0.1 -> '0.1', 1.0 -> '1'."""
+    return f"{float(x):g}"
+
+
+ALPHAS = [num(a) for a in config["alphas"]]
+TEMPERATURES = [num(t) for t in config["temperatures"]]
+WIDTHS = [num(w) for w in config["widths"]]
+SEEDS = [str(s) for s in config["seeds"]]
+SETUPS = list(config["setups"])
+
+wildcard_constraints:
+    setup="|".join(map(re.escape, SETUPS)),
+    dataset="[^/]+",
+    alpha="[0-9.e+-]+",
+    temperature="[0-9.e+-]+",
+    width="[0-9.e+-]+",
+    seed="[0-9]+",
+
+PAIR = "a{alpha}_T{temperature}_w{width}_s{seed}"
+SIDDO = "w{width}_s{seed}"
+
+
+def student_rows():
+    pairs = expand(f"{R}/{{setup}}/{{method}}/{PAIR}/row.json", setup=SETUPS, method=["kd", "rcd"],
+                   alpha=ALPHAS, temperature=TEMPERATURES, width=WIDTHS, seed=SEEDS)
+    siddo = expand(f"{R}/{{setup}}/siddo/{SIDDO}/row.json", setup=SETUPS, width=WIDTHS, seed=SEEDS)
+    return pairs + siddo
+
+
+def setup_of(wildcards):
+    return config["setups"][wildcards.setup]
+
+
+def data_file(wildcards):
+    return f"{R}/data/{setup_of(wildcards)['dataset']}.pt"
+
+
+def labels_file(wildcards):
+    return f"{R}/data/{setup_of(wildcards)['dataset']}.labels.npy"
+
+
+def training_spec(wildcards, **extra):
+    """What a training job depends on, as JSON: its params, hence its rerun trigger."""
+    setup = setup_of(wildcards)
+    spec = {"setup": wildcards.setup, "dataset": setup["dataset"], "arch": setup["arch"],
+            "teacher_id": f"{wildcards.setup}/teacher", "recipe": setup["recipe"], **extra}
+    return json.dumps(spec, sort_keys=True)
+
+
+def package_hash(module):
+    """A digest of a kdpipe module's source: editing the statistics or plotting code reruns those
+    cheap steps; training code is not tracked (see README: forcing a rerun)."""
+    origin = importlib.util.find_spec(f"kdpipe.{module}").origin
+    return hashlib.sha256(Path(origin).read_bytes()).hexdigest()[:16]
+
+
+def cpu_args():
+    return f"--threads {config['threads']} --device {config['device']} --results {R}"
+
+
+onstart:
+    if config["fork_server"] and workflow.local_exec:
+        import os, tempfile
+        from kdpipe import server
+        from kdpipe.cli import PRELOAD
+
+        socket_path = os.path.join(tempfile.mkdtemp(prefix="kdpipe-"), "server.sock")
+        workflow.globals["FORK_SERVER"] = (server.start(socket_path, PRELOAD), socket_path)
+        os.environ["KDPIPE_SERVER"] = socket_path
+
+
+def stop_fork_server():
+    running = workflow.globals.get("FORK_SERVER")
+    if running:
+        from kdpipe import server
+
+        server.stop(*running)
+
+
+onsuccess:
+    stop_fork_server()
+
+
+onerror:
+    stop_fork_server()

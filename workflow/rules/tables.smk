@@ -1,0 +1,36 @@
+TABLE_NAMES = ["models", "stats", "asymmetry", "scaling"]
+TABLES = expand(f"{R}/tables/{{name}}.{{ext}}", name=TABLE_NAMES, ext=["parquet", "csv"])
+
+
+rule collect:
+    input:
+        teachers=expand(f"{R}/{{setup}}/teacher/row.json", setup=SETUPS),
+        students=student_rows(),
+    output:
+        models=f"{R}/tables/models.parquet",
+        csv=f"{R}/tables/models.csv",
+        rows=temp(f"{R}/tables/models.rows.txt"),
+    log:
+        f"{R}/logs/collect.log",
+    run:
+        # The row list goes through a file: thousands of paths exceed a shell argument's limit.
+        Path(output.rows).write_text("\n".join(input.teachers + input.students) + "\n")
+        shell("python -m kdpipe collect --rows-file {output.rows:q} --results {R:q}"
+              " --out {output.models:q} 2> {log:q}")
+
+
+rule statistics:
+    input:
+        models=f"{R}/tables/models.parquet",
+    output:
+        expand(f"{R}/tables/{{name}}.{{ext}}", name=["stats", "asymmetry", "scaling"],
+               ext=["parquet", "csv"]),
+    params:
+        spec=json.dumps(config["stats"], sort_keys=True),
+        code=package_hash("stats"),
+    log:
+        f"{R}/logs/statistics.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m kdpipe stats --spec {params.spec:q} --out $(dirname {input.models:q}) 2> {log:q}"
