@@ -7,6 +7,7 @@ its outputs atomically. Heavy imports happen inside the steps: ``--help`` stays 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -56,6 +57,28 @@ def recipe_of(spec: dict):
     return Recipe(**spec["recipe"])
 
 
+def checkpoint_of(args):
+    """Periodic training state outside the job's outputs (Snakemake deletes those before a
+    rerun), keyed by the spec so that a changed job never resumes an old run."""
+    from kdpipe.train import Checkpoint
+
+    if args.checkpoint_dir is None or args.checkpoint_every <= 0:
+        return None
+    spec = json.dumps(args.spec, sort_keys=True)
+    digest = hashlib.sha256(spec.encode()).hexdigest()[:20]
+    # re-prepared data or a retrained teacher invalidate the checkpoint
+    inputs = [args.data] + ([Path(args.teacher) / TRAIN_LOGITS] if hasattr(args, "teacher") else [])
+    fingerprint = [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in inputs]
+    key = json.dumps([spec, fingerprint])
+    return Checkpoint(args.checkpoint_dir / f"{args.step}-{digest}.pt", args.checkpoint_every, key)
+
+
+def finish_checkpoint(args) -> None:
+    checkpoint = checkpoint_of(args)
+    if checkpoint is not None:
+        checkpoint.path.unlink(missing_ok=True)
+
+
 # --- steps -------------------------------------------------------------------------------------
 
 def prepare_data(args) -> int:
@@ -89,9 +112,11 @@ def train_teacher(args) -> int:
     teacher = Learner("teacher", model)
     seconds = train([teacher], dataset.x_train, dataset.y_train, recipe,
                     order_seed=seed_for("order", "teacher", spec["seed"]),
-                    log=EpochLog(f"{spec['setup']} teacher", recipe.epochs))
+                    log=EpochLog(f"{spec['setup']} teacher", recipe.epochs),
+                    checkpoint=checkpoint_of(args))
     save_state(model, out / TEACHER_WEIGHTS)
     write_model_outputs(args, spec, dataset, out, model, recipe, seconds, role="teacher")
+    finish_checkpoint(args)
     return 0
 
 
@@ -145,10 +170,11 @@ def train_students(args) -> int:
     label = f"{spec['setup']} w={width:g} s={seed}"
     seconds = train(learners, dataset.x_train, dataset.y_train, recipe,
                     order_seed=seed_for("order", "student", seed),
-                    log=EpochLog(label, recipe.epochs))
+                    log=EpochLog(label, recipe.epochs), checkpoint=checkpoint_of(args))
     for m, learner in zip(methods, learners):
         write_model_outputs(args, {**spec, **m}, dataset, Path(outputs[m["method"]]), learner.model,
                             recipe, seconds / len(learners), role="student")
+    finish_checkpoint(args)
     return 0
 
 
@@ -276,6 +302,11 @@ def parser() -> argparse.ArgumentParser:
                        help="results folder the table's paths are relative to (default: results)")
         s.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
         s.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+        s.add_argument("--checkpoint-dir", type=Path,
+                       help="folder of training checkpoints, one file per spec: saved "
+                            "periodically, resumed from when present")
+        s.add_argument("--checkpoint-every", type=int, default=5,
+                       help="epochs between checkpoints (default: 5; 0: none)")
 
     s = step("prepare-data", prepare_data, "Prepare a dataset once into a tensor file.")
     s.add_argument("--spec", type=spec_arg, required=True, help='JSON: {"family": ..., "options": {...}}')

@@ -17,6 +17,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -97,12 +98,15 @@ def distillation_loss(student_logits, labels, target_logits, alpha: float, tempe
     student_logits, labels = student_logits.reshape(-1, classes), labels.reshape(-1)
     if target_logits is not None:
         target_logits = target_logits.reshape(-1, classes)
-    ce = F.cross_entropy(student_logits, labels)
+    log_p = F.log_softmax(student_logits, dim=-1)
+    ce = F.nll_loss(log_p, labels)
     if target_logits is None:
         return ce
     t = temperature
-    kl = F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(target_logits / t, dim=-1),
-                  log_target=True, reduction="batchmean")
+    if t != 1:  # at T = 1 the CE's log-probabilities serve the KL term as well
+        log_p, target_logits = F.log_softmax(student_logits / t, dim=-1), target_logits / t
+    kl = F.kl_div(log_p, F.log_softmax(target_logits, dim=-1), log_target=True,
+                  reduction="batchmean")
     return (1 - alpha) * ce + alpha * t * t * kl
 
 
@@ -140,12 +144,23 @@ def learning_rate(recipe: Recipe, step: int, total_steps: int) -> float:
     raise ValueError(f"unknown schedule {recipe.schedule!r}; known: constant, cosine")
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where and how often ``train`` saves its state; ``key`` names the run (a checkpoint with
+    another key, left by a run with other settings, is ignored)."""
+    path: Path
+    every: int
+    key: str
+
+
 def train(learners: list, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, order_seed: int,
-          log=None) -> float:
+          log=None, checkpoint: Checkpoint | None = None) -> float:
     """Train ``learners`` together on batches of (x, y) in the order drawn from ``order_seed``.
 
     Returns the seconds spent. ``log(epoch, learners)`` is called after every epoch; each
-    learner's ``history`` gets {"epoch", "loss", "accuracy"} of its training batches.
+    learner's ``history`` gets {"epoch", "loss", "accuracy"} of its training batches. With a
+    ``checkpoint``, the state is saved every ``checkpoint.every`` epochs and a run finding a
+    checkpoint of its own resumes from it, ending exactly as an uninterrupted run would.
     """
     start = time.perf_counter()
     models = [learner.model for learner in learners]
@@ -153,10 +168,13 @@ def train(learners: list, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, orde
     n = len(x)
     steps_per_epoch = math.ceil(n / recipe.batch_size)
     total_steps = recipe.epochs * steps_per_epoch
+    first_epoch = resume(checkpoint, learners, optimizer, x.device)
+    if first_epoch and log is not None:
+        print(f"resumed from {checkpoint.path} after epoch {first_epoch}", file=sys.stderr)
     for model in models:
         model.train()
-    step = 0
-    for epoch in range(recipe.epochs):
+    step = first_epoch * steps_per_epoch
+    for epoch in range(first_epoch, recipe.epochs):
         order = torch.randperm(n, generator=generator(seed_for(order_seed, epoch), x.device),
                                device=x.device)
         loss_sums = torch.zeros(len(learners), device=x.device)
@@ -183,7 +201,34 @@ def train(learners: list, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, orde
                                     "accuracy": correct[k].item() / y.numel()})
         if log is not None:
             log(epoch + 1, learners)
+        if checkpoint and (epoch + 1) % checkpoint.every == 0 and epoch + 1 < recipe.epochs:
+            save_checkpoint(checkpoint, learners, optimizer, epoch + 1)
     return time.perf_counter() - start
+
+
+def save_checkpoint(checkpoint: Checkpoint, learners: list, optimizer, epochs_done: int) -> None:
+    from kdpipe.io import atomic_path
+
+    state = {"key": checkpoint.key, "epochs_done": epochs_done,
+             "optimizer": optimizer.state_dict(),
+             "models": [learner.model.state_dict() for learner in learners],
+             "histories": [learner.history for learner in learners]}
+    with atomic_path(checkpoint.path) as tmp:
+        torch.save(state, tmp)
+
+
+def resume(checkpoint: Checkpoint | None, learners: list, optimizer, device) -> int:
+    """Load a matching checkpoint into the learners and optimizer; return the epochs done."""
+    if checkpoint is None or not Path(checkpoint.path).exists():
+        return 0
+    state = torch.load(checkpoint.path, map_location=device, weights_only=True)
+    if state["key"] != checkpoint.key or len(state["models"]) != len(learners):
+        return 0
+    optimizer.load_state_dict(state["optimizer"])
+    for learner, weights, history in zip(learners, state["models"], state["histories"]):
+        learner.model.load_state_dict(weights)
+        learner.history[:] = history
+    return state["epochs_done"]
 
 
 @torch.no_grad()

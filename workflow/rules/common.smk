@@ -103,6 +103,10 @@ def cpu_args():
     return f"--threads {config['threads']} --device {config['device']} --results {R}"
 
 
+# Not params: where and how often to checkpoint does not change results (no rerun trigger).
+CHECKPOINTS = f"--checkpoint-dir {R}/checkpoints --checkpoint-every {config['checkpoint_every']}"
+
+
 onstart:
     if config["fork_server"] and workflow.local_exec:
         import os, tempfile

@@ -31,7 +31,7 @@ rule train_kd_rcd:
         "python -m kdpipe train-students --spec {params.spec:q} --data {input.data:q}"
         " --labels {input.labels:q} --teacher $(dirname {input.teacher:q})"
         " --out kd=$(dirname {output.kd_row:q}) --out rcd=$(dirname {output.rcd_row:q})"
-        " {params.args} 2> {log:q}"
+        " {params.args} {CHECKPOINTS} 2> {log:q}"
 
 
 rule train_siddo:
@@ -54,4 +54,4 @@ rule train_siddo:
     shell:
         "python -m kdpipe train-students --spec {params.spec:q} --data {input.data:q}"
         " --labels {input.labels:q} --teacher $(dirname {input.teacher:q})"
-        " --out siddo=$(dirname {output.row:q}) {params.args} 2> {log:q}"
+        " --out siddo=$(dirname {output.row:q}) {params.args} {CHECKPOINTS} 2> {log:q}"

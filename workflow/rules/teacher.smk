@@ -18,4 +18,4 @@ rule train_teacher:
         CONDA_ENV
     shell:
         "python -m kdpipe train-teacher --spec {params.spec:q} --data {input.data:q}"
-        " --labels {input.labels:q} --out $(dirname {output.row:q}) {params.args} 2> {log:q}"
+        " --labels {input.labels:q} --out $(dirname {output.row:q}) {params.args} {CHECKPOINTS} 2> {log:q}"

@@ -1,0 +1,110 @@
+"""A killed training job resumes from its checkpoint and ends exactly as an uninterrupted one."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdpipe import models
+from kdpipe.train import Checkpoint, Learner, RandomLogits, Recipe, generator, train
+
+torch.set_num_threads(1)
+
+
+class Killed(Exception):
+    pass
+
+
+def learners():
+    base = models.build("mlp", (6,), 3, 0.1)
+    models.init_parameters(base, generator(1))
+    kd = models.build("mlp", (6,), 3, 0.1)
+    kd.load_state_dict(base.state_dict())
+    return [Learner("siddo", base), Learner("rcd", kd, RandomLogits(40, 3, seed=2), 0.5, 2.0)]
+
+
+def test_resumed_training_equals_uninterrupted(tmp_path):
+    g = generator(0)
+    x, y = torch.randn(40, 6, generator=g), torch.randint(0, 3, (40,), generator=g)
+    recipe = Recipe(epochs=5, batch_size=8, schedule="cosine")
+    reference = learners()
+    train(reference, x, y, recipe, order_seed=3)
+
+    checkpoint = Checkpoint(tmp_path / "state.pt", every=2, key="job")
+
+    def die_in_epoch_3(epoch, _):
+        if epoch == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(learners(), x, y, recipe, order_seed=3, log=die_in_epoch_3, checkpoint=checkpoint)
+    assert checkpoint.path.exists()
+    resumed = learners()
+    train(resumed, x, y, recipe, order_seed=3, checkpoint=checkpoint)
+    for a, b in zip(reference, resumed):
+        assert a.history == b.history
+        for p, q in zip(a.model.parameters(), b.model.parameters()):
+            assert torch.equal(p, q)
+
+    # a checkpoint of another run (other key) is ignored: training starts from scratch
+    other = Checkpoint(checkpoint.path, every=2, key="another job")
+    fresh = learners()
+    seen = []
+    train(fresh, x, y, recipe, order_seed=3, log=lambda e, _: seen.append(e), checkpoint=other)
+    assert seen == [1, 2, 3, 4, 5]
+
+
+def kdpipe(*args, wait=True, stderr=subprocess.DEVNULL):
+    """Run (or with wait=False start) a kdpipe step in its own process."""
+    cmd = [sys.executable, "-m", "kdpipe", *map(str, args)]
+    job = subprocess.Popen(cmd, env={**os.environ, "KDPIPE_SERVER": ""}, stderr=stderr)
+    if wait:
+        assert job.wait(timeout=300) == 0
+    return job
+
+
+def test_sigterm_mid_training_then_rerun_gives_the_same_metrics(tmp_path):
+    data, labels = tmp_path / "digits.pt", tmp_path / "digits.labels.npy"
+    kdpipe("prepare-data", "--spec", json.dumps({"family": "digits", "options": {}}),
+           "--raw-dir", tmp_path, "--out", data, "--labels-out", labels)
+    base = {"setup": "s", "dataset": "digits", "arch": "mlp", "teacher_id": "s/teacher"}
+    common = ["--data", data, "--labels", labels, "--results", tmp_path, "--device", "cpu"]
+    kdpipe("train-teacher", "--spec", json.dumps({**base, "seed": 0,
+                                                  "recipe": {"epochs": 2, "batch_size": 64}}),
+           *common, "--out", tmp_path / "teacher")
+    spec = json.dumps({**base, "width": 0.5, "seed": 1, "recipe": {"epochs": 40, "batch_size": 16},
+                       "methods": [{"method": "kd", "alpha": 0.5, "temperature": 1.0},
+                                   {"method": "rcd", "alpha": 0.5, "temperature": 1.0}]})
+
+    def students(out, **run):
+        return kdpipe("train-students", "--spec", spec, *common, "--teacher", tmp_path / "teacher",
+                      "--out", f"kd={out}/kd", "--out", f"rcd={out}/rcd",
+                      "--checkpoint-dir", tmp_path / "checkpoints", "--checkpoint-every", "1",
+                      **run)
+
+    students(tmp_path / "uninterrupted")
+    assert not list((tmp_path / "checkpoints").iterdir())  # removed once the job is done
+
+    log = open(tmp_path / "killed.log", "w")
+    job = students(tmp_path / "resumed", wait=False, stderr=log)
+    deadline = time.time() + 120
+    while not (tmp_path / "killed.log").read_text().count("epoch 3/40"):
+        assert job.poll() is None and time.time() < deadline, "job ended before it was killed"
+        time.sleep(0.01)
+    job.send_signal(signal.SIGTERM)
+    assert job.wait(timeout=60) != 0
+    assert not (tmp_path / "resumed/kd/row.json").exists()
+    assert list((tmp_path / "checkpoints").iterdir())
+
+    students(tmp_path / "resumed", stderr=open(tmp_path / "resumed.log", "w"))
+    assert "resumed from" in (tmp_path / "resumed.log").read_text()
+    for method in ("kd", "rcd"):
+        row = json.loads((tmp_path / "uninterrupted" / method / "row.json").read_text())
+        again = json.loads((tmp_path / "resumed" / method / "row.json").read_text())
+        assert {k: v for k, v in row.items() if k != "logits_path"} == \
+               {k: v for k, v in again.items() if k != "logits_path"}
