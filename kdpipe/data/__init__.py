@@ -1,6 +1,8 @@
-"""Datasets: one module per family, a registry, and one prepared on-disk format.
+"""Datasets: families, a registry of them, and one prepared on-disk format.
 
-Every family module exposes ``prepare(options: dict, raw_dir: Path) -> dict`` returning the
+A family is any object with ``DEFAULTS`` (every option with its default), ``acquire(options:
+dict, raw_dir: Path) -> None`` and ``prepare(options: dict, raw_dir: Path) -> dict``: usually a
+module of its own; a ``Family`` where several share one module. ``prepare`` returns the
 prepared split as tensors::
 
     {"x_train": Tensor, "y_train": int64 Tensor, "x_test": Tensor, "y_test": int64 Tensor,
@@ -12,22 +14,23 @@ straight onto their device, so no job pays for decoding or a DataLoader.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-# name -> module path; modules are imported only when used (some pull in torchaudio/scipy.io).
+# name -> "module" or "module:attribute"; imported only when used (some pull in torchaudio).
 FAMILIES = {
     "digits": "kdpipe.data.digits",
-    "cifar10": "kdpipe.data.cifar.cifar10",  # module objects registered by kdpipe.data.cifar
-    "cifar100": "kdpipe.data.cifar.cifar100",
+    "cifar10": "kdpipe.data.cifar:cifar10",
+    "cifar100": "kdpipe.data.cifar:cifar100",
     "svhn": "kdpipe.data.svhn",
     "tinyimagenet": "kdpipe.data.tinyimagenet",
     "imagefolder": "kdpipe.data.imagefolder",
     "speechcommands": "kdpipe.data.speechcommands",
     "urbansound8k": "kdpipe.data.urbansound",
     "audiofolder": "kdpipe.data.audiofolder",
-    "shakespeare": "kdpipe.data.text",
-    "textfile": "kdpipe.data.text",
+    "shakespeare": "kdpipe.data.text:shakespeare",
+    "textfile": "kdpipe.data.text:textfile",
 }
 
 
@@ -53,10 +56,26 @@ class Dataset:
         return tuple(self.x_train.shape[1:])
 
 
+@dataclass(frozen=True)
+class Family:
+    """A family that shares its module with others (CIFAR-10 and -100, the text families)."""
+    name: str
+    defaults: dict
+    acquire: Callable[[dict, Path], None]
+    prepare: Callable[[dict, Path], dict]
+
+    @property
+    def DEFAULTS(self) -> dict:  # the name a family module uses
+        return self.defaults
+
+
 def family(name: str):
+    """The family registered as ``name``: its module, or the module's attribute FAMILIES names."""
     if name not in FAMILIES:
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(sorted(FAMILIES))}")
-    return importlib.import_module(FAMILIES[name])
+    module, _, attribute = FAMILIES[name].partition(":")
+    found = importlib.import_module(module)
+    return getattr(found, attribute) if attribute else found
 
 
 def check_options(name: str, defaults: dict, options: dict) -> dict:

@@ -1,0 +1,147 @@
+"""A researcher's own images: one folder per class, ``<root>/<class>/*.png|jpg|jpeg``.
+
+Class names are the folder names, sorted; label i is the i-th name. Files with other suffixes and
+folders whose names start with a dot are ignored (kdpipe.data.folders). Options:
+- ``root`` (null): the folder of class folders; null means the raw folder of the data set itself;
+- ``test_root`` (null): a second folder laid out like ``root`` that is the test split; its class
+  folders must be among those of ``root``;
+- ``test_fraction`` (0.2): without ``test_root``, the share of every class held out as test
+  images (a stratified split, rounded per class);
+- ``split_seed`` (0): the seed of that split;
+- ``size`` (null): resize every image to ``size`` x ``size`` pixels, or to [height, width]
+  (bilinear, antialiased); null keeps the files' size, which must then be the same for all;
+- ``grey`` (false): false converts every image to RGB (3 channels), true to grey (1 channel).
+
+This module also holds what the other image families share: decoding files (``read_images``),
+the per-channel statistics (``channel_stats``) and the prepared dict (``image_dataset``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kdpipe.data import DataError, check_options
+from kdpipe.data.folders import class_folders, root_folder, stratified_split
+
+DEFAULTS = {"root": None, "test_root": None, "test_fraction": 0.2, "split_seed": 0, "size": None,
+            "grey": False}
+SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def acquire(options: dict, raw_dir: Path) -> None:
+    """Nothing to download: check that the folders are there and hold images."""
+    options = _checked(options)
+    class_folders(root_folder(options, raw_dir), SUFFIXES)
+    if options["test_root"] is not None:
+        class_folders(Path(options["test_root"]), SUFFIXES)
+
+
+def prepare(options: dict, raw_dir: Path) -> dict:
+    options = _checked(options)
+    root = root_folder(options, raw_dir)
+    paths, y, classes = class_folders(root, SUFFIXES)
+    if options["test_root"] is None:
+        paths_train, y_train, paths_test, y_test = stratified_split(
+            paths, y, options["test_fraction"], options["split_seed"])
+        if not paths_test:
+            raise DataError(f"{root}: test_fraction {options['test_fraction']} leaves no test "
+                            "images; raise it or add images")
+    else:
+        test_root = Path(options["test_root"])
+        paths_train, y_train = paths, y
+        paths_test, test_labels, test_classes = class_folders(test_root, SUFFIXES)
+        unknown = sorted(set(test_classes) - set(classes))
+        if unknown:
+            raise DataError(f"{test_root}: class folder(s) {', '.join(unknown)} are not in "
+                            f"root {root}")
+        y_test = np.asarray([classes.index(test_classes[i]) for i in test_labels], np.int64)
+    x_train = read_images(paths_train, options["size"], options["grey"])
+    x_test = read_images(paths_test, options["size"], options["grey"])
+    if x_test.shape[1:] != x_train.shape[1:]:
+        raise DataError(f"{paths_test[0]}: {x_test.shape[2]}x{x_test.shape[3]} pixels, but "
+                        f"{paths_train[0]} is {x_train.shape[2]}x{x_train.shape[3]}: set option "
+                        "size to bring train and test images to one size")
+    return image_dataset(x_train, y_train, x_test, y_test, classes)
+
+
+def _checked(options: dict) -> dict:
+    options = check_options("imagefolder", DEFAULTS, options)
+    if options["test_root"] is None and not 0 < options["test_fraction"] < 1:
+        raise DataError(f"dataset 'imagefolder': test_fraction must lie in (0, 1), "
+                        f"got {options['test_fraction']!r}")
+    size = options["size"]
+    if size is not None:
+        size = [size, size] if isinstance(size, int) else list(size)
+        if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+            raise DataError(f"dataset 'imagefolder': size must be null, a positive int or "
+                            f"[height, width], got {options['size']!r}")
+        options["size"] = size
+    if not isinstance(options["grey"], bool):
+        raise DataError(f"dataset 'imagefolder': grey must be true or false, "
+                        f"got {options['grey']!r}")
+    return options
+
+
+def read_image(path: Path, size=None, grey: bool = False) -> np.ndarray:
+    """One image file as uint8 [C, H, W]: RGB (C = 3) or grey (C = 1), resized to ``size``
+    ([height, width] in pixels) when given."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if grey else "RGB")  # decodes the whole file
+            if size is not None and image.size != (size[1], size[0]):
+                image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            pixels = np.asarray(image, dtype=np.uint8)
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing image file") from None
+    except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for unreadable files
+        raise DataError(f"{path}: unreadable image ({error})") from None
+    return pixels[None] if grey else pixels.transpose(2, 0, 1)
+
+
+def read_images(paths: list[Path], size=None, grey: bool = False) -> np.ndarray:
+    """Image files as one uint8 array [N, C, H, W]; without ``size`` all must share a size."""
+    if not paths:
+        raise DataError("no image files to read")
+    first = read_image(paths[0], size, grey)
+    x = np.empty((len(paths),) + first.shape, dtype=np.uint8)
+    x[0] = first
+    for i, path in enumerate(paths[1:], start=1):
+        image = read_image(path, size, grey)
+        if image.shape != first.shape:
+            raise DataError(
+                f"{path}: {image.shape[1]}x{image.shape[2]} pixels, but {paths[0]} is "
+                f"{first.shape[1]}x{first.shape[2]}: the images of a data set must share one "
+                "size (the imagefolder family resizes them with option size)")
+        x[i] = image
+    return x
+
+
+def channel_stats(x: np.ndarray) -> dict:
+    """Per-channel mean and (population) std of uint8 images [N, C, H, W], in [0, 1] units.
+
+    Counted from a 256-bin histogram per channel: exact, and no float copy of the whole set."""
+    levels = np.arange(256) / 255
+    mean, std = [], []
+    for c in range(x.shape[1]):
+        counts = np.bincount(x[:, c].ravel(), minlength=256)
+        m = counts @ levels / counts.sum()
+        mean.append(float(m))
+        std.append(float(np.sqrt(counts @ (levels - m) ** 2 / counts.sum())))
+    return {"mean": mean, "std": std}
+
+
+def image_dataset(x_train, y_train, x_test, y_test, classes) -> dict:
+    """The prepared dict of an image family from uint8 [N, C, H, W] arrays and labels."""
+    import torch
+
+    return {
+        "x_train": torch.from_numpy(np.ascontiguousarray(x_train)),
+        "y_train": torch.from_numpy(np.asarray(y_train, dtype=np.int64)),
+        "x_test": torch.from_numpy(np.ascontiguousarray(x_test)),
+        "y_test": torch.from_numpy(np.asarray(y_test, dtype=np.int64)),
+        "classes": list(classes),
+        "meta": {"kind": "image", "normalize": channel_stats(x_train)},
+    }

@@ -1,0 +1,61 @@
+"""SVHN, cropped digits (Netzer et al. 2011): 32x32 RGB house-number digits, 10 classes.
+
+Reads the official MATLAB files ``train_32x32.mat`` (73,257 images) and ``test_32x32.mat``
+(26,032): X uint8 [32, 32, 3, N] (height, width, channel, image) and y [N, 1] with digits 1..9
+as themselves and digit 0 as label 10; we map 10 to 0, so label d is digit d. The "extra" set is
+not used. No options.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kdpipe.data import DataError, check_options
+from kdpipe.data.download import fetch
+from kdpipe.data.imagefolder import image_dataset
+
+DEFAULTS = {}
+URL = "http://ufldl.stanford.edu/housenumbers/"
+FILES = {"train_32x32.mat": "md5:e26dedcc434d2e4c54c9b2d4a06d8373",
+         "test_32x32.mat": "md5:eb5a983be6a315427106f1b164d9cef3"}
+
+
+def acquire(options: dict, raw_dir: Path) -> None:
+    check_options("svhn", DEFAULTS, options)
+    for name, checksum in FILES.items():
+        if not (raw_dir / name).is_file():
+            fetch(URL + name, raw_dir / name, checksum)
+
+
+def prepare(options: dict, raw_dir: Path) -> dict:
+    check_options("svhn", DEFAULTS, options)
+    x_train, y_train = read_split(raw_dir / "train_32x32.mat")
+    x_test, y_test = read_split(raw_dir / "test_32x32.mat")
+    return image_dataset(x_train, y_train, x_test, y_test, [str(d) for d in range(10)])
+
+
+def read_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images uint8 [N, 3, 32, 32] and int64 labels [N] (digit d is label d) of one .mat file."""
+    import scipy.io
+
+    if not path.is_file():
+        raise DataError(f"{path}: missing; acquire the data set again or download it from "
+                        f"{URL}{path.name}")
+    try:
+        mat = scipy.io.loadmat(path, variable_names=("X", "y"))
+    except (OSError, ValueError, NotImplementedError, scipy.io.matlab.MatReadError) as error:
+        raise DataError(f"{path}: unreadable .mat file ({error})") from None
+    for key in ("X", "y"):
+        if key not in mat:
+            raise DataError(f"{path}: no variable {key!r}")
+    x, y = mat["X"], mat["y"]
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3):
+        raise DataError(f"{path}: X is {x.dtype} {list(x.shape)}, expected uint8 [32, 32, 3, N]")
+    if y.size != x.shape[3]:
+        raise DataError(f"{path}: {y.size} labels for {x.shape[3]} images")
+    y = y.reshape(-1).astype(np.int64)
+    if y.size and not 1 <= y.min() <= y.max() <= 10:
+        raise DataError(f"{path}: labels outside 1..10")
+    y[y == 10] = 0
+    return x.transpose(3, 2, 0, 1), y
