@@ -15,6 +15,13 @@ import math
 ARCHS = {
     "mlp": "kdpipe.models.mlp",
     "cnn": "kdpipe.models.cnn",
+    "resnet18": "kdpipe.models.resnet",
+    "vgg19": "kdpipe.models.vgg",
+    "vit": "kdpipe.models.vit",
+    "m5": "kdpipe.models.m5",
+    "logmel_cnn": "kdpipe.models.logmel_cnn",
+    "char_lstm": "kdpipe.models.lstm",
+    "char_gpt": "kdpipe.models.gpt",
 }
 
 
@@ -31,12 +38,24 @@ def build(arch: str, input_shape: tuple, num_classes: int, width: float):
     return importlib.import_module(ARCHS[arch]).build(tuple(input_shape), num_classes, width)
 
 
+def parameter_count(arch: str, input_shape: tuple, num_classes: int, width: float = 1.0) -> int:
+    """The number of trainable scalars of ``build(arch, ...)``, built on the meta device (no
+    memory, no initialisation), so that it is cheap even for the largest architecture."""
+    import torch
+
+    with torch.device("meta"):
+        model = build(arch, input_shape, num_classes, width)
+    return sum(p.numel() for p in model.parameters())
+
+
 def init_parameters(model, generator) -> None:
     """Draw every parameter from ``generator`` with PyTorch's default schemes.
 
     Linear/conv: Kaiming-uniform weights (a = sqrt(5)) and U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-    biases, as ``reset_parameters`` does; norms: ones and zeros. A module with parameters of
-    another kind must define ``init_parameters(generator)`` itself.
+    biases, as ``reset_parameters`` does; norms: ones and zeros; embeddings: N(0, 1); LSTMs:
+    every weight and bias U(-1/sqrt(hidden), 1/sqrt(hidden)). Any other module holding
+    parameters itself must define ``init_parameters(generator)``, which draws its own
+    (non-recursive) parameters; its submodules are visited by this loop.
     """
     import torch
     from torch import nn
@@ -57,5 +76,11 @@ def init_parameters(model, generator) -> None:
             elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, generator=generator)
+            elif isinstance(module, nn.LSTM):
+                bound = 1 / math.sqrt(module.hidden_size)
+                for parameter in own:
+                    nn.init.uniform_(parameter, -bound, bound, generator=generator)
             else:
                 raise TypeError(f"no generator-driven init for {type(module).__name__}")
