@@ -10,6 +10,7 @@ import argparse
 import hashlib
 import json
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -350,6 +351,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    slurm_job = os.environ.get("SLURM_JOB_ID")
+    print(f"{args.step} on {socket.gethostname()}, pid {os.getpid()}"
+          + (f", SLURM job {slurm_job}" if slurm_job else ""), file=sys.stderr)
     start = time.perf_counter()
     code = args.func(args)
     print(f"{args.step} done in {time.perf_counter() - start:.1f} s", file=sys.stderr)

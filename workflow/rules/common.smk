@@ -99,6 +99,18 @@ def package_hash(module):
     return hashlib.sha256(Path(origin).read_bytes()).hexdigest()[:16]
 
 
+# gpu, mem_mb and runtime (minutes) of a training job, from its setup's `resources`
+TRAINING_RESOURCES = {
+    name: lambda wildcards, name=name: setup_of(wildcards)["resources"][name]
+    for name in ("gpu", "mem_mb", "runtime")
+}
+
+
+# Student jobs form one Snakemake group: a cluster run packs `--group-components students=K`
+# of them into one allocation (slurm/profile.yaml sets K); local runs ignore groups.
+STUDENTS = "students"
+
+
 def cpu_args():
     return f"--threads {config['threads']} --device {config['device']} --results {R}"
 

@@ -23,6 +23,10 @@ rule train_kd_rcd:
             ]),
         args=cpu_args(),
     threads: config["threads"]
+    resources:
+        **TRAINING_RESOURCES,
+    group:
+        STUDENTS
     log:
         f"{R}/logs/train_kd_rcd/{{setup}}/{PAIR}.log",
     conda:
@@ -47,6 +51,10 @@ rule train_siddo:
                                      methods=[{"method": "siddo", "alpha": 0.0}]),
         args=cpu_args(),
     threads: config["threads"]
+    resources:
+        **TRAINING_RESOURCES,
+    group:
+        STUDENTS
     log:
         f"{R}/logs/train_siddo/{{setup}}/{SIDDO}.log",
     conda:

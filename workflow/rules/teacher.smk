@@ -12,6 +12,8 @@ rule train_teacher:
         spec=lambda w: training_spec(w, seed=setup_of(w)["teacher_seed"]),
         args=cpu_args(),
     threads: config["threads"]
+    resources:
+        **TRAINING_RESOURCES,
     log:
         f"{R}/logs/train_teacher/{{setup}}.log",
     conda:

@@ -1,0 +1,83 @@
+"""`snakemake --profile slurm` through a real SLURM: the one-node cluster that .ci/run starts
+with tests/slurm/start_cluster.sh. Skips, saying why, where no cluster answers."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+ENV.pop("KDPIPE_SLURM_PARTITION", None)  # the cluster's default partition
+ENV.pop("KDPIPE_SLURM_ACCOUNT", None)
+
+CONFIG = {
+    "datasets": {"digits": {"family": "digits"}},
+    "setups": {"digits-mlp": {"dataset": "digits", "arch": "mlp",
+                              "recipe": {"epochs": 4, "batch_size": 32},
+                              "resources": {"gpu": 1, "mem_mb": 1000, "runtime": 10}}},
+    "alphas": [0.5],
+    "widths": [0.5, 1],
+    "seeds": [0, 1, 2],
+    "plots": {"formats": ["png"], "dpi": 50},
+}
+
+
+def cluster_problem():
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        return "SLURM's client commands are not installed (tests/slurm/start_cluster.sh does it)"
+    try:
+        import snakemake_executor_plugin_slurm  # noqa: F401
+    except ImportError:
+        return "snakemake-executor-plugin-slurm is not installed (pip install -e '.[test]')"
+    states = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
+    if states.returncode != 0 or not {"idle", "mix", "alloc"} & set(states.stdout.split()):
+        return f"no SLURM node is up (sinfo: {states.stdout.strip() or states.stderr.strip()})"
+    return None
+
+
+pytestmark = pytest.mark.skipif(cluster_problem() is not None, reason=str(cluster_problem()))
+
+
+def run(workdir: Path, *args):
+    cmd = ["timeout", "-s", "INT", "300", sys.executable, "-m", "snakemake",
+           "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(workdir / "config.yaml"), *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=330)
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def test_the_study_runs_under_slurm_packed_and_matches_a_local_run(tmp_path):
+    slurm_dir, local_dir = tmp_path / "slurm", tmp_path / "local"
+    for folder in (slurm_dir, local_dir):
+        folder.mkdir()
+        (folder / "config.yaml").write_text(yaml.safe_dump(CONFIG))
+    run(slurm_dir, "--profile", str(REPO / "slurm"), "--group-components", "students=6",
+        "--slurm-init-seconds-before-status-checks", "2")
+    run(local_dir, "--cores", "2")
+
+    def slurm_job(log: Path) -> str:
+        found = re.search(r"SLURM job (\d+)", log.read_text())
+        assert found, f"{log} does not show a SLURM job id"
+        return found.group(1)
+
+    logs = slurm_dir / "results/logs"
+    teacher = slurm_job(logs / "train_teacher/digits-mlp.log")
+    pairs = [slurm_job(p) for p in sorted((logs / "train_kd_rcd/digits-mlp").glob("*.log"))]
+    siddo = [slurm_job(p) for p in sorted((logs / "train_siddo/digits-mlp").glob("*.log"))]
+    assert len(pairs) == 6 and len(siddo) == 6
+    # twelve student jobs, packed six to an allocation
+    assert sorted(pd.Series(pairs + siddo).value_counts()) == [6, 6]
+    assert teacher not in pairs + siddo
+
+    for name in ("models", "stats", "asymmetry", "scaling"):
+        on_slurm = pd.read_parquet(slurm_dir / f"results/tables/{name}.parquet")
+        local = pd.read_parquet(local_dir / f"results/tables/{name}.parquet")
+        pd.testing.assert_frame_equal(on_slurm, local, check_exact=True, obj=name)
