@@ -88,6 +88,7 @@ def prepare_data(args) -> int:
     from kdpipe import data
     from kdpipe.io import write_npy
 
+    data.acquire(args.spec["family"], args.spec["options"], args.raw_dir)
     data.prepare(args.spec["family"], args.spec["options"], args.raw_dir, args.out)
     prepared = data.load(args.out)
     write_npy(args.labels_out, prepared.y_test.numpy().reshape(-1).astype(np.int64))
@@ -127,8 +128,7 @@ def train_students(args) -> int:
     import torch
 
     from kdpipe import data, models
-    from kdpipe.train import (EpochLog, Learner, RandomLogits, TeacherLogits, generator,
-                              seed_for, train)
+    from kdpipe.train import EpochLog, Learner, RandomLogits, generator, seed_for, train
 
     spec = args.spec
     outputs = dict(args.out)
@@ -148,15 +148,12 @@ def train_students(args) -> int:
     else:
         models.init_parameters(initial, generator(seed_for("init", width, seed), device))
 
-    teacher_train_logits = None
     learners = []
     for m in methods:
         target = None
         if m["method"] in ("kd", "rcd"):
             if m["method"] == "kd":
-                if teacher_train_logits is None:
-                    teacher_train_logits = load_logits(teacher_dir / TRAIN_LOGITS, device)
-                target = TeacherLogits(teacher_train_logits)
+                target = teacher_target(spec, dataset, teacher_dir, device)
             else:
                 noise = m.get("noise", {})
                 shape = (*dataset.y_train.shape[1:], dataset.num_classes)
@@ -188,11 +185,21 @@ def save_state(model, path: Path) -> None:
         torch.save(model.state_dict(), tmp)
 
 
-def load_logits(path: Path, device: str):
+def teacher_target(spec, dataset, teacher_dir: Path, device: str):
+    """The teacher's cached train logits, or, where batches are augmented, the teacher itself."""
     import numpy as np
     import torch
 
-    return torch.from_numpy(np.load(path)).to(device)
+    from kdpipe import models
+    from kdpipe.train import TeacherLogits, TeacherModel
+
+    if spec["recipe"].get("augment", "none") == "none":
+        logits = torch.from_numpy(np.load(teacher_dir / TRAIN_LOGITS)).to(device)
+        return TeacherLogits(logits.view(*dataset.y_train.shape, -1))
+    teacher = models.build(spec["arch"], dataset.input_shape, dataset.num_classes, 1.0).to(device)
+    teacher.load_state_dict(torch.load(teacher_dir / TEACHER_WEIGHTS, map_location=device,
+                                       weights_only=True))
+    return TeacherModel(teacher)
 
 
 def write_model_outputs(args, spec, dataset, out: Path, model, recipe, seconds, role) -> None:
@@ -256,7 +263,7 @@ def statistics(args) -> int:
     write_table(stats.compare_methods(models, metrics=tuple(spec["metrics"]), level=spec["level"],
                                       correction=spec["correction"]), out / "stats.parquet")
     write_table(stats.asymmetry(models), out / "asymmetry.parquet")
-    write_table(stats.scaling(models), out / "scaling.parquet")
+    write_table(stats.scaling(models, bootstrap=spec["bootstrap"]), out / "scaling.parquet")
     return 0
 
 
@@ -265,6 +272,14 @@ def figures(args) -> int:
 
     written = plots.make_figures(Path(args.tables), Path(args.out), args.spec)
     print(f"wrote {len(written)} figure files to {args.out}", file=sys.stderr)
+    return 0
+
+
+def audit(args) -> int:
+    from kdpipe.audit import make_audit
+
+    written = make_audit(Path(args.tables), Path(args.results), Path(args.out), args.spec)
+    print(f"wrote {len(written)} audit files", file=sys.stderr)
     return 0
 
 
@@ -334,12 +349,20 @@ def parser() -> argparse.ArgumentParser:
 
     s = step("stats", statistics, "Mann-Whitney tests, asymmetry and scaling tables.")
     s.add_argument("--spec", type=spec_arg, required=True,
-                   help='JSON: {"metrics": [...], "level": 0.05, "correction": "none|holm|bh"}')
+                   help='JSON: {"metrics": [...], "level": 0.05, "correction": "none|holm|bh", '
+                        '"bootstrap": 1000}')
     s.add_argument("--out", type=Path, required=True, help="tables folder holding models.parquet")
 
     s = step("figures", figures, "Draw every figure from the tables alone.")
     s.add_argument("--spec", type=spec_arg, required=True, help="JSON plotting options")
     s.add_argument("--tables", type=Path, required=True, help="tables folder")
+    s.add_argument("--out", type=Path, required=True, help="figures folder")
+
+    s = step("audit", audit, "Tables and figures of each teacher's errors and the students' copies.")
+    s.add_argument("--spec", type=spec_arg, required=True, help="JSON plotting options")
+    s.add_argument("--tables", type=Path, required=True, help="tables folder (models.parquet)")
+    s.add_argument("--results", type=Path, default=Path("results"),
+                   help="results folder the table's paths are relative to (default: results)")
     s.add_argument("--out", type=Path, required=True, help="figures folder")
 
     s = step("serve", serve, "Run a fork server that runs steps without re-importing torch.")

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from kdpipe.augment import augment
+
 
 def seed_for(*parts) -> int:
     """A 63-bit seed from named parts, e.g. ``seed_for("order", "student", 3)``."""
@@ -36,7 +38,8 @@ def generator(seed: int, device="cpu") -> torch.Generator:
 @dataclass(frozen=True)
 class Recipe:
     """How a model is trained. ``lr`` is the peak learning rate; ``schedule`` is ``constant``
-    or ``cosine`` (per step, to zero at the end)."""
+    or ``cosine`` (per step, to zero at the end); ``augment`` names a batch augmentation of
+    ``kdpipe.augment`` applied on the device, with ``augment_options``."""
     epochs: int
     batch_size: int
     optimizer: str = "adam"
@@ -45,6 +48,8 @@ class Recipe:
     weight_decay: float = 0.0
     schedule: str = "constant"
     eval_batch_size: int = 1024
+    augment: str = "none"
+    augment_options: dict = field(default_factory=dict)
 
 
 class TeacherLogits:
@@ -53,8 +58,20 @@ class TeacherLogits:
     def __init__(self, logits: torch.Tensor):
         self.logits = logits
 
-    def __call__(self, index: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
+    def __call__(self, index, inputs, epoch: int, step: int) -> torch.Tensor:
         return self.logits[index]
+
+
+class TeacherModel:
+    """The teacher run on every batch: with augmentation the cached logits no longer match the
+    inputs the student sees."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model.eval()
+
+    @torch.no_grad()
+    def __call__(self, index, inputs, epoch: int, step: int) -> torch.Tensor:
+        return self.model(inputs)
 
 
 class RandomLogits:
@@ -81,7 +98,7 @@ class RandomLogits:
                                    device=device)
         self.epoch, self.stream = None, None
 
-    def __call__(self, index: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
+    def __call__(self, index, inputs, epoch: int, step: int) -> torch.Tensor:
         if self.fixed is not None:
             return self.fixed[index]
         if epoch != self.epoch:
@@ -177,17 +194,20 @@ def train(learners: list, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, orde
     for epoch in range(first_epoch, recipe.epochs):
         order = torch.randperm(n, generator=generator(seed_for(order_seed, epoch), x.device),
                                device=x.device)
+        augment_stream = generator(seed_for(order_seed, "augment", epoch), x.device)
         loss_sums = torch.zeros(len(learners), device=x.device)
         correct = torch.zeros(len(learners), device=x.device, dtype=torch.long)
         for i in range(steps_per_epoch):
             index = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
             xb, yb = x[index], y[index]
+            if recipe.augment != "none":
+                xb = augment(recipe.augment, xb, augment_stream, **recipe.augment_options)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(recipe, step, total_steps)
             total = 0
             for k, learner in enumerate(learners):
                 logits = learner.model(xb)
-                target = None if learner.target is None else learner.target(index, epoch, i)
+                target = None if learner.target is None else learner.target(index, xb, epoch, i)
                 loss = distillation_loss(logits, yb, target, learner.alpha, learner.temperature)
                 total = total + loss
                 loss_sums[k] += loss.detach() * len(index)

@@ -1,45 +1,25 @@
 """Audio families on real speech (Free Spoken Digit Dataset, 8 kHz) laid out in the official
 SpeechCommands v2 and UrbanSound8K formats, and as a researcher's class folders."""
-import csv
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
 import torch
-from scipy.io import wavfile
-from scipy.signal import resample_poly
+from fixtures import (ENCODINGS, FSDD_RATE, SPEAKERS, WORDS, build_audiofolder,
+                      build_speechcommands, build_urbansound8k, fsdd_recordings, pcm16,
+                      urbansound_clips)
 
 from kdpipe import data
 from kdpipe.data import DataError, audio, audiofolder, speechcommands, urbansound
 
-DIGITS = {0: "zero", 1: "one", 2: "two"}
-SPEAKERS = ("george", "jackson")
-TAKES = range(4)
-FSDD_RATE = 8000
-
-# UrbanSound8K fixture: classIDs in neither digit nor name order, so that a mapping by either fails.
-CLASS_ID = {"one": 1, "two": 0, "zero": 2}
-FOLD_OF_TAKE = {0: 10, 1: 1, 2: 1, 3: 2}
-# (rate Hz, soundfile subtype, channels): every reader path, cycled over the clips.
-ENCODINGS = [(8000, "PCM_16", 1), (22050, "PCM_U8", 1), (44100, "PCM_24", 2),
-             (48000, "FLOAT", 1), (11025, "PCM_16", 2)]
+DIGITS = dict(enumerate(WORDS[:3]))  # the digits of the default fixtures
 
 
 @pytest.fixture(scope="module")
 def recordings(shared_data):
-    folder = shared_data / "fsdd" / "recordings"
-    if not folder.is_dir():
-        pytest.skip(f"{folder} is absent")
-    return {(d, s, t): folder / f"{d}_{s}_{t}.wav" for d in DIGITS for s in SPEAKERS for t in TAKES}
-
-
-def pcm16(path):
-    """An FSDD clip as float samples, read by scipy (independently of kdpipe's reader)."""
-    rate, samples = wavfile.read(path)
-    assert rate == FSDD_RATE and samples.dtype == np.int16
-    return samples.astype(np.float32) / 32768
+    """The FSDD clips of the default fixtures: 3 digits x 2 speakers x takes 0-3."""
+    return fsdd_recordings(shared_data)
 
 
 def correlation(a, b):
@@ -47,55 +27,19 @@ def correlation(a, b):
 
 
 @pytest.fixture(scope="module")
-def speech_commands(tmp_path_factory, recordings):
+def speech_commands(tmp_path_factory, shared_data):
     """raw_dir with speech_commands_v0.02/: 16 kHz 16-bit clips, list files, background noise."""
     raw = tmp_path_factory.mktemp("speechcommands")
-    root = raw / speechcommands.FOLDER
-    lists = {"testing_list.txt": [], "validation_list.txt": []}
-    for (d, s, t), source in recordings.items():
-        relative = f"{DIGITS[d]}/{s}_nohash_{t}.wav"
-        (root / DIGITS[d]).mkdir(parents=True, exist_ok=True)
-        soundfile.write(root / relative, resample_poly(pcm16(source), 2, 1), 16000, "PCM_16")
-        if t == 0:
-            lists["testing_list.txt"].append(relative)
-        elif t == 1:
-            lists["validation_list.txt"].append(relative)
-    for name, lines in lists.items():
-        (root / name).write_text("\n".join(lines) + "\n")
-    (root / "_background_noise_").mkdir()
-    noise = np.random.default_rng(0).uniform(-0.1, 0.1, 32000)
-    soundfile.write(root / "_background_noise_" / "white_noise.wav", noise, 16000, "PCM_16")
-    (root / "README.md").write_text("Speech Commands fixture\n")
+    build_speechcommands(raw, shared_data)
     return raw
 
 
 @pytest.fixture(scope="module")
-def urbansound8k(tmp_path_factory, recordings):
+def urbansound8k(tmp_path_factory, shared_data, recordings):
     """raw_dir with UrbanSound8K/: metadata CSV and fold folders of mixed encodings."""
     raw = tmp_path_factory.mktemp("urbansound8k")
-    root = raw / urbansound.FOLDER
-    for fold in range(1, 11):
-        (root / "audio" / f"fold{fold}").mkdir(parents=True)
-    (root / "metadata").mkdir()
-    rows = []
-    for i, ((d, s, t), source) in enumerate(sorted(recordings.items())):
-        rate, subtype, channels = ENCODINGS[i % len(ENCODINGS)]
-        samples = resample_poly(pcm16(source), rate // np.gcd(rate, FSDD_RATE),
-                                FSDD_RATE // np.gcd(rate, FSDD_RATE))
-        if channels == 2:
-            samples = np.stack([samples, 0.5 * samples], axis=1)
-        name = f"{i}-{d}-{t}-0.wav"
-        fold = FOLD_OF_TAKE[t]
-        soundfile.write(root / "audio" / f"fold{fold}" / name, samples, rate, subtype)
-        rows.append({"slice_file_name": name, "fsID": i, "start": 0.0, "end": 1.0,
-                     "salience": 1, "fold": fold, "classID": CLASS_ID[DIGITS[d]],
-                     "class": DIGITS[d], "source": source})
-    with open(root / urbansound.METADATA, "w", newline="") as f:
-        writer = csv.DictWriter(f, ["slice_file_name", "fsID", "start", "end", "salience", "fold",
-                                    "classID", "class"], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return raw, rows
+    build_urbansound8k(raw, shared_data)
+    return raw, urbansound_clips(recordings)
 
 
 def test_read_wav_every_encoding(recordings, tmp_path):
@@ -218,10 +162,8 @@ def test_urbansound8k_errors(urbansound8k, tmp_path):
         urbansound.prepare({}, raw)
 
 
-def test_audiofolder_stratified_split(recordings, tmp_path):
-    for (d, s, t), source in recordings.items():
-        (tmp_path / DIGITS[d]).mkdir(exist_ok=True)
-        shutil.copy(source, tmp_path / DIGITS[d] / f"{s}_{t}.wav")
+def test_audiofolder_stratified_split(shared_data, recordings, tmp_path):
+    build_audiofolder(tmp_path, shared_data)
     options = {"test_fraction": 0.25, "split_seed": 3}
     prepared = audiofolder.prepare(options, tmp_path)
     assert prepared["classes"] == ["one", "two", "zero"]

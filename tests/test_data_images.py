@@ -1,41 +1,19 @@
 """Image families: fixtures in the official on-disk layouts, built from real CIFAR-10 pixels."""
-import pickle
-
 import numpy as np
 import pytest
-import scipy.io
 import torch
+from fixtures import (CIFAR10_CLASSES, WNIDS, build_cifar10, build_cifar100, build_imagefolder,
+                      build_svhn, build_tinyimagenet, cifar_sample, write_folder)
 from PIL import Image
 
 import kdpipe.data
 from kdpipe.data import DataError, family
 
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                   "ship", "truck"]
-
 
 @pytest.fixture(scope="module")
 def sample(shared_data):
-    """40 real images uint8 [40, 32, 32, 3] (4 per class, shuffled) and their labels."""
-    images, labels = [], []
-    for label, name in enumerate(CIFAR10_CLASSES):
-        for path in sorted((shared_data / "cifar10-jpeg-sample" / "test" / name).glob("*.jpg"))[:4]:
-            with Image.open(path) as image:
-                images.append(np.asarray(image.convert("RGB")))
-            labels.append(label)
-    order = np.random.default_rng(0).permutation(len(images))
-    return np.stack(images)[order], np.asarray(labels)[order]
-
-
-def write_pickle(path, obj):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=2)
-
-
-def planes(images):
-    """[N, 32, 32, 3] -> the official rows [N, 3072]: red, green, blue planes, row-major."""
-    return images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+    """The 40 real images of the CIFAR fixtures (4 per class, shuffled) and their labels."""
+    return cifar_sample(shared_data)
 
 
 def as_chw(images):
@@ -43,18 +21,9 @@ def as_chw(images):
 
 
 @pytest.fixture
-def cifar10_dir(tmp_path, sample):
-    images, labels = sample
-    folder = tmp_path / "cifar-10-batches-py"
-    for i in range(5):  # 6 train images per batch, then 10 test images
-        rows = slice(6 * i, 6 * i + 6)
-        write_pickle(folder / f"data_batch_{i + 1}", {
-            b"batch_label": f"training batch {i + 1} of 5".encode(),
-            b"data": planes(images[rows]), b"labels": labels[rows].tolist()})
-    write_pickle(folder / "test_batch", {b"data": planes(images[30:]),
-                                         b"labels": labels[30:].tolist()})
-    write_pickle(folder / "batches.meta", {b"label_names": [n.encode() for n in CIFAR10_CLASSES],
-                                           b"num_cases_per_batch": 6, b"num_vis": 3072})
+def cifar10_dir(tmp_path, shared_data):
+    """The last 10 images of ``sample`` in test_batch, the first 30 in data_batch_1..5."""
+    build_cifar10(tmp_path, shared_data)
     return tmp_path
 
 
@@ -111,16 +80,10 @@ def test_cifar_options_are_checked(cifar10_dir):
 
 
 @pytest.mark.parametrize("label, num_classes", [("fine", 100), ("coarse", 20)])
-def test_cifar100_fine_and_coarse_labels(tmp_path, sample, label, num_classes):
-    images, _ = sample
-    fine = np.random.default_rng(1).integers(0, 100, len(images))
-    folder = tmp_path / "cifar-100-python"
-    for split, rows in (("train", slice(0, 30)), ("test", slice(30, None))):
-        write_pickle(folder / split, {b"data": planes(images[rows]),
-                                      b"fine_labels": fine[rows].tolist(),
-                                      b"coarse_labels": (fine[rows] // 5).tolist()})
-    write_pickle(folder / "meta", {b"fine_label_names": [f"f{i}".encode() for i in range(100)],
-                                   b"coarse_label_names": [f"c{i}".encode() for i in range(20)]})
+def test_cifar100_fine_and_coarse_labels(tmp_path, shared_data, sample, label, num_classes):
+    images, labels = sample
+    build_cifar100(tmp_path, shared_data)
+    fine = 10 * labels  # the fixture's fine label of each CIFAR-10 class
     data = family("cifar100").prepare({"label": label}, tmp_path)
     expected = fine if label == "fine" else fine // 5
     assert data["y_train"].tolist() == expected[:30].tolist()
@@ -130,12 +93,8 @@ def test_cifar100_fine_and_coarse_labels(tmp_path, sample, label, num_classes):
 
 
 @pytest.fixture
-def svhn_dir(tmp_path, sample):
-    images, labels = sample  # CIFAR classes 0..9 stand in for the digits
-    for name, rows in (("train_32x32.mat", slice(0, 30)), ("test_32x32.mat", slice(30, None))):
-        digits = labels[rows]
-        official = np.where(digits == 0, 10, digits).astype(np.uint8)[:, None]  # 0 is stored as 10
-        scipy.io.savemat(tmp_path / name, {"X": images[rows].transpose(1, 2, 3, 0), "y": official})
+def svhn_dir(tmp_path, shared_data):
+    build_svhn(tmp_path, shared_data)  # the images of ``sample``, CIFAR classes as the digits
     return tmp_path
 
 
@@ -160,35 +119,10 @@ def test_svhn_missing_or_corrupt_mat_is_a_data_error(svhn_dir):
         family("svhn").prepare({}, svhn_dir)
 
 
-WNIDS = ["n09999999", "n01111111", "n05555555"]  # deliberately not in alphabetical order
-
-
 @pytest.fixture
-def tiny_dir(tmp_path, sample):
+def tiny_dir(tmp_path, shared_data):
     """3 classes x (4 train + 2 val) upscaled real images; the first train image is greyscale."""
-    images, _ = sample
-    root = tmp_path / "tiny-imagenet-200"
-    (root / "wnids.txt").parent.mkdir(parents=True)
-    (root / "wnids.txt").write_text("\n".join(WNIDS) + "\n")
-    (root / "words.txt").write_text("".join(f"{w}\tthing {i}\n" for i, w in enumerate(WNIDS)))
-    upscaled = iter(Image.fromarray(image).resize((64, 64), Image.Resampling.BICUBIC)
-                    for image in images)
-    for wnid in WNIDS:
-        folder = root / "train" / wnid / "images"
-        folder.mkdir(parents=True)
-        for k in range(4):
-            next(upscaled).save(folder / f"{wnid}_{k}.JPEG", quality=90)
-        (root / "train" / wnid / f"{wnid}_boxes.txt").write_text("")
-    first = root / "train" / WNIDS[0] / "images" / f"{WNIDS[0]}_0.JPEG"
-    with Image.open(first) as image:
-        image.convert("L").save(first)
-    (root / "val" / "images").mkdir(parents=True)
-    val_wnids = [WNIDS[i] for i in (2, 0, 1, 1, 0, 2)]
-    lines = []
-    for k, wnid in enumerate(val_wnids):
-        next(upscaled).save(root / "val" / "images" / f"val_{k}.JPEG", quality=90)
-        lines.append(f"val_{k}.JPEG\t{wnid}\t0\t0\t63\t63")
-    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    build_tinyimagenet(tmp_path, shared_data)
     return tmp_path
 
 
@@ -217,22 +151,20 @@ def test_tinyimagenet_missing_annotations_or_corrupt_jpeg_is_a_data_error(tiny_d
         family("tinyimagenet").prepare({}, tiny_dir)
 
 
-def write_folder(root, images, classes, suffix=".png"):
-    for i, (image, name) in enumerate(zip(images, classes)):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(root / name / f"{i:03d}{suffix}")
+PETS = ("cat", "dog")
 
 
 @pytest.fixture
-def folder_sample(sample):
-    """16 real images filed alternately under the classes 'cat' and 'dog'."""
-    images, _ = sample
-    return images[:16], ["cat", "dog"] * 8
+def folder_sample(shared_data):
+    """The 16 real images of ``build_imagefolder``: 8 cats and 8 dogs, shuffled."""
+    images, labels = cifar_sample(shared_data, 8, PETS)
+    return images, [PETS[label] for label in labels]
 
 
-def test_imagefolder_stratified_split_is_seeded_and_exact(tmp_path, folder_sample):
-    images, names = folder_sample
-    write_folder(tmp_path / "pets", images, names)
+def test_imagefolder_stratified_split_is_seeded_and_exact(tmp_path, shared_data,
+                                                           folder_sample):
+    images, _ = folder_sample
+    build_imagefolder(tmp_path / "pets", shared_data, PETS, per_class=8)
     options = {"root": str(tmp_path / "pets"), "test_fraction": 0.25, "split_seed": 0}
     data = family("imagefolder").prepare(options, tmp_path / "unused")
     assert data["classes"] == ["cat", "dog"]

@@ -3,6 +3,7 @@ import hashlib
 
 import pytest
 import torch
+from fixtures import shared
 
 from kdpipe import data
 from kdpipe.data import DataError, text
@@ -10,10 +11,8 @@ from kdpipe.data import DataError, text
 
 @pytest.fixture(scope="module")
 def shakespeare_dir(shared_data):
-    folder = shared_data / "tinyshakespeare"
-    if not (folder / "input.txt").is_file():
-        pytest.skip(f"{folder / 'input.txt'} is absent")
-    return folder
+    """The shared folder of the official Tiny Shakespeare input.txt, read in place."""
+    return shared(shared_data, "tinyshakespeare/input.txt").parent
 
 
 def decode(ids, classes):

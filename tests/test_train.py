@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from kdpipe import models
-from kdpipe.train import (Learner, RandomLogits, Recipe, TeacherLogits, distillation_loss,
-                          generator, seed_for, train)
+from kdpipe.train import (Learner, RandomLogits, Recipe, TeacherLogits, TeacherModel,
+                          distillation_loss, generator, seed_for, train)
 
 torch.set_num_threads(1)
 
@@ -50,23 +50,23 @@ def test_kd_loss_without_target_is_cross_entropy_and_alpha_one_is_pure_kl():
 def test_random_logits_are_uniform_fresh_every_step_and_reproducible():
     noise = RandomLogits(100, 10, seed=7)
     index = torch.arange(32)
-    a, b = noise(index, 0, 0), noise(index, 0, 1)
+    a, b = noise(index, None, 0, 0), noise(index, None, 0, 1)
     assert a.shape == (32, 10) and 0 <= a.min() and a.max() < 1
     assert not torch.equal(a, b)  # fresh at every step
     again = RandomLogits(100, 10, seed=7)
-    assert torch.equal(again(index, 0, 0), a) and torch.equal(again(index, 0, 1), b)
+    assert torch.equal(again(index, None, 0, 0), a) and torch.equal(again(index, None, 0, 1), b)
     # each epoch's stream is derived from the epoch alone: a resumed run draws the same noise
-    assert torch.equal(RandomLogits(100, 10, seed=7)(index, 3, 0), noise(index, 3, 0))
-    big = RandomLogits(10, 10, seed=1)(torch.arange(10_000) % 10, 0, 0)
+    assert torch.equal(RandomLogits(100, 10, seed=7)(index, None, 3, 0), noise(index, None, 3, 0))
+    big = RandomLogits(10, 10, seed=1)(torch.arange(10_000) % 10, None, 0, 0)
     assert big.mean().item() == pytest.approx(0.5, abs=0.01)
 
 
 def test_random_logits_fixed_and_gaussian_options():
     fixed = RandomLogits(50, 4, seed=3, resample="fixed")
     index = torch.tensor([3, 7, 3])
-    first = fixed(index, 0, 0)
-    assert torch.equal(first, fixed(index, 5, 9)) and torch.equal(first[0], first[2])
-    gauss = RandomLogits(10, 4, seed=3, distribution="gaussian")(torch.arange(5000) % 10, 0, 0)
+    first = fixed(index, None, 0, 0)
+    assert torch.equal(first, fixed(index, None, 5, 9)) and torch.equal(first[0], first[2])
+    gauss = RandomLogits(10, 4, seed=3, distribution="gaussian")(torch.arange(5000) % 10, None, 0, 0)
     assert gauss.min() < 0 and gauss.std().item() == pytest.approx(1.0, abs=0.05)
     with pytest.raises(ValueError, match="distribution"):
         RandomLogits(10, 4, seed=3, distribution="laplace")
@@ -74,7 +74,7 @@ def test_random_logits_fixed_and_gaussian_options():
 
 def test_teacher_logits_index_the_cache():
     cache = torch.arange(12.0).view(4, 3)
-    assert torch.equal(TeacherLogits(cache)(torch.tensor([2, 0]), 0, 0), cache[[2, 0]])
+    assert torch.equal(TeacherLogits(cache)(torch.tensor([2, 0]), None, 0, 0), cache[[2, 0]])
 
 
 def test_training_is_deterministic_and_depends_on_order_seed():
@@ -158,5 +158,36 @@ def test_sequence_logits_count_every_position_as_a_sample():
     y = torch.randint(0, 4, (2, 5), generator=generator(2))
     flat = distillation_loss(zs.reshape(10, 4), y.reshape(10), zt.reshape(10, 4), 0.5, 2.0)
     assert distillation_loss(zs, y, zt, 0.5, 2.0).item() == pytest.approx(flat.item())
-    noise = RandomLogits(8, (5, 4), seed=1)(torch.tensor([0, 3]), 0, 0)
+    noise = RandomLogits(8, (5, 4), seed=1)(torch.tensor([0, 3]), None, 0, 0)
     assert noise.shape == (2, 5, 4)
+
+
+def test_augmentation_feeds_the_teacher_the_augmented_batch():
+    seen = []
+
+    class Recorder(TeacherModel):
+        def __call__(self, index, inputs, epoch, step):
+            seen.append((index.clone(), inputs.clone()))
+            return super().__call__(index, inputs, epoch, step)
+
+    g = generator(0)
+    x = torch.rand(16, 1, 8, 8, generator=g)
+    y = torch.randint(0, 3, (16,), generator=g)
+    teacher = models.build("cnn", (1, 8, 8), 3, 0.25)
+    models.init_parameters(teacher, generator(1))
+    student = Learner("kd", fresh_cnn(), Recorder(teacher), alpha=0.5)
+    recipe = Recipe(epochs=2, batch_size=8, augment="crop_flip", augment_options={"padding": 2})
+    train([student], x, y, recipe, order_seed=5)
+    assert len(seen) == 4
+    assert any(not torch.equal(inputs, x[index]) for index, inputs in seen)  # augmented
+    again = Learner("kd", fresh_cnn(), Recorder(teacher), alpha=0.5)
+    seen.clear()
+    train([again], x, y, recipe, order_seed=5)
+    for p, q in zip(student.model.parameters(), again.model.parameters()):
+        assert torch.equal(p, q)  # augmentation draws come from the seeded streams
+
+
+def fresh_cnn():
+    model = models.build("cnn", (1, 8, 8), 3, 0.25)
+    models.init_parameters(model, generator(2))
+    return model
