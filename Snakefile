@@ -6,6 +6,9 @@
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/teacher.smk"
@@ -18,3 +21,5 @@ rule all:
     input:
         TABLES,
         FIGURES,
+        AUDIT_TABLES,
+        AUDIT_FIGURES,

@@ -217,9 +217,14 @@ def fig4_width(models, scaling_table, setup, temperature, colors) -> Figure:
     """Correct and incorrect agreement against student width, one column per alpha.
 
     Each method gets the least-squares line on log2(width) over all its models: the slope is the
-    scaling table's, the intercept mean(y) - slope * mean(log2 width) over the same models.
+    scaling table's, the intercept mean(y) - slope * mean(log2 width) over the same models. The
+    legend of the incorrect-agreement panel adds the scaling table's slope ratio (incorrect /
+    correct) and its 95% bootstrap interval over seeds, as they are ("n/a" where NaN).
     siddo has no alpha: the same siddo models appear in every column.
     """
+    def number(value):
+        return f"{value:.3g}" if np.isfinite(value) else "n/a"
+
     students = _students(models, setup, None, temperature)
     alphas = _levels(students, "alpha")
     widths = np.sort(students["width"].unique())
@@ -232,11 +237,20 @@ def fig4_width(models, scaling_table, setup, temperature, colors) -> Figure:
             if at_alpha[metric].isna().all():
                 _no_data(ax)
             _dots_and_medians(ax, at_alpha, metric, "width", np.log2, METHODS, colors, medians=False)
+            handles, labels = [], []
             for method, offset in zip(METHODS, _dodge(len(METHODS))):
-                slope = _scaling_slope(scaling_table, setup, method, alpha, temperature, slope_column)
+                slope = _scaling_value(scaling_table, setup, method, alpha, temperature, slope_column)
                 _fit_line(ax, at_alpha[at_alpha["method"] == method], metric, slope, offset, colors[method],
                           label=method)
-            ax.legend(title="slope per doubling", fontsize="x-small", title_fontsize="x-small", loc="best")
+                handles.append(ax.lines[-1])
+                labels.append(handles[-1].get_label())
+                if metric == "incorrect_agreement":
+                    ratio, low, high = (_scaling_value(scaling_table, setup, method, alpha, temperature, column)
+                                        for column in ("slope_ratio", "slope_ratio_low", "slope_ratio_high"))
+                    labels[-1] += f"; ratio {number(ratio)} [{number(low)}, {number(high)}]"
+            title = ("slope per doubling" if metric == "correct_agreement" else
+                     "slope per doubling; ratio to the correct\nslope [95% bootstrap interval over seeds]")
+            ax.legend(handles, labels, title=title, fontsize="x-small", title_fontsize="x-small", loc="best")
             if row == 0:
                 ax.set_title(f"alpha = {alpha:g}")
             if col == 0:
@@ -487,7 +501,7 @@ def _significant(stats, setup, width, temperature=None) -> pd.DataFrame:
     return rows
 
 
-def _scaling_slope(scaling_table, setup, method, alpha, temperature, column) -> float:
+def _scaling_value(scaling_table, setup, method, alpha, temperature, column) -> float:
     """A slope of the scaling table; siddo's row is matched by setup alone (it has no alpha or T)."""
     rows = scaling_table[(scaling_table["setup"] == setup) & (scaling_table["method"] == method)]
     if method != "siddo":

@@ -184,37 +184,91 @@ def asymmetry(models: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values(GROUP + ["method"], kind="stable", ignore_index=True)
 
 
-def _slope(x: np.ndarray, y: np.ndarray) -> float:
-    """Least-squares slope of y on x over the non-NaN y; NaN with fewer than two distinct x."""
+def _slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least-squares slopes of each row of y on the same row of x, over that row's non-NaN y.
+
+    x and y have shape [..., n]; the result has shape [...]. A row with fewer than two distinct
+    x among its non-NaN y has slope NaN (the x are compared exactly, not through a variance).
+    """
     keep = ~np.isnan(y)
-    x, y = x[keep], y[keep]
-    if len(np.unique(x)) < 2:
-        return float("nan")
-    dx = x - x.mean()
-    return float(np.sum(dx * (y - y.mean())) / np.sum(dx * dx))
+    distinct = np.where(keep, x, np.inf).min(-1) < np.where(keep, x, -np.inf).max(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):  # empty rows: 0 / 0, dropped below
+        n = keep.sum(-1, keepdims=True)
+        x_mean = np.where(keep, x, 0.0).sum(-1, keepdims=True) / n
+        y_mean = np.where(keep, y, 0.0).sum(-1, keepdims=True) / n
+        dx = np.where(keep, x - x_mean, 0.0)
+        dy = np.where(keep, y - y_mean, 0.0)
+        slope = (dx * dy).sum(-1) / (dx * dx).sum(-1)
+    return np.where(distinct, slope, np.nan)
 
 
-def scaling(models: pd.DataFrame) -> pd.DataFrame:
+def _resample_within_widths(width: np.ndarray, n_draws: int,
+                            rng: np.random.Generator) -> np.ndarray:
+    """Row indices [n_draws, n] of bootstrap resamples of n models that keep the per-width counts.
+
+    Each draw takes, for every width, as many rows as that width has, with replacement from that
+    width's rows; columns are grouped by width in ascending order.
+    """
+    order = np.argsort(width, kind="stable")
+    _, starts, counts = np.unique(width[order], return_index=True, return_counts=True)
+    blocks = [order[start + rng.integers(0, count, size=(n_draws, count))]
+              for start, count in zip(starts, counts)]
+    return np.concatenate(blocks, axis=1)
+
+
+def scaling(models: pd.DataFrame, bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Capacity scaling: slopes of correct and incorrect agreement against log2(width).
 
     One row per (setup, alpha, temperature, method) for kd, rcd and siddo (siddo: alpha 0,
     temperature NaN), fitted by least squares over every student model in the group (one point
     per model, not per-width medians). slope_ratio = slope_incorrect / slope_correct, NaN when
     slope_correct is 0 or NaN (fewer than two distinct widths).
+
+    slope_ratio_low and slope_ratio_high are a 95% percentile bootstrap interval over seeds: each
+    of ``bootstrap`` draws resamples the group's models with replacement within each width
+    (keeping the per-width counts), refits both slopes on the same resample and takes their ratio;
+    the bounds are the 2.5 and 97.5 percentiles of the finite ratios. They are NaN with fewer than
+    two widths, with bootstrap=0 or without finite draws; the ``bootstrap`` column is the number
+    of draws made (0 in those first two cases). A width with a single model adds no resampling
+    variation. The interval is reported as is: when slope_correct is near 0 the ratio's draws
+    reach large values of either sign, and the interval is then wide and can be far from
+    symmetric about slope_ratio. Draws come from numpy.random.default_rng(seed), one generator
+    for the whole table used in group order, so the table is the same for the same models and
+    seed.
     """
+    if bootstrap < 0:
+        raise ValueError(f"bootstrap must be >= 0, got {bootstrap}")
+    rng = np.random.default_rng(seed)
     students = models[(models["role"] == "student") & models["method"].isin(["kd", "rcd", "siddo"])]
     keys = ["setup", "alpha", "temperature", "method"]
     rows = []
     # dropna=False: siddo's temperature is NaN and must stay a group key
     for (setup, alpha, temperature, method), group in students.groupby(keys, dropna=False):
-        log_width = np.log2(group["width"].to_numpy(dtype=np.float64))
-        slope_correct = _slope(log_width, group["correct_agreement"].to_numpy(dtype=np.float64))
-        slope_incorrect = _slope(log_width, group["incorrect_agreement"].to_numpy(dtype=np.float64))
+        width = group["width"].to_numpy(dtype=np.float64)
+        log_width = np.log2(width)
+        correct = group["correct_agreement"].to_numpy(dtype=np.float64)
+        incorrect = group["incorrect_agreement"].to_numpy(dtype=np.float64)
+        slope_correct = float(_slopes(log_width, correct))
+        slope_incorrect = float(_slopes(log_width, incorrect))
+        n_widths = int(group["width"].nunique())
+        n_draws = bootstrap if n_widths >= 2 else 0
+        low = high = float("nan")
+        if n_draws:
+            draw = _resample_within_widths(width, n_draws, rng)  # [n_draws, n_models]
+            x = log_width[draw]
+            # a ratio over a zero or NaN slope is not finite and is dropped
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ratios = _slopes(x, incorrect[draw]) / _slopes(x, correct[draw])
+            ratios = ratios[np.isfinite(ratios)]
+            if len(ratios):
+                low, high = (float(q) for q in np.percentile(ratios, [2.5, 97.5]))
         rows.append({
             "setup": setup, "alpha": alpha, "temperature": temperature, "method": method,
-            "n_widths": int(group["width"].nunique()), "n_models": len(group),
+            "n_widths": n_widths, "n_models": len(group),
             "slope_correct": slope_correct, "slope_incorrect": slope_incorrect,
             "slope_ratio": slope_incorrect / slope_correct if slope_correct != 0 else float("nan"),
+            "slope_ratio_low": low, "slope_ratio_high": high, "bootstrap": n_draws,
         })
-    columns = keys + ["n_widths", "n_models", "slope_correct", "slope_incorrect", "slope_ratio"]
+    columns = keys + ["n_widths", "n_models", "slope_correct", "slope_incorrect", "slope_ratio",
+                      "slope_ratio_low", "slope_ratio_high", "bootstrap"]
     return pd.DataFrame(rows, columns=columns)

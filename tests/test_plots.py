@@ -180,6 +180,24 @@ def test_fig4_lines_have_the_scaling_slopes(one_t):
     assert checked == 2 * len(ALPHAS) * len(plots.METHODS)
 
 
+def test_fig4_incorrect_legend_has_the_slope_ratio_and_its_interval(one_t):
+    _, tables, _ = one_t
+    setup = SETUPS[0]
+    fig = plots.fig4_width(tables["models"], tables["scaling"], setup, 1.0, plots.method_colors())
+    scaling = tables["scaling"][tables["scaling"]["setup"] == setup].set_index(["method", "alpha"])
+    for ax, (row, col) in zip(fig.axes, np.ndindex(2, len(ALPHAS))):
+        texts = [text.get_text() for text in ax.get_legend().get_texts()]
+        assert len(texts) == len(plots.METHODS)
+        for method, text in zip(plots.METHODS, texts):
+            if row == 0:
+                assert "ratio" not in text
+                continue
+            ratio, low, high = scaling.loc[(method, 0.0 if method == "siddo" else ALPHAS[col]),
+                                           ["slope_ratio", "slope_ratio_low", "slope_ratio_high"]]
+            assert low < high
+            assert text.endswith(f"; ratio {ratio:.3g} [{low:.3g}, {high:.3g}]")
+
+
 def test_fig4_without_finite_incorrect_agreement_draws_no_line(one_t):
     _, tables, _ = one_t
     fig = plots.fig4_width(tables["models"], tables["scaling"], SETUPS[1], 1.0, plots.method_colors())

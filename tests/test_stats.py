@@ -243,7 +243,8 @@ def test_scaling_slopes_over_models():
     rows.append(siddo("a", 8, 2, correct_agreement=0.7 + 0.02 * 3, incorrect_agreement=NAN))
     table = scaling(pd.DataFrame(rows)).set_index(["setup", "method"])
     assert list(table.columns) == ["alpha", "temperature", "n_widths", "n_models", "slope_correct",
-                                   "slope_incorrect", "slope_ratio"]
+                                   "slope_incorrect", "slope_ratio", "slope_ratio_low",
+                                   "slope_ratio_high", "bootstrap"]
     assert len(table) == 4
 
     kd = table.loc[("a", "kd")]
@@ -261,7 +262,73 @@ def test_scaling_slopes_over_models():
 
     rcd = table.loc[("a", "rcd")]
     assert rcd["slope_correct"] == pytest.approx(0.0, abs=1e-15) and math.isnan(rcd["slope_ratio"])
+    # one model per width: every draw repeats the data, its ratio x / 0 is never finite
+    assert rcd["bootstrap"] == 1000
+    assert math.isnan(rcd["slope_ratio_low"]) and math.isnan(rcd["slope_ratio_high"])
 
     single = table.loc[("b", "kd")]
     assert single["n_widths"] == 1
     assert math.isnan(single["slope_correct"]) and math.isnan(single["slope_ratio"])
+    assert single["bootstrap"] == 0
+    assert math.isnan(single["slope_ratio_low"]) and math.isnan(single["slope_ratio_high"])
+
+
+def noisy_scaling_models(n_seeds, widths=(0.5, 1, 2, 4), noise=0.01, rng_seed=0):
+    """kd students whose correct and incorrect agreement grow by 0.02 and 0.1 per doubling of
+    width (true slope ratio 5), with independent normal noise of sd ``noise`` on each."""
+    rng = np.random.default_rng(rng_seed)
+    rows = []
+    for width in widths:
+        x = math.log2(width)
+        for seed in range(n_seeds):
+            correct, incorrect = rng.normal(0.0, noise, size=2)
+            rows.append(model("a", "kd", 0.5, 1.0, width, seed,
+                              correct_agreement=0.8 + 0.02 * x + correct,
+                              incorrect_agreement=0.3 + 0.1 * x + incorrect))
+    return pd.DataFrame(rows)
+
+
+def test_scaling_bootstrap_is_deterministic_for_a_seed():
+    models = noisy_scaling_models(5)
+    columns = ["slope_ratio_low", "slope_ratio_high"]
+    first = scaling(models, bootstrap=200, seed=3)
+    pd.testing.assert_frame_equal(first, scaling(models, bootstrap=200, seed=3))
+    other = scaling(models, bootstrap=200, seed=4)
+    assert not np.allclose(first[columns].to_numpy(), other[columns].to_numpy())
+    # the point estimates do not depend on the draws
+    pd.testing.assert_frame_equal(first.drop(columns=columns), other.drop(columns=columns))
+
+
+def test_scaling_interval_contains_the_estimate_and_narrows_with_more_seeds():
+    spans = []
+    for n_seeds in (4, 64):
+        row = scaling(noisy_scaling_models(n_seeds), bootstrap=2000).iloc[0]
+        assert row["bootstrap"] == 2000
+        assert row["slope_ratio_low"] < row["slope_ratio"] < row["slope_ratio_high"]
+        spans.append(row["slope_ratio_high"] - row["slope_ratio_low"])
+    # the interval's width shrinks about as 1 / sqrt(seeds): here by about 4
+    assert spans[1] < 0.5 * spans[0]
+
+
+def test_scaling_bootstrap_keeps_the_models_of_each_width():
+    # one model per width: a resample within widths reproduces the data, so every draw has the
+    # point estimate's ratio; a resample across widths would not (or would lose a width)
+    rows = [model("a", "kd", 0.5, 1.0, width, 0, correct_agreement=0.8 + 0.01 * i,
+                  incorrect_agreement=0.2 + 0.03 * i) for i, width in enumerate([1, 2, 4])]
+    rows += [model("a", "kd", 0.5, 1.0, 8, seed, correct_agreement=0.83 + 0.01 * seed,
+                   incorrect_agreement=0.29 + 0.01 * seed) for seed in range(2)]
+    row = scaling(pd.DataFrame(rows[:3]), bootstrap=50).iloc[0]
+    assert row["slope_ratio"] == pytest.approx(3.0)
+    assert row["slope_ratio_low"] == pytest.approx(3.0) and row["slope_ratio_high"] == pytest.approx(3.0)
+    # a second model at width 8 is the only source of variation
+    row = scaling(pd.DataFrame(rows), bootstrap=200).iloc[0]
+    assert row["slope_ratio_low"] < row["slope_ratio_high"]
+
+
+def test_scaling_without_bootstrap():
+    table = scaling(noisy_scaling_models(3), bootstrap=0)
+    row = table.iloc[0]
+    assert row["bootstrap"] == 0 and math.isfinite(row["slope_ratio"])
+    assert math.isnan(row["slope_ratio_low"]) and math.isnan(row["slope_ratio_high"])
+    with pytest.raises(ValueError, match="bootstrap"):
+        scaling(noisy_scaling_models(3), bootstrap=-1)

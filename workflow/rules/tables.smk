@@ -23,8 +23,10 @@ rule statistics:
     input:
         models=f"{R}/tables/models.parquet",
     output:
-        expand(f"{R}/tables/{{name}}.{{ext}}", name=["stats", "asymmetry", "scaling"],
+        expand(f"{R}/tables/{{name}}.{{ext}}", name=["asymmetry", "scaling"],
                ext=["parquet", "csv"]),
+        f"{R}/tables/stats.parquet",
+        report(f"{R}/tables/stats.csv", caption="../report/stats.rst", category="Mann-Whitney tests"),
     params:
         spec=json.dumps(config["stats"], sort_keys=True),
         code=package_hash("stats"),

@@ -1,0 +1,384 @@
+"""The teacher-error audit: what each teacher gets wrong, and which of those errors students copy.
+
+For every teacher (a teacher row of the models table) its wrong test predictions are counted per
+(true class, predicted class) pair, with its confidence on them; for every student, the
+teacher's errors are split by true class into those the student copies (it predicts the
+teacher's wrong class) and the rest. Summed over classes, copied / n_teacher_errors is exactly the
+student's incorrect_agreement in the models table.
+
+Everything is recomputed from the stored test logits (float32 [N, C]) and labels (int64 [N])
+whose paths in the models table are relative to the results folder; nothing is retrained.
+Classes are integer indices, as the tables carry no class names; figures show names where
+``classes`` (setup -> list of names) gives them. Confidence is the teacher's largest softmax
+probability max_c p_t(c), in [1/C, 1]. Predictions are argmaxes of the logits, as in
+kdpipe.metrics.
+
+Tables and their columns:
+  teacher_errors  setup, teacher_id, true_class, predicted_class, count (test samples),
+                  share_of_errors (count / the teacher's errors), mean_confidence; one row per
+                  pair with count > 0, count descending within a teacher.
+  copied_errors   setup, teacher_id, method, alpha, temperature, width, seed, true_class,
+                  n_teacher_errors (the teacher's errors whose true class it is), copied (how many
+                  of them the student predicts with the teacher's wrong class), copied_share
+                  (copied / n_teacher_errors); one row per student and true class on which the
+                  teacher errs.
+
+Figures are matplotlib.figure.Figure objects built without pyplot, as in kdpipe.plots; matplotlib
+is imported only by the figure functions, so the tables need none.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kdpipe.io import atomic_path
+from kdpipe.tables import write_table
+
+METHODS = ("kd", "rcd", "siddo")  # the order and colours of kdpipe.plots
+ERROR_COLUMNS = {"setup": "str", "teacher_id": "str", "true_class": "int64", "predicted_class": "int64",
+                 "count": "int64", "share_of_errors": "float64", "mean_confidence": "float64"}
+COPIED_COLUMNS = {"setup": "str", "teacher_id": "str", "method": "str", "alpha": "float64",
+                  "temperature": "float64", "width": "float64", "seed": "int64", "true_class": "int64",
+                  "n_teacher_errors": "int64", "copied": "int64", "copied_share": "float64"}
+TOP_K = 10  # confused pairs shown by the figure
+MAX_CLASSES_SHOWN = 20  # classes in the copied-share panel, and with counts written in the heatmap
+
+
+# ---- arithmetic on one teacher -----------------------------------------------------------------
+
+def confusion(teacher_logits, labels, num_classes: int) -> np.ndarray:
+    """Counts of test samples [C, C] by true class (rows) and the teacher's predicted class (columns)."""
+    logits, labels = _checked(teacher_logits, labels)
+    if logits.shape[1] != num_classes:
+        raise ValueError(f"logits have {logits.shape[1]} classes, not num_classes = {num_classes}")
+    pair = labels * num_classes + logits.argmax(axis=1)
+    return np.bincount(pair, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def confidence(teacher_logits, labels) -> tuple[np.ndarray, np.ndarray]:
+    """The teacher's max softmax probability on the samples it gets right, and on those it gets wrong."""
+    logits, labels = _checked(teacher_logits, labels)
+    top = max_probability(logits)
+    right = logits.argmax(axis=1) == labels
+    return top[right], top[~right]
+
+
+def max_probability(logits) -> np.ndarray:
+    """Row-wise max_c softmax(z)_c = 1 / sum_c exp(z_c - max z), in float64 without overflow."""
+    z = np.asarray(logits, dtype=np.float64)
+    return 1.0 / np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1)
+
+
+# ---- the tables --------------------------------------------------------------------------------
+
+def teacher_errors(models: pd.DataFrame, results) -> pd.DataFrame:
+    """Every teacher's errors per (true class, predicted class): the teacher_errors table.
+
+    Teachers in (setup, teacher_id) order; within a teacher, count descending, ties by
+    (true_class, predicted_class). A teacher without errors has no rows.
+    """
+    parts = []
+    for teacher in _teachers(models).itertuples():
+        logits, labels = _load(results, teacher)
+        c = logits.shape[1]
+        predicted = logits.argmax(axis=1)
+        wrong = predicted != labels
+        pair = labels[wrong] * c + predicted[wrong]
+        counts = np.bincount(pair, minlength=c * c)
+        confidence_sums = np.bincount(pair, weights=max_probability(logits[wrong]), minlength=c * c)
+        present = np.flatnonzero(counts)
+        order = present[np.lexsort((present, -counts[present]))]
+        parts.append(pd.DataFrame({
+            "setup": teacher.setup, "teacher_id": teacher.teacher_id,
+            "true_class": order // c, "predicted_class": order % c, "count": counts[order],
+            "share_of_errors": counts[order] / wrong.sum(),
+            "mean_confidence": confidence_sums[order] / counts[order],
+        }))
+    return _frame(parts, ERROR_COLUMNS)
+
+
+def copied_errors(models: pd.DataFrame, results) -> pd.DataFrame:
+    """For every student, how many of its teacher's errors it copies, per true class: the copied_errors table.
+
+    Students by teacher_id, then in the models table's order; classes ascending, only those on
+    which the teacher errs. Students are scored on their teacher's labels file.
+    """
+    teachers = _teachers(models).set_index("teacher_id", drop=False)
+    students = models[models["role"] == "student"]
+    orphans = sorted(set(students["teacher_id"]) - set(teachers.index))
+    if orphans:
+        raise ValueError(f"students of teacher(s) {', '.join(orphans)} that have no teacher row")
+    parts = []
+    for teacher_id, group in students.groupby("teacher_id", sort=True):
+        teacher_logits, labels = _load(results, teachers.loc[teacher_id])
+        teacher_predicted = teacher_logits.argmax(axis=1)
+        wrong = teacher_predicted != labels
+        n_errors = np.bincount(labels[wrong], minlength=teacher_logits.shape[1])
+        erring = np.flatnonzero(n_errors)
+        for student in group.itertuples():
+            student_logits = np.load(Path(results) / student.logits_path)
+            if student_logits.shape != teacher_logits.shape:
+                raise ValueError(f"{student.logits_path}: logits of shape {student_logits.shape}, "
+                                 f"its teacher's are {teacher_logits.shape}")
+            copies = student_logits[wrong].argmax(axis=1) == teacher_predicted[wrong]
+            copied = np.bincount(labels[wrong][copies], minlength=len(n_errors))[erring]
+            parts.append(pd.DataFrame({
+                "setup": student.setup, "teacher_id": teacher_id, "method": student.method,
+                "alpha": student.alpha, "temperature": student.temperature, "width": student.width,
+                "seed": student.seed, "true_class": erring, "n_teacher_errors": n_errors[erring],
+                "copied": copied, "copied_share": copied / n_errors[erring],
+            }))
+    return _frame(parts, COPIED_COLUMNS)
+
+
+# ---- the figure --------------------------------------------------------------------------------
+
+def audit_stems(setups: list[str]) -> list[str]:
+    """File names without extension of the audit figures make_audit writes for these setups."""
+    return [f"audit_{setup}" for setup in setups]
+
+
+def make_audit(tables_dir, results, figures_dir, options: dict | None = None,
+               classes: dict | None = None) -> list[Path]:
+    """Write the two audit tables beside models.parquet in ``tables_dir`` and one figure per setup.
+
+    ``results`` is the folder the models table's paths are relative to. options, all optional
+    (the figures options of kdpipe.plots are accepted as they are; other keys are ignored):
+      formats   file formats of each figure (default ["png", "pdf"])
+      dpi       raster resolution, dots per inch (default 150)
+      width     student width whose copied shares are drawn (default 1.0; the closest trained)
+      style, context, palette   seaborn axes style, plotting context and method palette
+                (defaults "whitegrid", "paper", "colorblind", as kdpipe.plots)
+    classes: setup -> class names, for the figures. Every file is written atomically. Returns the
+    paths written: teacher_errors and copied_errors (.parquet, .csv), then the figures.
+    """
+    import seaborn as sns
+
+    from kdpipe.plots import method_colors
+
+    options = options or {}
+    tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
+    models = pd.read_parquet(tables_dir / "models.parquet")
+    errors, copied = teacher_errors(models, results), copied_errors(models, results)
+    paths = []
+    for name, table in (("teacher_errors", errors), ("copied_errors", copied)):
+        write_table(table, tables_dir / f"{name}.parquet")
+        paths += [tables_dir / f"{name}.parquet", tables_dir / f"{name}.csv"]
+
+    teachers = _teachers(models)
+    setups = sorted(teachers["setup"].unique())
+    colors = method_colors(options.get("palette", "colorblind"))
+    with sns.axes_style(options.get("style", "whitegrid")), sns.plotting_context(options.get("context", "paper")):
+        for setup, stem in zip(setups, audit_stems(setups)):
+            teacher = _only_teacher(teachers, setup)
+            logits, labels = _load(results, teacher)
+            fig = audit_figure(setup, errors, copied, logits, labels, classes=classes,
+                               width=options.get("width", 1.0), colors=colors)
+            for fmt in options.get("formats", ["png", "pdf"]):
+                path = figures_dir / f"{stem}.{fmt}"
+                with atomic_path(path) as tmp:
+                    # no creation date in PDFs: the same tables and options give the same bytes
+                    fig.savefig(tmp, format=fmt, dpi=options.get("dpi", 150),
+                                metadata={"CreationDate": None} if fmt == "pdf" else None)
+                paths.append(path)
+    return paths
+
+
+def audit_figure(setup, errors_table, copied_table, teacher_logits, labels, classes: dict | None = None,
+                 width: float = 1.0, colors: dict | None = None):
+    """The 2x2 audit of one setup's teacher, a matplotlib Figure.
+
+    Top left, the confusion matrix of its errors (diagonal masked); top right, its TOP_K most
+    frequent (true -> predicted) confusions with its mean confidence on them; bottom left, its
+    confidence on the test samples it gets right and wrong; bottom right, per true class, the
+    share of its errors each student method copies: bars are medians over seeds and dots seeds,
+    for kd and rcd at the smallest trained alpha and T and for siddo (no alpha or T), all at the
+    trained width closest to ``width``. ``teacher_logits`` and ``labels`` are the teacher's test
+    logits [N, C] and labels [N]; the tables are those of teacher_errors and copied_errors.
+    classes: setup -> class names; colors: method -> colour (default kdpipe.plots.method_colors()).
+    """
+    from matplotlib.figure import Figure
+
+    from kdpipe.plots import method_colors
+
+    logits, labels = _checked(teacher_logits, labels)
+    errors = errors_table[errors_table["setup"] == setup]
+    copied = copied_table[copied_table["setup"] == setup]
+    teacher_ids = sorted(set(errors["teacher_id"]) | set(copied["teacher_id"]))
+    if len(teacher_ids) > 1:
+        raise ValueError(f"setup {setup} has several teachers ({', '.join(teacher_ids)}); "
+                         "the audit figure shows one")
+    names = (classes or {}).get(setup) or [str(c) for c in range(logits.shape[1])]
+    if len(names) != logits.shape[1]:
+        raise ValueError(f"{len(names)} class names for {setup}, whose logits have {logits.shape[1]} classes")
+    colors = colors or method_colors()
+
+    matrix = confusion(logits, labels, logits.shape[1])
+    n_errors = int(matrix.sum() - np.trace(matrix))
+    fig = Figure(figsize=(13, 10.5), layout="constrained")
+    axes = fig.subplots(2, 2)
+    _confusion_panel(axes[0, 0], matrix, names)
+    _top_pairs_panel(axes[0, 1], errors.head(TOP_K), names)
+    _confidence_panel(axes[1, 0], *confidence(logits, labels))
+    _copied_panel(axes[1, 1], copied, width, names, colors)
+    fig.suptitle(f"{setup}: the teacher's test errors and the students that copy them\n"
+                 f"{n_errors} errors in {len(labels)} test samples (teacher accuracy "
+                 f"{1 - n_errors / len(labels):.1%})", fontsize="large")
+    return fig
+
+
+def _confusion_panel(ax, matrix, names) -> None:
+    """Heatmap of the off-diagonal counts; the masked diagonal (right answers) is grey."""
+    import matplotlib as mpl
+    from matplotlib.ticker import MaxNLocator
+
+    c = len(matrix)
+    masked = np.ma.masked_where(np.eye(c, dtype=bool), matrix)
+    cmap = mpl.colormaps["Reds"].with_extremes(bad="0.88")
+    image = ax.imshow(masked, cmap=cmap, vmin=0, vmax=max(int(masked.max() or 0), 1), interpolation="nearest")
+    colorbar = ax.figure.colorbar(image, ax=ax, shrink=0.85, label="teacher errors (test samples)")
+    colorbar.locator = MaxNLocator(integer=True)
+    ax.grid(False)
+    if c <= MAX_CLASSES_SHOWN:
+        ticks = np.arange(c)
+        threshold = 0.6 * masked.max() if masked.count() else 0
+        for (i, j), count in np.ndenumerate(matrix):
+            if i != j and count:
+                ax.text(j, i, str(count), ha="center", va="center", fontsize="small",
+                        color="white" if count > threshold else "black")
+    else:
+        ticks = np.unique(np.linspace(0, c - 1, MAX_CLASSES_SHOWN).round().astype(int))
+    ax.set_xticks(ticks, [names[t] for t in ticks], rotation=90 if max(map(len, names)) > 3 else 0)
+    ax.set_yticks(ticks, [names[t] for t in ticks])
+    ax.set_xlabel("class the teacher predicts")
+    ax.set_ylabel("true class")
+    ax.set_title("confusion matrix of the teacher's errors (diagonal masked)")
+
+
+def _top_pairs_panel(ax, top, names) -> None:
+    """Horizontal bars of the most frequent confusions, largest on top, each with its share and confidence."""
+    ax.set_title(f"the {TOP_K} most frequent confusions (true \u2192 predicted)")
+    ax.set_xlabel("teacher errors (test samples)")
+    if top.empty:
+        _no_data(ax, "no teacher errors")
+        return
+    y = np.arange(len(top))
+    ax.barh(y, top["count"], color="#c44e52", height=0.7)
+    ax.set_yticks(y, [f"{names[t]} \u2192 {names[p]}" for t, p in zip(top["true_class"], top["predicted_class"])])
+    ax.invert_yaxis()
+    for yi, row in zip(y, top.itertuples()):
+        ax.text(row.count, yi, f"  {row.share_of_errors:.1%} of errors, confidence {row.mean_confidence:.2f}",
+                va="center", fontsize="small")
+    ax.set_xlim(0, top["count"].max() * 1.9)  # room for the text
+    ax.grid(axis="y", visible=False)
+
+
+def _confidence_panel(ax, on_right, on_wrong) -> None:
+    """Histograms of the teacher's max probability on right and on wrong samples, each summing to 1."""
+    bins = np.linspace(0, 1, 26)
+    for values, label, color in ((on_right, "teacher right", "0.45"), (on_wrong, "teacher wrong", "#c44e52")):
+        if len(values) == 0:
+            continue
+        ax.hist(values, bins=bins, weights=np.full(len(values), 1 / len(values)), color=color, alpha=0.45,
+                histtype="stepfilled", edgecolor=color, lw=1.5,
+                label=f"{label}: n = {len(values)}, median {np.median(values):.2f}")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("teacher confidence: largest softmax probability")
+    ax.set_ylabel("share of the group's test samples")
+    ax.set_title("teacher confidence on right vs. wrong test samples")
+    ax.legend(loc="upper left")
+
+
+def _copied_panel(ax, copied, width, names, colors) -> None:
+    """Per true class, grouped bars of the median copied share by method, with one dot per seed."""
+    if copied.empty:
+        ax.set_title("share of the teacher's errors the students copy")
+        _no_data(ax, "no teacher errors")
+        return
+    width = min(copied["width"].unique(), key=lambda w: abs(w - width))
+    at_width = copied[np.isclose(copied["width"], width)]
+    distilled = at_width[at_width["method"].isin(["kd", "rcd"])]
+    if distilled.empty:
+        shown, chosen = at_width, "no kd or rcd students"
+    else:
+        alpha, temperature = distilled["alpha"].min(), distilled["temperature"].min()
+        shown = at_width[(at_width["method"] == "siddo")
+                         | (np.isclose(at_width["alpha"], alpha) & np.isclose(at_width["temperature"], temperature))]
+        chosen = f"kd, rcd at alpha = {alpha:g}, T = {temperature:g}"
+    n_errors = shown.groupby("true_class")["n_teacher_errors"].first()
+    if len(n_errors) > MAX_CLASSES_SHOWN:
+        n_errors = n_errors.nlargest(MAX_CLASSES_SHOWN, keep="first").sort_index()
+        class_note = f"the {MAX_CLASSES_SHOWN} true classes with most teacher errors"
+    else:
+        class_note = "true class"
+    x = {c: i for i, c in enumerate(n_errors.index)}
+    methods = [m for m in METHODS if (shown["method"] == m).any()]
+    step = 0.8 / max(len(methods), 1)
+    for k, method in enumerate(methods):
+        rows = shown[(shown["method"] == method) & shown["true_class"].isin(x)]
+        offset = (k - (len(methods) - 1) / 2) * step
+        median = rows.groupby("true_class")["copied_share"].median()
+        ax.bar([x[c] + offset for c in median.index], median, width=step * 0.9, color=colors[method], alpha=0.75,
+               label=f"{method} ({rows['seed'].nunique()} seeds)")
+        ax.scatter([x[c] + offset for c in rows["true_class"]], rows["copied_share"], s=9, color="0.15",
+                   alpha=0.5, linewidths=0, zorder=3)
+    ax.set_xticks(range(len(x)), [f"{names[c]}\n{n}" for c, n in n_errors.items()])
+    ax.set_xlim(-0.6, len(x) - 0.4)
+    ax.set_ylim(0, 1.2)  # room for the legend above the bars
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.set_xlabel(f"{class_note} (below: its teacher errors)")
+    ax.set_ylabel("share of the teacher's errors copied\n(student predicts the teacher's wrong class)")
+    ax.set_title(f"errors copied by the students (bars: median over seeds, dots: seeds)\n"
+                 f"width {width:g}; {chosen}; siddo: no alpha or T")
+    ax.legend(loc="upper center", ncols=len(methods), fontsize="small")
+
+
+def _no_data(ax, text) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
+
+
+# ---- reading -----------------------------------------------------------------------------------
+
+def _teachers(models) -> pd.DataFrame:
+    """The teacher rows in (setup, teacher_id) order; a teacher_id may appear once."""
+    teachers = models[models["role"] == "teacher"].sort_values(["setup", "teacher_id"])
+    repeated = teachers["teacher_id"][teachers["teacher_id"].duplicated()]
+    if len(repeated):
+        raise ValueError(f"teacher_id(s) {', '.join(repeated.unique())} appear on several teacher rows")
+    return teachers
+
+
+def _only_teacher(teachers, setup):
+    rows = teachers[teachers["setup"] == setup]
+    if len(rows) != 1:
+        raise ValueError(f"setup {setup} has {len(rows)} teachers ({', '.join(rows['teacher_id'])}); "
+                         "the audit draws one figure per setup, of its one teacher")
+    return next(rows.itertuples())
+
+
+def _load(results, row) -> tuple[np.ndarray, np.ndarray]:
+    """The test logits and labels of a models-table row (a namedtuple or Series)."""
+    results = Path(results)
+    return _checked(np.load(results / row.logits_path), np.load(results / row.labels_path),
+                    name=str(row.logits_path))
+
+
+def _checked(logits, labels, name: str = "logits") -> tuple[np.ndarray, np.ndarray]:
+    """Logits [N, C] with N > 0 and integer labels [N] in [0, C), the labels as int64."""
+    logits, labels = np.asarray(logits), np.asarray(labels)
+    if logits.ndim != 2 or len(logits) == 0:
+        raise ValueError(f"{name}: expected logits of shape [N, C] with N > 0, got {logits.shape}")
+    if labels.shape != (len(logits),) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{name}: expected {len(logits)} integer labels, got {labels.dtype} of shape {labels.shape}")
+    if labels.min() < 0 or labels.max() >= logits.shape[1]:
+        raise ValueError(f"{name}: labels outside [0, {logits.shape[1]})")
+    return logits, labels.astype(np.int64)
+
+
+def _frame(parts, columns: dict) -> pd.DataFrame:
+    """The parts concatenated, with the columns in order and their dtypes (also when there are none)."""
+    if not parts:
+        return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in columns.items()})
+    return pd.concat(parts, ignore_index=True)[list(columns)].astype(columns)

@@ -1,0 +1,207 @@
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+
+from kdpipe import audit
+from kdpipe.metrics import accuracy, cross_entropy, student_metrics
+
+C = 4
+LABELS = np.repeat(np.arange(C), 5)  # 20 test samples, 5 per class
+# The teacher's predictions: 0->1 three times, 2->3 twice, 1->0 and 3->2 once; 7 errors.
+TEACHER = np.array([0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 2, 2, 2, 3, 3, 3, 3, 3, 3, 2])
+# Its max probability: 0.9 where right; on the errors, chosen so that each pair's mean is round.
+TEACHER_CONFIDENCE = np.full(20, 0.9)
+TEACHER_CONFIDENCE[[2, 3, 4, 9, 13, 14, 19]] = [0.5, 0.6, 0.7, 0.8, 0.4, 0.6, 0.95]
+EXPECTED_CONFUSION = np.array([[2, 3, 0, 0],
+                               [1, 4, 0, 0],
+                               [0, 0, 3, 2],
+                               [0, 0, 1, 4]])
+# (true, predicted, count, mean confidence) in the table's order: count descending, then by pair
+EXPECTED_PAIRS = [(0, 1, 3, 0.6), (2, 3, 2, 0.5), (1, 0, 1, 0.8), (3, 2, 1, 0.95)]
+
+COPY_ALL = TEACHER
+COPY_NONE = LABELS
+PARTIAL = TEACHER.copy()
+PARTIAL[4] = 0  # right instead of the teacher's 0->1: class 0 copies 2 of 3
+PARTIAL[13] = 0  # wrong, but not the teacher's 3: class 2 copies 1 of 2
+PARTIAL_COPIED = [2, 1, 1, 1]  # per true class; 5 of the 7 errors
+# (method, alpha, temperature, width, seed, predictions) of the errant teacher's students
+STUDENTS = [
+    ("kd", 0.1, 1.0, 1.0, 0, COPY_ALL), ("kd", 0.1, 1.0, 1.0, 1, PARTIAL), ("kd", 0.1, 1.0, 1.0, 2, COPY_ALL),
+    ("kd", 0.5, 1.0, 1.0, 0, COPY_NONE), ("kd", 0.1, 1.0, 2.0, 0, COPY_NONE),
+    ("rcd", 0.1, 1.0, 1.0, 0, PARTIAL), ("rcd", 0.1, 1.0, 1.0, 1, COPY_NONE),
+    ("siddo", 0.0, float("nan"), 1.0, 0, COPY_NONE), ("siddo", 0.0, float("nan"), 1.0, 1, PARTIAL),
+]
+
+
+def logits_for(predicted, confidence):
+    """float32 logits whose softmax puts ``confidence`` on the predicted class, the rest evenly."""
+    p = np.repeat(((1 - np.asarray(confidence)) / (C - 1))[:, None], C, axis=1)
+    p[np.arange(len(p)), predicted] = confidence
+    return np.log(p).astype(np.float32)
+
+
+def write_study(results):
+    """Two setups: 'errant' (the teacher above, 8 students) and 'perfect' (a teacher with no
+    errors, one student). Returns the models table, written to results/tables/models.parquet."""
+    np.save(results / "labels.npy", LABELS)
+    rows = []
+
+    def add(path, logits, **row):
+        np.save(results / path, logits)
+        rows.append({"dataset": "toy", "arch": "mlp", "logits_path": path, "labels_path": "labels.npy", **row})
+
+    for setup, teacher_predictions in (("errant", TEACHER), ("perfect", LABELS)):
+        (results / setup).mkdir()
+        teacher = logits_for(teacher_predictions, TEACHER_CONFIDENCE)
+        right = int((teacher_predictions == LABELS).sum())
+        add(f"{setup}/teacher.npy", teacher, setup=setup, role="teacher", teacher_id=f"{setup}/teacher",
+            method="", alpha=np.nan, temperature=np.nan, width=1.0, seed=0, accuracy=accuracy(teacher, LABELS),
+            loss=cross_entropy(teacher, LABELS), n_teacher_correct=right, n_teacher_incorrect=len(LABELS) - right)
+        students = STUDENTS if setup == "errant" else [("siddo", 0.0, np.nan, 1.0, 0, PARTIAL)]
+        for i, (method, alpha, temperature, width, seed, predictions) in enumerate(students):
+            student = logits_for(predictions, np.full(len(LABELS), 0.7))
+            add(f"{setup}/student{i}.npy", student, setup=setup, role="student", teacher_id=f"{setup}/teacher",
+                method=method, alpha=alpha, temperature=temperature, width=width, seed=seed,
+                **student_metrics(student, teacher, LABELS))
+    models = pd.DataFrame(rows)
+    (results / "tables").mkdir()
+    models.to_parquet(results / "tables" / "models.parquet", index=False)
+    return models
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    return results, write_study(results)
+
+
+@pytest.fixture(scope="module")
+def written(study):
+    """make_audit run once on the study, PNG and PDF at 60 dpi."""
+    results, _ = study
+    paths = audit.make_audit(results / "tables", results, results / "figures", {"dpi": 60})
+    return results, paths
+
+
+def test_confusion_counts_match_the_hand_count():
+    matrix = audit.confusion(logits_for(TEACHER, TEACHER_CONFIDENCE), LABELS, C)
+    np.testing.assert_array_equal(matrix, EXPECTED_CONFUSION)
+
+
+def test_confusion_rejects_inconsistent_inputs():
+    logits = logits_for(TEACHER, TEACHER_CONFIDENCE)
+    with pytest.raises(ValueError, match="num_classes"):
+        audit.confusion(logits, LABELS, C + 1)
+    with pytest.raises(ValueError, match="outside"):
+        audit.confusion(logits, np.where(LABELS == 3, 4, LABELS), C)
+    with pytest.raises(ValueError, match="integer labels"):
+        audit.confusion(logits, LABELS[:-1], C)
+
+
+def test_confidence_splits_right_and_wrong_samples():
+    on_right, on_wrong = audit.confidence(logits_for(TEACHER, TEACHER_CONFIDENCE), LABELS)
+    np.testing.assert_allclose(on_right, np.full(13, 0.9), rtol=1e-6)
+    np.testing.assert_allclose(on_wrong, [0.5, 0.6, 0.7, 0.8, 0.4, 0.6, 0.95], rtol=1e-6)
+
+
+def test_max_probability_does_not_overflow():
+    np.testing.assert_allclose(audit.max_probability(np.array([[1000.0, 1000.0, -1000.0]])), [0.5])
+
+
+def test_teacher_errors_lists_each_confused_pair_most_frequent_first(study):
+    results, models = study
+    errors = audit.teacher_errors(models, results)
+    assert list(errors.columns) == list(audit.ERROR_COLUMNS)
+    assert set(errors["setup"]) == {"errant"}  # the perfect teacher has no rows
+    pairs = list(zip(errors["true_class"], errors["predicted_class"], errors["count"]))
+    assert pairs == [(t, p, n) for t, p, n, _ in EXPECTED_PAIRS]
+    np.testing.assert_allclose(errors["mean_confidence"], [c for *_, c in EXPECTED_PAIRS], rtol=1e-6)
+    np.testing.assert_allclose(errors["share_of_errors"], [3 / 7, 2 / 7, 1 / 7, 1 / 7])
+
+
+def test_copied_errors_count_the_copies_per_true_class(study):
+    results, models = study
+    copied = audit.copied_errors(models, results)
+    assert list(copied.columns) == list(audit.COPIED_COLUMNS)
+    assert set(copied["setup"]) == {"errant"}  # no teacher errors, nothing to copy
+    partial = copied[(copied["method"] == "rcd") & (copied["seed"] == 0)]
+    assert partial["true_class"].tolist() == [0, 1, 2, 3]
+    assert partial["n_teacher_errors"].tolist() == [3, 1, 2, 1]
+    assert partial["copied"].tolist() == PARTIAL_COPIED
+    np.testing.assert_allclose(partial["copied_share"], [2 / 3, 1, 1 / 2, 1])
+
+
+def test_copied_over_classes_is_the_models_tables_incorrect_agreement(study):
+    results, models = study
+    keys = ["setup", "teacher_id", "method", "alpha", "temperature", "width", "seed"]
+    totals = (audit.copied_errors(models, results).groupby(keys, dropna=False)[["copied", "n_teacher_errors"]]
+              .sum().reset_index())
+    students = models[(models["role"] == "student") & (models["n_teacher_incorrect"] > 0)]
+    joined = students.merge(totals, on=keys, how="left", validate="one_to_one")
+    assert len(joined) == len(STUDENTS) and joined["copied"].notna().all()
+    assert (joined["n_teacher_errors"] == joined["n_teacher_incorrect"]).all()
+    assert (joined["copied"] / joined["n_teacher_incorrect"] == joined["incorrect_agreement"]).all()
+    assert sorted(joined["copied"]) == [0, 0, 0, 0, 5, 5, 5, 7, 7]
+
+
+def test_make_audit_writes_the_tables_and_one_figure_per_setup(written, study):
+    results, paths = written
+    tables, figures = results / "tables", results / "figures"
+    assert audit.audit_stems(["errant", "perfect"]) == ["audit_errant", "audit_perfect"]
+    assert paths == [tables / "teacher_errors.parquet", tables / "teacher_errors.csv",
+                     tables / "copied_errors.parquet", tables / "copied_errors.csv",
+                     figures / "audit_errant.png", figures / "audit_errant.pdf",
+                     figures / "audit_perfect.png", figures / "audit_perfect.pdf"]
+    assert all(path.stat().st_size > 0 for path in paths)
+    assert not list(results.rglob("*.tmp"))
+    _, models = study
+    pd.testing.assert_frame_equal(pd.read_parquet(tables / "teacher_errors.parquet"),
+                                  audit.teacher_errors(models, results))
+    assert len(pd.read_csv(tables / "copied_errors.csv")) == len(audit.copied_errors(models, results))
+    height, width, _ = mpimg.imread(figures / "audit_errant.png").shape
+    assert (width, height) == (13 * 60, int(10.5 * 60))
+
+
+def test_audit_figure_draws_four_panels_with_the_median_copied_shares(study):
+    results, models = study
+    errors, copied = audit.teacher_errors(models, results), audit.copied_errors(models, results)
+    fig = audit.audit_figure("errant", errors, copied, logits_for(TEACHER, TEACHER_CONFIDENCE), LABELS)
+    panels = [ax for ax in fig.axes if ax.get_subplotspec() is not None]  # not the colourbar
+    assert len(panels) == 4
+    confusion_panel, pairs_panel, _, copied_panel = panels
+    # the top pair is drawn first (on top) with its count
+    assert pairs_panel.get_yticklabels()[0].get_text() == "0 \u2192 1"
+    assert pairs_panel.patches[0].get_width() == 3
+    # width 1 and the first alpha (0.1): kd is COPY_ALL twice and PARTIAL, rcd PARTIAL and COPY_NONE
+    assert "width 1" in copied_panel.get_title() and "alpha = 0.1, T = 1" in copied_panel.get_title()
+    bars = {container.get_label().split()[0]: [bar.get_height() for bar in container]
+            for container in copied_panel.containers}
+    np.testing.assert_allclose(bars["kd"], [1, 1, 1, 1])  # medians, not means
+    np.testing.assert_allclose(bars["rcd"], [1 / 3, 1 / 2, 1 / 4, 1 / 2])
+    np.testing.assert_allclose(bars["siddo"], [1 / 3, 1 / 2, 1 / 4, 1 / 2])
+    # the diagonal of the heatmap is masked: only errors are coloured
+    shown = confusion_panel.images[0].get_array()
+    assert shown.mask.diagonal().all() and shown.sum() == 7
+
+
+def test_audit_figure_names_classes_when_given(study):
+    results, models = study
+    errors, copied = audit.teacher_errors(models, results), audit.copied_errors(models, results)
+    names = {"errant": ["cat", "dog", "emu", "fox"]}
+    fig = audit.audit_figure("errant", errors, copied, logits_for(TEACHER, TEACHER_CONFIDENCE), LABELS,
+                             classes=names)
+    pairs_panel = fig.axes[1]
+    assert pairs_panel.get_yticklabels()[0].get_text() == "cat \u2192 dog"
+    with pytest.raises(ValueError, match="3 class names"):
+        audit.audit_figure("errant", errors, copied, logits_for(TEACHER, TEACHER_CONFIDENCE), LABELS,
+                           classes={"errant": names["errant"][:3]})
+
+
+def test_a_teacher_without_errors_gets_a_figure_that_says_so(study):
+    results, models = study
+    errors, copied = audit.teacher_errors(models, results), audit.copied_errors(models, results)
+    fig = audit.audit_figure("perfect", errors, copied, logits_for(LABELS, TEACHER_CONFIDENCE), LABELS)
+    texts = [text.get_text() for ax in fig.axes for text in ax.texts]
+    assert texts.count("no teacher errors") == 2
