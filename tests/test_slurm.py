@@ -20,10 +20,10 @@ ENV.pop("KDPIPE_SLURM_ACCOUNT", None)
 CONFIG = {
     "datasets": {"digits": {"family": "digits"}},
     "setups": {"digits-mlp": {"dataset": "digits", "arch": "mlp",
-                              "recipe": {"epochs": 4, "batch_size": 32},
+                              "recipe": {"epochs": 2, "batch_size": 32},
                               "resources": {"gpu": 1, "mem_mb": 1000, "runtime": 10}}},
     "alphas": [0.5],
-    "widths": [0.5, 1],
+    "widths": [1],
     "seeds": [0, 1, 2],
     "plots": {"formats": ["png"], "dpi": 50},
 }
@@ -59,7 +59,7 @@ def test_the_study_runs_under_slurm_packed_and_matches_a_local_run(tmp_path):
     for folder in (slurm_dir, local_dir):
         folder.mkdir()
         (folder / "config.yaml").write_text(yaml.safe_dump(CONFIG))
-    run(slurm_dir, "--profile", str(REPO / "slurm"), "--group-components", "students=6",
+    run(slurm_dir, "--profile", str(REPO / "slurm"), "--group-components", "students=3",
         "--slurm-init-seconds-before-status-checks", "2")
     run(local_dir, "--cores", "2")
 
@@ -72,9 +72,9 @@ def test_the_study_runs_under_slurm_packed_and_matches_a_local_run(tmp_path):
     teacher = slurm_job(logs / "train_teacher/digits-mlp.log")
     pairs = [slurm_job(p) for p in sorted((logs / "train_kd_rcd/digits-mlp").glob("*.log"))]
     siddo = [slurm_job(p) for p in sorted((logs / "train_siddo/digits-mlp").glob("*.log"))]
-    assert len(pairs) == 6 and len(siddo) == 6
-    # twelve student jobs, packed six to an allocation
-    assert sorted(pd.Series(pairs + siddo).value_counts()) == [6, 6]
+    assert len(pairs) == 3 and len(siddo) == 3
+    # six student jobs, packed three to an allocation
+    assert sorted(pd.Series(pairs + siddo).value_counts()) == [3, 3]
     assert teacher not in pairs + siddo
 
     for name in ("models", "stats", "asymmetry", "scaling"):
