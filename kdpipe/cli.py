@@ -15,12 +15,17 @@ import sys
 import time
 from pathlib import Path
 
+from kdpipe.data import DataError
 from kdpipe.models import ARCHS
 
 # Modules a fork server preloads so that jobs do not pay for importing them (kdpipe.server);
 # torch._dynamo is what creating a torch optimizer first imports (about 1 s).
 PRELOAD = ("torch", "torch._dynamo", "numpy", "kdpipe.train", "kdpipe.metrics", "kdpipe.data",
            *ARCHS.values())
+
+# Student methods: siddo (cross-entropy only), kd and its random control rcd, and our
+# kd-masked (the KD term only where the teacher is right) with its control rcd-masked.
+METHODS = ("siddo", "kd", "rcd", "kd-masked", "rcd-masked")
 
 TEACHER_INIT, TEACHER_WEIGHTS = "init.pt", "model.pt"
 TEST_LOGITS, TRAIN_LOGITS, ROW, TIMING = "logits.npy", "train_logits.npy", "row.json", "timing.json"
@@ -150,20 +155,21 @@ def train_students(args) -> int:
 
     learners = []
     for m in methods:
-        target = None
-        if m["method"] in ("kd", "rcd"):
-            if m["method"] == "kd":
-                target = teacher_target(spec, dataset, teacher_dir, device)
-            else:
-                noise = m.get("noise", {})
-                shape = (*dataset.y_train.shape[1:], dataset.num_classes)
-                target = RandomLogits(len(dataset.y_train), shape, seed_for("noise", seed),
-                                      device=device, **noise)
-        elif m["method"] != "siddo":
-            raise SystemExit(f"unknown method {m['method']!r}; known: kd, rcd, siddo")
-        learners.append(Learner(m["method"], copy.deepcopy(initial), target,
+        name, target, weights = m["method"], None, None
+        if name not in METHODS:
+            raise SystemExit(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+        if name in ("kd", "kd-masked"):
+            target = teacher_target(spec, dataset, teacher_dir, device)
+        elif name in ("rcd", "rcd-masked"):
+            shape = (*dataset.y_train.shape[1:], dataset.num_classes)
+            target = RandomLogits(len(dataset.y_train), shape, seed_for("noise", seed),
+                                  device=device, **m.get("noise", {}))
+        if name in ("kd-masked", "rcd-masked"):
+            weights = masked_weights(dataset, teacher_dir, m["incorrect_weight"], device)
+        learners.append(Learner(name, copy.deepcopy(initial), target,
                                 alpha=float(m.get("alpha", 0.0)),
-                                temperature=float(m.get("temperature", 1.0))))
+                                temperature=float(m.get("temperature", 1.0)),
+                                sample_weights=weights))
     recipe = recipe_of(spec)
     label = f"{spec['setup']} w={width:g} s={seed}"
     seconds = train(learners, dataset.x_train, dataset.y_train, recipe,
@@ -174,6 +180,17 @@ def train_students(args) -> int:
                             recipe, seconds / len(learners), role="student")
     finish_checkpoint(args)
     return 0
+
+
+def masked_weights(dataset, teacher_dir: Path, incorrect_weight: float, device: str):
+    """Per training sample: 1 where the teacher's (un-augmented) prediction is right, else
+    ``incorrect_weight`` (0: the KD term is dropped on the teacher's errors)."""
+    import numpy as np
+    import torch
+
+    logits = torch.from_numpy(np.load(teacher_dir / TRAIN_LOGITS)).to(device)
+    right = logits.argmax(-1).view(dataset.y_train.shape) == dataset.y_train
+    return torch.where(right, 1.0, float(incorrect_weight))
 
 
 def save_state(model, path: Path) -> None:
@@ -378,6 +395,10 @@ def main(argv=None) -> int:
     print(f"{args.step} on {socket.gethostname()}, pid {os.getpid()}"
           + (f", SLURM job {slurm_job}" if slurm_job else ""), file=sys.stderr)
     start = time.perf_counter()
-    code = args.func(args)
+    try:
+        code = args.func(args)
+    except DataError as error:  # a missing, corrupt or misconfigured dataset: say what, no traceback
+        print(f"kdpipe {args.step}: error: {error}", file=sys.stderr)
+        return 1
     print(f"{args.step} done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return code

@@ -32,6 +32,7 @@ from kdpipe.metrics import FUNCTIONAL_METRICS, HIGHER_IS_CLOSER
 from kdpipe.stats import asymmetry
 
 METHODS = ("kd", "rcd", "siddo")
+MASKED_METHODS = ("kd", "kd-masked", "rcd-masked")  # figure 7: our kd-masked against kd
 TABLES = ("models", "stats", "asymmetry", "scaling")
 DEFAULT_OPTIONS = {
     "formats": ["png", "pdf"],
@@ -58,8 +59,9 @@ PAYOFF = (("correct_agreement", "slope_correct", "delta_correct"),
           ("incorrect_agreement", "slope_incorrect", "delta_incorrect"))
 
 
-def figure_stems(setups: list[str], temperatures: list[float]) -> list[str]:
-    """File names without extension of every figure make_figures writes for these setups and T."""
+def figure_stems(setups: list[str], temperatures: list[float], masked: bool = False) -> list[str]:
+    """File names without extension of every figure make_figures writes for these setups and T
+    (``masked``: kd-masked students were trained)."""
     stems = []
     for setup in setups:
         stems += [f"fig1_functional_{setup}", f"fig2_payoff_{setup}", f"fig3_accuracy_{setup}",
@@ -67,12 +69,16 @@ def figure_stems(setups: list[str], temperatures: list[float]) -> list[str]:
     stems.append("fig5_teacher_loss")
     if len(set(temperatures)) > 1:
         stems += [f"fig6_temperature_{setup}" for setup in setups]
+    if masked:
+        stems += [f"fig7_masked_{setup}" for setup in setups]
     return stems
 
 
 def method_colors(palette: str = "colorblind") -> dict:
-    """The colour of each method: the first three colours of a seaborn palette, in METHODS order."""
-    return dict(zip(METHODS, sns.color_palette(palette, len(METHODS))))
+    """The colour of each method: the first colours of a seaborn palette, in METHODS order, then
+    kd-masked and rcd-masked."""
+    methods = METHODS + ("kd-masked", "rcd-masked")
+    return dict(zip(methods, sns.color_palette(palette, len(methods))))
 
 
 def make_figures(tables_dir, out_dir, options: dict | None = None) -> list[Path]:
@@ -110,11 +116,12 @@ def make_figures(tables_dir, out_dir, options: dict | None = None) -> list[Path]
         draw[f"fig3_accuracy_{setup}"] = partial(fig3_accuracy, models, setup, width, temperature, colors)
         draw[f"fig4_width_{setup}"] = partial(fig4_width, models, tables["scaling"], setup, temperature, colors)
         draw[f"fig6_temperature_{setup}"] = partial(fig6_temperature, models, stats, setup, width, colors)
+        draw[f"fig7_masked_{setup}"] = partial(fig7_masked, models, setup, width, temperature, colors)
 
     out_dir = Path(out_dir)
     paths = []
     with sns.axes_style(options["style"]), sns.plotting_context(options["context"]):
-        for stem in figure_stems(setups, temperatures):
+        for stem in figure_stems(setups, temperatures, masked=(students["method"] == "kd-masked").any()):
             fig = draw[stem]()
             for fmt in options["formats"]:
                 path = out_dir / f"{stem}.{fmt}"
@@ -308,6 +315,42 @@ def fig5_teacher_loss(models, widths: dict, temperature) -> Figure:
                  f"T = {temperature:g})\none point per teacher and alpha; 0 = no more agreement than siddo")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=max(len(alphas), 1), frameon=False)
+    return fig
+
+
+def fig7_masked(models, setup, width, temperature, colors) -> Figure:
+    """Our kd-masked (the KD term only where the teacher is right) against kd, by alpha: does it
+    copy fewer of the teacher's errors without losing accuracy? Under each alpha: the median
+    kd-masked minus the median kd; siddo as the reference band."""
+    students = _students(models, setup, width, temperature)
+    alphas = _levels(students, "alpha")
+    to_x = partial(_level_index, alphas)
+    fig = Figure(figsize=(13, 4.8), layout="constrained")
+    axes = fig.subplots(1, 3, sharex=True)
+    for ax, metric in zip(axes, ("correct_agreement", "incorrect_agreement", "accuracy")):
+        if students[metric].isna().all():
+            _no_data(ax)
+            continue
+        _dots_and_medians(ax, students, metric, "alpha", to_x, MASKED_METHODS, colors)
+        siddo = students.loc[students["method"] == "siddo", metric].dropna()
+        if len(siddo):
+            q1, median, q3 = siddo.quantile([0.25, 0.5, 0.75])
+            ax.axhspan(q1, q3, color=colors["siddo"], alpha=0.2, lw=0, zorder=1)
+            ax.axhline(median, color=colors["siddo"], lw=1.5, zorder=1)
+        medians = students.groupby(["method", "alpha"])[metric].median()
+        deltas = [medians.get(("kd-masked", a), np.nan) - medians.get(("kd", a), np.nan) for a in alphas]
+        _delta_labels(ax, to_x(alphas), np.asarray(deltas, dtype=float), colors["kd-masked"])
+        ax.set_title(METRIC_LABELS[metric][0])
+        ax.set_ylabel(_value_label(metric))
+        _level_axis(ax, alphas, "alpha (weight of the distillation term)")
+    fig.suptitle(f"{setup}: kd-masked (ours: no KD term on the teacher's errors) against kd\n"
+                 f"student width {width:g}, T = {temperature:g}, {_n_seeds(students)}; "
+                 r"$\Delta$ = median kd-masked $-$ median kd")
+    handles = [Line2D([], [], color=colors[m], marker="o", markersize=4, lw=1.2) for m in MASKED_METHODS]
+    labels = [f"{m}: dots = seeds, line = medians" for m in MASKED_METHODS]
+    handles.append((Patch(color=colors["siddo"], alpha=0.2, lw=0), Line2D([], [], color=colors["siddo"], lw=1.5)))
+    labels.append("siddo: median and IQR band")
+    fig.legend(handles, labels, loc="outside lower center", ncols=4, frameon=False)
     return fig
 
 

@@ -24,6 +24,14 @@ COMPARISONS = (
     ("kd_vs_rcd", "kd", "rcd"),
     ("rcd_vs_siddo", "rcd", "siddo"),
 )
+# Our addition: only in groups where kd-masked students were trained.
+MASKED_COMPARISONS = (
+    ("kd-masked_vs_siddo", "kd-masked", "siddo"),
+    ("kd-masked_vs_rcd-masked", "kd-masked", "rcd-masked"),
+    ("rcd-masked_vs_siddo", "rcd-masked", "siddo"),
+    ("kd-masked_vs_kd", "kd-masked", "kd"),
+)
+DISTILLED = ("kd", "rcd", "kd-masked", "rcd-masked")  # every method but siddo
 
 
 def mann_whitney(x, y) -> dict:
@@ -103,7 +111,7 @@ def _method_groups(models: pd.DataFrame):
     """
     students = models[models["role"] == "student"]
     siddo = students[students["method"] == "siddo"]
-    distilled = students[students["method"].isin(["kd", "rcd"])]
+    distilled = students[students["method"].isin(DISTILLED)]
     for key, rows in distilled.groupby(GROUP, dropna=False, sort=True):
         setup, _, _, width = key
         matched = siddo[
@@ -111,13 +119,14 @@ def _method_groups(models: pd.DataFrame):
             & (siddo["width"] == width)
             & siddo["teacher_id"].isin(rows["teacher_id"].unique())
         ]
-        arms = {method: rows[rows["method"] == method] for method in ("kd", "rcd")}
+        arms = {method: rows[rows["method"] == method] for method in DISTILLED}
         yield key, {**arms, "siddo": matched}
 
 
 def compare_methods(models: pd.DataFrame, metrics=FUNCTIONAL_METRICS, level: float = 0.05,
                     correction: str = "none") -> pd.DataFrame:
-    """Mann-Whitney tests over seeds of kd vs siddo, kd vs rcd and rcd vs siddo.
+    """Mann-Whitney tests over seeds of kd vs siddo, kd vs rcd and rcd vs siddo (and, where
+    kd-masked students were trained, the MASKED_COMPARISONS).
 
     One row per (setup, alpha, temperature, width) that has kd rows, metric and comparison,
     sorted by those columns. significant = p < level and the first method's median is closer to
@@ -130,7 +139,8 @@ def compare_methods(models: pd.DataFrame, metrics=FUNCTIONAL_METRICS, level: flo
         if arms["kd"].empty:
             continue
         for metric in metrics:
-            for comparison, first, second in COMPARISONS:
+            masked = MASKED_COMPARISONS if not arms["kd-masked"].empty else ()
+            for comparison, first, second in COMPARISONS + masked:
                 test = mann_whitney(arms[first][metric], arms[second][metric])
                 rows.append({
                     "setup": setup, "alpha": alpha, "temperature": temperature, "width": width,
@@ -151,9 +161,10 @@ def compare_methods(models: pd.DataFrame, metrics=FUNCTIONAL_METRICS, level: flo
 
 
 def asymmetry(models: pd.DataFrame) -> pd.DataFrame:
-    """The asymmetric payoff: median correct and incorrect agreement of kd and rcd against siddo.
+    """The asymmetric payoff: median correct and incorrect agreement of each distilled method
+    (kd, rcd, and kd-masked, rcd-masked where trained) against siddo.
 
-    One row per (setup, alpha, temperature, width) and method (kd, rcd) with rows; delta_x =
+    One row per (setup, alpha, temperature, width) and method with rows; delta_x =
     median of the method - median of the matched siddo rows; ratio = delta_incorrect /
     delta_correct (NaN when delta_correct is 0 or NaN).
     """
@@ -162,7 +173,7 @@ def asymmetry(models: pd.DataFrame) -> pd.DataFrame:
         siddo = arms["siddo"]
         median_correct_siddo = siddo["correct_agreement"].median()
         median_incorrect_siddo = siddo["incorrect_agreement"].median()
-        for method in ("kd", "rcd"):
+        for method in DISTILLED:
             if arms[method].empty:
                 continue
             median_correct = arms[method]["correct_agreement"].median()
@@ -239,7 +250,8 @@ def scaling(models: pd.DataFrame, bootstrap: int = 1000, seed: int = 0) -> pd.Da
     if bootstrap < 0:
         raise ValueError(f"bootstrap must be >= 0, got {bootstrap}")
     rng = np.random.default_rng(seed)
-    students = models[(models["role"] == "student") & models["method"].isin(["kd", "rcd", "siddo"])]
+    students = models[(models["role"] == "student")
+                      & models["method"].isin([*DISTILLED, "siddo"])]
     keys = ["setup", "alpha", "temperature", "method"]
     rows = []
     # dropna=False: siddo's temperature is NaN and must stay a group key

@@ -106,10 +106,13 @@ class RandomLogits:
         return self.draw(len(index), *self.shape, generator=self.stream, device=self.device)
 
 
-def distillation_loss(student_logits, labels, target_logits, alpha: float, temperature: float):
+def distillation_loss(student_logits, labels, target_logits, alpha: float, temperature: float,
+                      sample_weights=None):
     """(1 - alpha) CE(y, z_s) + alpha T^2 KL(softmax(z_t / T) || softmax(z_s / T)), batch mean.
 
     Logits [..., C] with labels [...]: for a language model every position is a sample.
+    ``sample_weights`` [...] scale each sample's KL term (the batch mean still divides by the
+    batch size): kd-masked gives the samples its teacher gets wrong weight 0.
     """
     classes = student_logits.shape[-1]
     student_logits, labels = student_logits.reshape(-1, classes), labels.reshape(-1)
@@ -122,19 +125,25 @@ def distillation_loss(student_logits, labels, target_logits, alpha: float, tempe
     t = temperature
     if t != 1:  # at T = 1 the CE's log-probabilities serve the KL term as well
         log_p, target_logits = F.log_softmax(student_logits / t, dim=-1), target_logits / t
-    kl = F.kl_div(log_p, F.log_softmax(target_logits, dim=-1), log_target=True,
-                  reduction="batchmean")
+    log_q = F.log_softmax(target_logits, dim=-1)
+    if sample_weights is None:
+        kl = F.kl_div(log_p, log_q, log_target=True, reduction="batchmean")
+    else:
+        per_sample = F.kl_div(log_p, log_q, log_target=True, reduction="none").sum(-1)
+        kl = (per_sample * sample_weights.reshape(-1)).mean()
     return (1 - alpha) * ce + alpha * t * t * kl
 
 
 @dataclass
 class Learner:
-    """A model and what it learns from: ``target=None`` is plain cross-entropy."""
+    """A model and what it learns from: ``target=None`` is plain cross-entropy;
+    ``sample_weights`` (one per training sample, or per position) weight the distillation term."""
     name: str
     model: torch.nn.Module
     target: object = None
     alpha: float = 0.0
     temperature: float = 1.0
+    sample_weights: torch.Tensor | None = None
     history: list = field(default_factory=list)
 
 
@@ -208,7 +217,9 @@ def train(learners: list, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, orde
             for k, learner in enumerate(learners):
                 logits = learner.model(xb)
                 target = None if learner.target is None else learner.target(index, xb, epoch, i)
-                loss = distillation_loss(logits, yb, target, learner.alpha, learner.temperature)
+                weights = None if learner.sample_weights is None else learner.sample_weights[index]
+                loss = distillation_loss(logits, yb, target, learner.alpha, learner.temperature,
+                                         weights)
                 total = total + loss
                 loss_sums[k] += loss.detach() * len(index)
                 correct[k] += (logits.detach().argmax(-1) == yb).sum()

@@ -162,6 +162,25 @@ def test_compare_methods_values_and_significance():
             assert row["p"] > 0.05 and not row["significant"]
 
 
+def test_masked_comparisons_appear_only_where_kd_masked_was_trained():
+    models = comparison_models()
+    masked = [model("a", "kd-masked", 0.1, 1.0, 1, seed, **all_metrics(0.7, seed)) for seed in range(5)]
+    masked += [model("a", "rcd-masked", 0.1, 1.0, 1, seed, **all_metrics(0.6, seed)) for seed in range(5)]
+    table = compare_methods(pd.concat([models, pd.DataFrame(masked)], ignore_index=True))
+    at_01 = table[table["alpha"] == 0.1]
+    assert set(at_01["comparison"]) == {"kd_vs_siddo", "kd_vs_rcd", "rcd_vs_siddo",
+                                        "kd-masked_vs_siddo", "kd-masked_vs_rcd-masked",
+                                        "rcd-masked_vs_siddo", "kd-masked_vs_kd"}
+    assert set(table.loc[table["alpha"] == 0.5, "comparison"]) == {
+        "kd_vs_siddo", "kd_vs_rcd", "rcd_vs_siddo"}
+    row = at_01[(at_01["metric"] == "prediction_agreement")
+                & (at_01["comparison"] == "kd-masked_vs_kd")].iloc[0]
+    # kd-masked sits below kd at every seed: fully separated, not toward the teacher
+    assert row["u"] == 0 and row["effect_size"] == -1 and not row["toward_teacher"]
+    assert set(asymmetry(pd.concat([models, pd.DataFrame(masked)])).method) == {
+        "kd", "rcd", "kd-masked", "rcd-masked"}
+
+
 def test_compare_methods_corrections():
     models = comparison_models()
     holm = compare_methods(models, correction="holm")

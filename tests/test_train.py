@@ -191,3 +191,18 @@ def fresh_cnn():
     model = models.build("cnn", (1, 8, 8), 3, 0.25)
     models.init_parameters(model, generator(2))
     return model
+
+
+def test_sample_weights_drop_the_kd_term_on_masked_samples():
+    zs = torch.randn(4, 3, generator=generator(0))
+    zt = torch.randn(4, 3, generator=generator(1))
+    y = torch.tensor([0, 1, 2, 0])
+    keep = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    ce = F.cross_entropy(zs, y)
+    per_sample = F.kl_div(F.log_softmax(zs / 2, -1), F.log_softmax(zt / 2, -1), log_target=True,
+                          reduction="none").sum(-1)
+    expected = 0.5 * ce + 0.5 * 4 * (per_sample * keep).sum() / 4
+    got = distillation_loss(zs, y, zt, 0.5, 2.0, sample_weights=keep)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    ones = distillation_loss(zs, y, zt, 0.5, 2.0, sample_weights=torch.ones(4))
+    assert ones.item() == pytest.approx(distillation_loss(zs, y, zt, 0.5, 2.0).item(), rel=1e-6)

@@ -60,13 +60,18 @@ wildcard_constraints:
     temperature="[0-9.e+-]+",
     width="[0-9.e+-]+",
     seed="[0-9]+",
+    variant="|-masked",
 
 PAIR = "a{alpha}_T{temperature}_w{width}_s{seed}"
 SIDDO = "w{width}_s{seed}"
 
 
+VARIANTS = [""] + (["-masked"] if config["kd_masked"]["enabled"] else [])
+
+
 def student_rows():
-    pairs = expand(f"{R}/{{setup}}/{{method}}/{PAIR}/row.json", setup=SETUPS, method=["kd", "rcd"],
+    methods = [f"{m}{v}" for v in VARIANTS for m in ("kd", "rcd")]
+    pairs = expand(f"{R}/{{setup}}/{{method}}/{PAIR}/row.json", setup=SETUPS, method=methods,
                    alpha=ALPHAS, temperature=TEMPERATURES, width=WIDTHS, seed=SEEDS)
     siddo = expand(f"{R}/{{setup}}/siddo/{SIDDO}/row.json", setup=SETUPS, width=WIDTHS, seed=SEEDS)
     return pairs + siddo

@@ -12,8 +12,8 @@ def figure_file(stem, ext):
     return report(path, caption=str(caption), category="Figures", subcategory=setup)
 
 
-FIGURES = [figure_file(stem, ext) for stem in figure_stems(SETUPS, config["temperatures"])
-           for ext in config["plots"]["formats"]]
+STEMS = figure_stems(SETUPS, config["temperatures"], masked=config["kd_masked"]["enabled"])
+FIGURES = [figure_file(stem, ext) for stem in STEMS for ext in config["plots"]["formats"]]
 
 
 rule figures:
