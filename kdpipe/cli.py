@@ -23,9 +23,10 @@ from kdpipe.models import ARCHS
 PRELOAD = ("torch", "torch._dynamo", "numpy", "kdpipe.train", "kdpipe.metrics", "kdpipe.data",
            *ARCHS.values())
 
-# Student methods: siddo (cross-entropy only), kd and its random control rcd, and our
-# kd-masked (the KD term only where the teacher is right) with its control rcd-masked.
-METHODS = ("siddo", "kd", "rcd", "kd-masked", "rcd-masked")
+# Student methods: siddo (cross-entropy only), kd and its random control rcd, our kd-masked
+# (the KD term only where the teacher is right) with its control rcd-masked, and feature-map
+# matching fm with its control fm-rcd (random targets of the stage's shape).
+METHODS = ("siddo", "kd", "rcd", "kd-masked", "rcd-masked", "fm", "fm-rcd")
 
 TEACHER_INIT, TEACHER_WEIGHTS = "init.pt", "model.pt"
 TEST_LOGITS, TRAIN_LOGITS, ROW, TIMING = "logits.npy", "train_logits.npy", "row.json", "timing.json"
@@ -133,7 +134,8 @@ def train_students(args) -> int:
     import torch
 
     from kdpipe import data, models
-    from kdpipe.train import EpochLog, Learner, RandomLogits, generator, seed_for, train
+    from kdpipe.train import (EpochLog, FeatureMatch, Learner, RandomLogits, TeacherFeatures,
+                              generator, seed_for, staged_forward, train)
 
     spec = args.spec
     outputs = dict(args.out)
@@ -166,10 +168,23 @@ def train_students(args) -> int:
                                   device=device, **m.get("noise", {}))
         if name in ("kd-masked", "rcd-masked"):
             weights = masked_weights(dataset, teacher_dir, m["incorrect_weight"], device)
+        feature_match = None
+        if name in ("fm", "fm-rcd"):
+            teacher = load_teacher(spec, dataset, teacher_dir, device)
+            stage = m.get("stage") or last_stage(teacher)
+            adapter = stage_adapter(initial, teacher, stage, dataset.x_train[:2],
+                                    generator(seed_for("adapter", width, seed), device))
+            feature_match = FeatureMatch(stage, adapter)
+            if name == "fm":
+                target = TeacherFeatures(teacher, stage)
+            else:
+                shape = staged_forward(teacher, stage, dataset.x_train[:1], stop=True).shape[1:]
+                target = RandomLogits(len(dataset.y_train), shape, seed_for("noise", seed),
+                                      device=device, **m.get("noise", {}))
         learners.append(Learner(name, copy.deepcopy(initial), target,
                                 alpha=float(m.get("alpha", 0.0)),
                                 temperature=float(m.get("temperature", 1.0)),
-                                sample_weights=weights))
+                                sample_weights=weights, feature_match=feature_match))
     recipe = recipe_of(spec)
     label = f"{spec['setup']} w={width:g} s={seed}"
     seconds = train(learners, dataset.x_train, dataset.y_train, recipe,
@@ -213,10 +228,51 @@ def teacher_target(spec, dataset, teacher_dir: Path, device: str):
     if spec["recipe"].get("augment", "none") == "none":
         logits = torch.from_numpy(np.load(teacher_dir / TRAIN_LOGITS)).to(device)
         return TeacherLogits(logits.view(*dataset.y_train.shape, -1))
+    return TeacherModel(load_teacher(spec, dataset, teacher_dir, device))
+
+
+def load_teacher(spec, dataset, teacher_dir: Path, device: str):
+    import torch
+
+    from kdpipe import models
+
     teacher = models.build(spec["arch"], dataset.input_shape, dataset.num_classes, 1.0).to(device)
     teacher.load_state_dict(torch.load(teacher_dir / TEACHER_WEIGHTS, map_location=device,
                                        weights_only=True))
-    return TeacherModel(teacher)
+    return teacher.eval()
+
+
+def last_stage(model) -> str:
+    """The default stage to match: the last one before the classifier head."""
+    return [name for name, _ in model.named_children() if name != "head"][-1]
+
+
+def stage_adapter(student, teacher, stage: str, x, generator):
+    """FitNets' regressor from the student's output of ``stage`` to the teacher's: None where the
+    shapes agree (width 1), else a 1x1 convolution (channels differ) or a linear map (the last,
+    feature dimension differs), drawn from ``generator``."""
+    import torch
+    from torch import nn
+
+    from kdpipe import models
+    from kdpipe.train import staged_forward
+
+    with torch.no_grad():
+        mine = staged_forward(student, stage, x, stop=True).shape
+        theirs = staged_forward(teacher, stage, x, stop=True).shape
+    if mine == theirs:
+        return None
+    differ = [d for d in range(len(mine)) if mine[d] != theirs[d]]
+    if differ == [len(mine) - 1]:
+        adapter = nn.Linear(mine[-1], theirs[-1])
+    elif differ == [1] and len(mine) in (3, 4):
+        adapter = (nn.Conv1d if len(mine) == 3 else nn.Conv2d)(mine[1], theirs[1], 1)
+    else:
+        raise ValueError(f"stage {stage!r}: cannot map student output {tuple(mine)} to the "
+                         f"teacher's {tuple(theirs)}")
+    adapter = adapter.to(x.device)
+    models.init_parameters(adapter, generator)
+    return adapter
 
 
 def write_model_outputs(args, spec, dataset, out: Path, model, recipe, seconds, role) -> None:

@@ -59,9 +59,10 @@ PAYOFF = (("correct_agreement", "slope_correct", "delta_correct"),
           ("incorrect_agreement", "slope_incorrect", "delta_incorrect"))
 
 
-def figure_stems(setups: list[str], temperatures: list[float], masked: bool = False) -> list[str]:
+def figure_stems(setups: list[str], temperatures: list[float], masked: bool = False,
+                 fm: bool = False) -> list[str]:
     """File names without extension of every figure make_figures writes for these setups and T
-    (``masked``: kd-masked students were trained)."""
+    (``masked``, ``fm``: kd-masked, fm students were trained)."""
     stems = []
     for setup in setups:
         stems += [f"fig1_functional_{setup}", f"fig2_payoff_{setup}", f"fig3_accuracy_{setup}",
@@ -71,13 +72,15 @@ def figure_stems(setups: list[str], temperatures: list[float], masked: bool = Fa
         stems += [f"fig6_temperature_{setup}" for setup in setups]
     if masked:
         stems += [f"fig7_masked_{setup}" for setup in setups]
+    if fm:
+        stems += [f"fig8_fm_{setup}" for setup in setups]
     return stems
 
 
 def method_colors(palette: str = "colorblind") -> dict:
     """The colour of each method: the first colours of a seaborn palette, in METHODS order, then
     kd-masked and rcd-masked."""
-    methods = METHODS + ("kd-masked", "rcd-masked")
+    methods = METHODS + ("kd-masked", "rcd-masked", "fm", "fm-rcd")
     return dict(zip(methods, sns.color_palette(palette, len(methods))))
 
 
@@ -117,11 +120,13 @@ def make_figures(tables_dir, out_dir, options: dict | None = None) -> list[Path]
         draw[f"fig4_width_{setup}"] = partial(fig4_width, models, tables["scaling"], setup, temperature, colors)
         draw[f"fig6_temperature_{setup}"] = partial(fig6_temperature, models, stats, setup, width, colors)
         draw[f"fig7_masked_{setup}"] = partial(fig7_masked, models, setup, width, temperature, colors)
+        draw[f"fig8_fm_{setup}"] = partial(fig8_fm, models, setup, width, colors)
 
     out_dir = Path(out_dir)
     paths = []
     with sns.axes_style(options["style"]), sns.plotting_context(options["context"]):
-        for stem in figure_stems(setups, temperatures, masked=(students["method"] == "kd-masked").any()):
+        trained = set(students["method"])
+        for stem in figure_stems(setups, temperatures, "kd-masked" in trained, "fm" in trained):
             fig = draw[stem]()
             for fmt in options["formats"]:
                 path = out_dir / f"{stem}.{fmt}"
@@ -320,10 +325,26 @@ def fig5_teacher_loss(models, widths: dict, temperature) -> Figure:
 
 def fig7_masked(models, setup, width, temperature, colors) -> Figure:
     """Our kd-masked (the KD term only where the teacher is right) against kd, by alpha: does it
-    copy fewer of the teacher's errors without losing accuracy? Under each alpha: the median
-    kd-masked minus the median kd; siddo as the reference band."""
-    students = _students(models, setup, width, temperature)
-    alphas = _levels(students, "alpha")
+    copy fewer of the teacher's errors without losing accuracy?"""
+    return _variant_figure(
+        _students(models, setup, width, temperature), ("kd", "kd-masked", "rcd-masked"),
+        ("kd-masked", "kd"), colors,
+        f"{setup}: kd-masked (ours: no KD term on the teacher's errors) against kd\n"
+        f"student width {width:g}, T = {temperature:g}")
+
+
+def fig8_fm(models, setup, width, colors) -> Figure:
+    """Feature-map matching (fm) and its random control (fm-rcd) against siddo, by alpha."""
+    return _variant_figure(
+        _students(models, setup, width), ("fm", "fm-rcd"), ("fm", "siddo"), colors,
+        f"{setup}: feature-map matching (fm) and its random control\nstudent width {width:g}")
+
+
+def _variant_figure(students, methods, delta, colors, title) -> Figure:
+    """Correct and incorrect agreement and accuracy by alpha for ``methods`` (dots: seeds, bars:
+    medians), siddo as the reference band; under each alpha the median of delta[0] minus the
+    median of delta[1]."""
+    alphas = np.sort(students.loc[students["method"].isin(methods), "alpha"].dropna().unique())
     to_x = partial(_level_index, alphas)
     fig = Figure(figsize=(13, 4.8), layout="constrained")
     axes = fig.subplots(1, 3, sharex=True)
@@ -331,26 +352,26 @@ def fig7_masked(models, setup, width, temperature, colors) -> Figure:
         if students[metric].isna().all():
             _no_data(ax)
             continue
-        _dots_and_medians(ax, students, metric, "alpha", to_x, MASKED_METHODS, colors)
+        _dots_and_medians(ax, students, metric, "alpha", to_x, methods, colors)
         siddo = students.loc[students["method"] == "siddo", metric].dropna()
         if len(siddo):
             q1, median, q3 = siddo.quantile([0.25, 0.5, 0.75])
             ax.axhspan(q1, q3, color=colors["siddo"], alpha=0.2, lw=0, zorder=1)
             ax.axhline(median, color=colors["siddo"], lw=1.5, zorder=1)
-        medians = students.groupby(["method", "alpha"])[metric].median()
-        deltas = [medians.get(("kd-masked", a), np.nan) - medians.get(("kd", a), np.nan) for a in alphas]
-        _delta_labels(ax, to_x(alphas), np.asarray(deltas, dtype=float), colors["kd-masked"])
+        medians = students[students["method"] != "siddo"].groupby(["method", "alpha"])[metric].median()
+        reference = [siddo.median() if delta[1] == "siddo" else medians.get((delta[1], a), np.nan)
+                     for a in alphas]
+        deltas = [medians.get((delta[0], a), np.nan) - r for a, r in zip(alphas, reference)]
+        _delta_labels(ax, to_x(alphas), np.asarray(deltas, dtype=float), colors[delta[0]])
         ax.set_title(METRIC_LABELS[metric][0])
         ax.set_ylabel(_value_label(metric))
         _level_axis(ax, alphas, "alpha (weight of the distillation term)")
-    fig.suptitle(f"{setup}: kd-masked (ours: no KD term on the teacher's errors) against kd\n"
-                 f"student width {width:g}, T = {temperature:g}, {_n_seeds(students)}; "
-                 r"$\Delta$ = median kd-masked $-$ median kd")
-    handles = [Line2D([], [], color=colors[m], marker="o", markersize=4, lw=1.2) for m in MASKED_METHODS]
-    labels = [f"{m}: dots = seeds, line = medians" for m in MASKED_METHODS]
+    fig.suptitle(f"{title}, {_n_seeds(students)}; " + rf"$\Delta$ = median {delta[0]} $-$ median {delta[1]}")
+    handles = [Line2D([], [], color=colors[m], marker="o", markersize=4, lw=1.2) for m in methods]
+    labels = [f"{m}: dots = seeds, line = medians" for m in methods]
     handles.append((Patch(color=colors["siddo"], alpha=0.2, lw=0), Line2D([], [], color=colors["siddo"], lw=1.5)))
     labels.append("siddo: median and IQR band")
-    fig.legend(handles, labels, loc="outside lower center", ncols=4, frameon=False)
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(methods) + 1, frameon=False)
     return fig
 
 

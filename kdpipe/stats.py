@@ -31,7 +31,15 @@ MASKED_COMPARISONS = (
     ("rcd-masked_vs_siddo", "rcd-masked", "siddo"),
     ("kd-masked_vs_kd", "kd-masked", "kd"),
 )
-DISTILLED = ("kd", "rcd", "kd-masked", "rcd-masked")  # every method but siddo
+# Feature-map matching: only in groups where fm students were trained (no temperature).
+FM_COMPARISONS = (
+    ("fm_vs_siddo", "fm", "siddo"),
+    ("fm_vs_fm-rcd", "fm", "fm-rcd"),
+    ("fm-rcd_vs_siddo", "fm-rcd", "siddo"),
+)
+# The comparisons of each distillation method, asked for where that method has rows.
+COMPARISONS_OF = {"kd": COMPARISONS, "kd-masked": MASKED_COMPARISONS, "fm": FM_COMPARISONS}
+DISTILLED = ("kd", "rcd", "kd-masked", "rcd-masked", "fm", "fm-rcd")  # every method but siddo
 
 
 def mann_whitney(x, y) -> dict:
@@ -126,9 +134,10 @@ def _method_groups(models: pd.DataFrame):
 def compare_methods(models: pd.DataFrame, metrics=FUNCTIONAL_METRICS, level: float = 0.05,
                     correction: str = "none") -> pd.DataFrame:
     """Mann-Whitney tests over seeds of kd vs siddo, kd vs rcd and rcd vs siddo (and, where
-    kd-masked students were trained, the MASKED_COMPARISONS).
+    kd-masked or fm students were trained, the MASKED_COMPARISONS and FM_COMPARISONS).
 
-    One row per (setup, alpha, temperature, width) that has kd rows, metric and comparison,
+    One row per (setup, alpha, temperature, width) that has kd (or kd-masked, fm) rows, metric
+    and comparison,
     sorted by those columns. significant = p < level and the first method's median is closer to
     the teacher. With correction "holm" or "bh" a p_adjusted column is added and used for
     significant; the family is the whole table (every non-NaN p of every setup, group, metric
@@ -136,11 +145,10 @@ def compare_methods(models: pd.DataFrame, metrics=FUNCTIONAL_METRICS, level: flo
     """
     rows = []
     for (setup, alpha, temperature, width), arms in _method_groups(models):
-        if arms["kd"].empty:
-            continue
+        comparisons = [c for lead, group in COMPARISONS_OF.items() if not arms[lead].empty
+                       for c in group]
         for metric in metrics:
-            masked = MASKED_COMPARISONS if not arms["kd-masked"].empty else ()
-            for comparison, first, second in COMPARISONS + masked:
+            for comparison, first, second in comparisons:
                 test = mann_whitney(arms[first][metric], arms[second][metric])
                 rows.append({
                     "setup": setup, "alpha": alpha, "temperature": temperature, "width": width,

@@ -134,6 +134,52 @@ def distillation_loss(student_logits, labels, target_logits, alpha: float, tempe
     return (1 - alpha) * ce + alpha * t * t * kl
 
 
+def feature_matching_loss(student_logits, labels, student_features, target_features, alpha: float):
+    """CE(y, z_s) + alpha MSE(student stage output, target of that shape): FitNets-style matching
+    of a named stage (fm), or of noise of the same shape (its random control fm-rcd)."""
+    ce = F.cross_entropy(student_logits.reshape(-1, student_logits.shape[-1]), labels.reshape(-1))
+    return ce + alpha * F.mse_loss(student_features, target_features)
+
+
+def staged_forward(model, stage: str, x, stop: bool = False):
+    """Run a model of named stages; return (output of ``stage``, logits), or with ``stop`` only
+    the stage's output."""
+    features = None
+    for name, module in model.named_children():
+        x = module(x)
+        if name == stage:
+            if stop:
+                return x
+            features = x
+    if features is None:
+        stages = ", ".join(name for name, _ in model.named_children())
+        raise ValueError(f"the model has no stage {stage!r}; its stages: {stages}")
+    return features, x
+
+
+class TeacherFeatures:
+    """The teacher's output of one stage on every (possibly augmented) batch, for fm."""
+
+    def __init__(self, model: torch.nn.Module, stage: str):
+        self.model, self.stage = model.eval(), stage
+
+    @torch.no_grad()
+    def __call__(self, index, inputs, epoch: int, step: int) -> torch.Tensor:
+        return staged_forward(self.model, self.stage, inputs, stop=True)
+
+
+@dataclass
+class FeatureMatch:
+    """What an fm or fm-rcd learner matches: the output of ``stage``, mapped by ``adapter`` (a
+    1x1 convolution or linear map, trained with the student, where the student's width gives
+    that stage another size than the teacher's; None where the sizes agree)."""
+    stage: str
+    adapter: torch.nn.Module | None = None
+
+    def adapt(self, features):
+        return features if self.adapter is None else self.adapter(features)
+
+
 @dataclass
 class Learner:
     """A model and what it learns from: ``target=None`` is plain cross-entropy;
@@ -144,7 +190,13 @@ class Learner:
     alpha: float = 0.0
     temperature: float = 1.0
     sample_weights: torch.Tensor | None = None
+    feature_match: FeatureMatch | None = None
     history: list = field(default_factory=list)
+
+    def modules(self) -> list:
+        """The modules trained: the model, and an fm adapter where there is one."""
+        adapter = self.feature_match.adapter if self.feature_match else None
+        return [self.model] + ([adapter] if adapter is not None else [])
 
 
 def make_optimizer(parameters, recipe: Recipe):
@@ -189,7 +241,7 @@ def train(learners: list, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, orde
     checkpoint of its own resumes from it, ending exactly as an uninterrupted run would.
     """
     start = time.perf_counter()
-    models = [learner.model for learner in learners]
+    models = [module for learner in learners for module in learner.modules()]
     optimizer = make_optimizer([p for m in models for p in m.parameters()], recipe)
     n = len(x)
     steps_per_epoch = math.ceil(n / recipe.batch_size)
@@ -215,11 +267,16 @@ def train(learners: list, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, orde
                 group["lr"] = learning_rate(recipe, step, total_steps)
             total = 0
             for k, learner in enumerate(learners):
-                logits = learner.model(xb)
                 target = None if learner.target is None else learner.target(index, xb, epoch, i)
-                weights = None if learner.sample_weights is None else learner.sample_weights[index]
-                loss = distillation_loss(logits, yb, target, learner.alpha, learner.temperature,
-                                         weights)
+                if learner.feature_match is None:
+                    logits = learner.model(xb)
+                    weights = None if learner.sample_weights is None else learner.sample_weights[index]
+                    loss = distillation_loss(logits, yb, target, learner.alpha, learner.temperature,
+                                             weights)
+                else:
+                    features, logits = staged_forward(learner.model, learner.feature_match.stage, xb)
+                    loss = feature_matching_loss(logits, yb, learner.feature_match.adapt(features),
+                                                 target, learner.alpha)
                 total = total + loss
                 loss_sums[k] += loss.detach() * len(index)
                 correct[k] += (logits.detach().argmax(-1) == yb).sum()
@@ -242,7 +299,7 @@ def save_checkpoint(checkpoint: Checkpoint, learners: list, optimizer, epochs_do
 
     state = {"key": checkpoint.key, "epochs_done": epochs_done,
              "optimizer": optimizer.state_dict(),
-             "models": [learner.model.state_dict() for learner in learners],
+             "models": [[m.state_dict() for m in learner.modules()] for learner in learners],
              "histories": [learner.history for learner in learners]}
     with atomic_path(checkpoint.path) as tmp:
         torch.save(state, tmp)
@@ -256,8 +313,9 @@ def resume(checkpoint: Checkpoint | None, learners: list, optimizer, device) -> 
     if state["key"] != checkpoint.key or len(state["models"]) != len(learners):
         return 0
     optimizer.load_state_dict(state["optimizer"])
-    for learner, weights, history in zip(learners, state["models"], state["histories"]):
-        learner.model.load_state_dict(weights)
+    for learner, states, history in zip(learners, state["models"], state["histories"]):
+        for module, weights in zip(learner.modules(), states):
+            module.load_state_dict(weights)
         learner.history[:] = history
     return state["epochs_done"]
 

@@ -206,3 +206,35 @@ def test_sample_weights_drop_the_kd_term_on_masked_samples():
     assert got.item() == pytest.approx(expected.item(), rel=1e-6)
     ones = distillation_loss(zs, y, zt, 0.5, 2.0, sample_weights=torch.ones(4))
     assert ones.item() == pytest.approx(distillation_loss(zs, y, zt, 0.5, 2.0).item(), rel=1e-6)
+
+
+def test_feature_matching_loss_and_staged_forward():
+    from kdpipe.train import FeatureMatch, feature_matching_loss, staged_forward
+
+    model = fresh_cnn()
+    x = torch.rand(2, 1, 8, 8, generator=generator(3))
+    features, logits = staged_forward(model, "stage1", x)
+    assert torch.equal(logits, model(x)) and features.shape == (2, 8, 4, 4)
+    assert torch.equal(staged_forward(model, "stage1", x, stop=True), features)
+    with pytest.raises(ValueError, match="no stage 'stage9'"):
+        staged_forward(model, "stage9", x)
+    y = torch.tensor([0, 2])
+    target = torch.zeros_like(features)
+    loss = feature_matching_loss(logits, y, features, target, 0.5)
+    expected = F.cross_entropy(logits, y) + 0.5 * (features ** 2).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert FeatureMatch("stage1").adapt(features) is features
+
+
+def test_stage_adapters_map_student_widths_to_the_teacher():
+    from kdpipe.cli import stage_adapter
+
+    x = torch.rand(2, 1, 8, 8, generator=generator(3))
+    teacher = fresh_cnn()
+    narrow = models.build("cnn", (1, 8, 8), 3, 0.5)
+    conv = stage_adapter(narrow, teacher, "stage1", x, generator(1))
+    assert isinstance(conv, torch.nn.Conv2d) and (conv.in_channels, conv.out_channels) == (16, 8)
+    assert stage_adapter(teacher, teacher, "stage1", x, generator(1)) is None
+    wide_mlp, mlp = models.build("mlp", (1, 8, 8), 3, 2), models.build("mlp", (1, 8, 8), 3, 1)
+    linear = stage_adapter(wide_mlp, mlp, "stage2", x, generator(1))
+    assert isinstance(linear, torch.nn.Linear) and (linear.in_features, linear.out_features) == (512, 256)

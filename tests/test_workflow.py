@@ -305,3 +305,21 @@ def test_missing_dataset_files_stop_the_data_step_with_a_message_not_a_traceback
     log = (tmp_path / "results/logs/prepare_data/digits.log").read_text()
     assert "kdpipe prepare-data: error:" in log and "Traceback" not in log
     assert not (tmp_path / "results/data/digits.pt").exists()
+
+
+def test_feature_matching_students_their_comparisons_and_figure(tmp_path):
+    """fm and fm-rcd train beside kd and rcd (an adapter maps width 0.5 to the teacher's stage),
+    and reach the statistics, asymmetry and scaling tables and fig8."""
+    write_config(tmp_path, seeds=[0, 1], feature_matching={"enabled": True})
+    snakemake(tmp_path)
+    t = tables(tmp_path)
+    models = t["models"]
+    assert models.groupby("method").size().to_dict() == {
+        "": 1, "kd": 4, "rcd": 4, "fm": 4, "fm-rcd": 4, "siddo": 4}
+    fm = models[models.method == "fm"]
+    assert fm.temperature.isna().all() and (fm.alpha == 0.5).all()
+    assert {"fm_vs_siddo", "fm_vs_fm-rcd", "fm-rcd_vs_siddo"} <= set(t["stats"].comparison)
+    assert {"fm", "fm-rcd"} <= set(t["asymmetry"].method) and "fm" in set(t["scaling"].method)
+    assert (tmp_path / "results/figures/fig8_fm_digits-mlp.png").stat().st_size > 0
+    log = (tmp_path / "results/logs/train_fm/digits-mlp/a0.5_w0.5_s0.log").read_text()
+    assert "fm: loss" in log and "fm-rcd: loss" in log

@@ -74,7 +74,11 @@ def student_rows():
     pairs = expand(f"{R}/{{setup}}/{{method}}/{PAIR}/row.json", setup=SETUPS, method=methods,
                    alpha=ALPHAS, temperature=TEMPERATURES, width=WIDTHS, seed=SEEDS)
     siddo = expand(f"{R}/{{setup}}/siddo/{SIDDO}/row.json", setup=SETUPS, width=WIDTHS, seed=SEEDS)
-    return pairs + siddo
+    fm = []
+    if config["feature_matching"]["enabled"]:
+        fm = expand(f"{R}/{{setup}}/{{method}}/a{{alpha}}_w{{width}}_s{{seed}}/row.json",
+                    setup=SETUPS, method=["fm", "fm-rcd"], alpha=ALPHAS, width=WIDTHS, seed=SEEDS)
+    return pairs + siddo + fm
 
 
 def setup_of(wildcards):

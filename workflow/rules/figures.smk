@@ -12,7 +12,8 @@ def figure_file(stem, ext):
     return report(path, caption=str(caption), category="Figures", subcategory=setup)
 
 
-STEMS = figure_stems(SETUPS, config["temperatures"], masked=config["kd_masked"]["enabled"])
+STEMS = figure_stems(SETUPS, config["temperatures"], masked=config["kd_masked"]["enabled"],
+                     fm=config["feature_matching"]["enabled"])
 FIGURES = [figure_file(stem, ext) for stem in STEMS for ext in config["plots"]["formats"]]
 
 

@@ -44,6 +44,46 @@ rule train_kd_rcd:
         " {params.args} {CHECKPOINTS} 2> {log:q}"
 
 
+# Feature-map matching: fm (FitNets-style MSE on a named stage's output, weighted by alpha) and
+# its random control fm-rcd, per (setup, alpha, width, seed); no temperature.
+FM_RUN = "a{alpha}_w{width}_s{seed}"
+
+
+def feature_matching_methods(w):
+    common = {"alpha": float(w.alpha), "stage": setup_of(w).get("fm_stage")}
+    return [{"method": "fm", **common}, {"method": "fm-rcd", **common, "noise": config["rcd"]}]
+
+
+rule train_fm:
+    input:
+        data=data_file,
+        labels=labels_file,
+        teacher=f"{TEACHER}/row.json",
+    output:
+        fm_logits=f"{R}/{{setup}}/fm/{FM_RUN}/logits.npy",
+        fm_row=f"{R}/{{setup}}/fm/{FM_RUN}/row.json",
+        control_logits=f"{R}/{{setup}}/fm-rcd/{FM_RUN}/logits.npy",
+        control_row=f"{R}/{{setup}}/fm-rcd/{FM_RUN}/row.json",
+    params:
+        spec=lambda w: training_spec(w, width=float(w.width), seed=int(w.seed),
+                                     methods=feature_matching_methods(w)),
+        args=cpu_args(),
+    threads: config["threads"]
+    resources:
+        **TRAINING_RESOURCES,
+    group:
+        STUDENTS
+    log:
+        f"{R}/logs/train_fm/{{setup}}/{FM_RUN}.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m kdpipe train-students --spec {params.spec:q} --data {input.data:q}"
+        " --labels {input.labels:q} --teacher $(dirname {input.teacher:q})"
+        " --out fm=$(dirname {output.fm_row:q}) --out fm-rcd=$(dirname {output.control_row:q})"
+        " {params.args} {CHECKPOINTS} 2> {log:q}"
+
+
 rule train_siddo:
     input:
         data=data_file,
