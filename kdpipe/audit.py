@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from kdpipe.io import atomic_path
-from kdpipe.tables import write_table
+from kdpipe.tables import of_teachers, primary_teachers, write_table
 
 METHODS = ("kd", "rcd", "siddo")  # the order and colours of kdpipe.plots
 ERROR_COLUMNS = {"setup": "str", "teacher_id": "str", "true_class": "int64", "predicted_class": "int64",
@@ -169,12 +169,14 @@ def make_audit(tables_dir, results, figures_dir, options: dict | None = None,
 
     teachers = _teachers(models)
     setups = sorted(teachers["setup"].unique())
+    primary = primary_teachers(models)  # one figure per setup: its primary teacher's
     colors = method_colors(options.get("palette", "colorblind"))
     with sns.axes_style(options.get("style", "whitegrid")), sns.plotting_context(options.get("context", "paper")):
         for setup, stem in zip(setups, audit_stems(setups)):
-            teacher = _only_teacher(teachers, setup)
+            teacher = next(teachers[teachers["teacher_id"] == primary[setup]].itertuples())
             logits, labels = _load(results, teacher)
-            fig = audit_figure(setup, errors, copied, logits, labels, classes=classes,
+            fig = audit_figure(setup, of_teachers(errors, [teacher.teacher_id]),
+                               of_teachers(copied, [teacher.teacher_id]), logits, labels, classes=classes,
                                width=options.get("width", 1.0), colors=colors)
             for fmt in options.get("formats", ["png", "pdf"]):
                 path = figures_dir / f"{stem}.{fmt}"
@@ -348,14 +350,6 @@ def _teachers(models) -> pd.DataFrame:
     if len(repeated):
         raise ValueError(f"teacher_id(s) {', '.join(repeated.unique())} appear on several teacher rows")
     return teachers
-
-
-def _only_teacher(teachers, setup):
-    rows = teachers[teachers["setup"] == setup]
-    if len(rows) != 1:
-        raise ValueError(f"setup {setup} has {len(rows)} teachers ({', '.join(rows['teacher_id'])}); "
-                         "the audit draws one figure per setup, of its one teacher")
-    return next(rows.itertuples())
 
 
 def _load(results, row) -> tuple[np.ndarray, np.ndarray]:

@@ -30,6 +30,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from kdpipe.io import atomic_path
 from kdpipe.metrics import FUNCTIONAL_METRICS, HIGHER_IS_CLOSER
 from kdpipe.stats import asymmetry
+from kdpipe.tables import of_teachers, primary_teachers
 
 METHODS = ("kd", "rcd", "siddo")
 MASKED_METHODS = ("kd", "kd-masked", "rcd-masked")  # figure 7: our kd-masked against kd
@@ -87,7 +88,9 @@ def method_colors(palette: str = "colorblind") -> dict:
 def make_figures(tables_dir, out_dir, options: dict | None = None) -> list[Path]:
     """Draw every figure of figure_stems from the four tables in ``tables_dir`` into ``out_dir``.
 
-    The setups and temperatures are those of the models table. options, all optional:
+    The setups and temperatures are those of the models table; a setup with several teachers
+    shows its primary one (kdpipe.tables.primary_teachers) except in figure 5, which plots
+    every teacher's train loss against transfer. options, all optional:
       formats      file formats written for each figure (default ["png", "pdf"])
       dpi          raster resolution, dots per inch (default 150)
       width        student width multiplier shown by figures 1-3 and 5 (default 1.0:
@@ -102,7 +105,10 @@ def make_figures(tables_dir, out_dir, options: dict | None = None) -> list[Path]
     unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
     if unknown:
         raise ValueError(f"unknown figure option(s) {', '.join(unknown)}; known: {', '.join(DEFAULT_OPTIONS)}")
-    tables = {name: pd.read_parquet(Path(tables_dir) / f"{name}.parquet") for name in TABLES}
+    every = {name: pd.read_parquet(Path(tables_dir) / f"{name}.parquet") for name in TABLES}
+    # a setup's own figures show its primary teacher's students; figure 5 shows every teacher
+    primary = primary_teachers(every["models"]).values()
+    tables = {name: of_teachers(table, primary) for name, table in every.items()}
     models, stats = tables["models"], tables["stats"]
     students = models[models["role"] == "student"]
     setups = sorted(students["setup"].unique())
@@ -110,7 +116,7 @@ def make_figures(tables_dir, out_dir, options: dict | None = None) -> list[Path]
     widths, temperature = shown_widths_and_temperature(models, options["width"], options["temperature"])
     colors = method_colors(options["palette"])
 
-    draw = {"fig5_teacher_loss": partial(fig5_teacher_loss, models, widths, temperature)}
+    draw = {"fig5_teacher_loss": partial(fig5_teacher_loss, every["models"], widths, temperature)}
     for setup in setups:
         width = widths[setup]
         draw[f"fig1_functional_{setup}"] = partial(fig1_functional, models, stats, setup, width, temperature, colors)

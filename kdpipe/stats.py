@@ -17,7 +17,8 @@ from scipy.stats import mannwhitneyu
 
 from kdpipe.metrics import FUNCTIONAL_METRICS, HIGHER_IS_CLOSER
 
-GROUP = ["setup", "alpha", "temperature", "width"]
+# One teacher's students at one (alpha, temperature, width): the unit every test compares.
+GROUP = ["setup", "teacher_id", "alpha", "temperature", "width"]
 # (name, first method, second method); median_1 and the effect size refer to the first.
 COMPARISONS = (
     ("kd_vs_siddo", "kd", "siddo"),
@@ -112,21 +113,18 @@ def adjust_pvalues(p, method: str) -> np.ndarray:
 
 
 def _method_groups(models: pd.DataFrame):
-    """Yield ((setup, alpha, temperature, width), {"kd": rows, "rcd": rows, "siddo": rows}).
+    """Yield ((setup, teacher_id, alpha, temperature, width), {method: rows, "siddo": rows}).
 
-    One item per group holding kd or rcd student rows; siddo rows are matched by setup, width
-    and the group's teacher ids, regardless of their alpha and temperature.
+    One item per group holding distilled student rows; siddo rows are matched by setup, teacher
+    and width, regardless of their alpha and temperature.
     """
     students = models[models["role"] == "student"]
     siddo = students[students["method"] == "siddo"]
     distilled = students[students["method"].isin(DISTILLED)]
     for key, rows in distilled.groupby(GROUP, dropna=False, sort=True):
-        setup, _, _, width = key
-        matched = siddo[
-            (siddo["setup"] == setup)
-            & (siddo["width"] == width)
-            & siddo["teacher_id"].isin(rows["teacher_id"].unique())
-        ]
+        setup, teacher_id, _, _, width = key
+        matched = siddo[(siddo["setup"] == setup) & (siddo["teacher_id"] == teacher_id)
+                        & (siddo["width"] == width)]
         arms = {method: rows[rows["method"] == method] for method in DISTILLED}
         yield key, {**arms, "siddo": matched}
 
@@ -144,14 +142,15 @@ def compare_methods(models: pd.DataFrame, metrics=FUNCTIONAL_METRICS, level: flo
     and comparison).
     """
     rows = []
-    for (setup, alpha, temperature, width), arms in _method_groups(models):
+    for (setup, teacher_id, alpha, temperature, width), arms in _method_groups(models):
         comparisons = [c for lead, group in COMPARISONS_OF.items() if not arms[lead].empty
                        for c in group]
         for metric in metrics:
             for comparison, first, second in comparisons:
                 test = mann_whitney(arms[first][metric], arms[second][metric])
                 rows.append({
-                    "setup": setup, "alpha": alpha, "temperature": temperature, "width": width,
+                    "setup": setup, "teacher_id": teacher_id, "alpha": alpha,
+                "temperature": temperature, "width": width,
                     "metric": metric, "comparison": comparison, **test,
                     "toward_teacher": toward_teacher(metric, test["median_1"], test["median_2"]),
                 })
@@ -177,7 +176,7 @@ def asymmetry(models: pd.DataFrame) -> pd.DataFrame:
     delta_correct (NaN when delta_correct is 0 or NaN).
     """
     rows = []
-    for (setup, alpha, temperature, width), arms in _method_groups(models):
+    for (setup, teacher_id, alpha, temperature, width), arms in _method_groups(models):
         siddo = arms["siddo"]
         median_correct_siddo = siddo["correct_agreement"].median()
         median_incorrect_siddo = siddo["incorrect_agreement"].median()
@@ -189,7 +188,8 @@ def asymmetry(models: pd.DataFrame) -> pd.DataFrame:
             delta_correct = median_correct - median_correct_siddo
             delta_incorrect = median_incorrect - median_incorrect_siddo
             rows.append({
-                "setup": setup, "alpha": alpha, "temperature": temperature, "width": width,
+                "setup": setup, "teacher_id": teacher_id, "alpha": alpha,
+                "temperature": temperature, "width": width,
                 "method": method,
                 "median_correct": median_correct, "median_incorrect": median_incorrect,
                 "median_correct_siddo": median_correct_siddo,
@@ -238,7 +238,7 @@ def _resample_within_widths(width: np.ndarray, n_draws: int,
 def scaling(models: pd.DataFrame, bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Capacity scaling: slopes of correct and incorrect agreement against log2(width).
 
-    One row per (setup, alpha, temperature, method) for kd, rcd and siddo (siddo: alpha 0,
+    One row per (setup, teacher_id, alpha, temperature, method) for each method (siddo: alpha 0,
     temperature NaN), fitted by least squares over every student model in the group (one point
     per model, not per-width medians). slope_ratio = slope_incorrect / slope_correct, NaN when
     slope_correct is 0 or NaN (fewer than two distinct widths).
@@ -260,10 +260,11 @@ def scaling(models: pd.DataFrame, bootstrap: int = 1000, seed: int = 0) -> pd.Da
     rng = np.random.default_rng(seed)
     students = models[(models["role"] == "student")
                       & models["method"].isin([*DISTILLED, "siddo"])]
-    keys = ["setup", "alpha", "temperature", "method"]
+    keys = ["setup", "teacher_id", "alpha", "temperature", "method"]
     rows = []
     # dropna=False: siddo's temperature is NaN and must stay a group key
-    for (setup, alpha, temperature, method), group in students.groupby(keys, dropna=False):
+    for (setup, teacher_id, alpha, temperature, method), group in students.groupby(keys,
+                                                                                  dropna=False):
         width = group["width"].to_numpy(dtype=np.float64)
         log_width = np.log2(width)
         correct = group["correct_agreement"].to_numpy(dtype=np.float64)
@@ -283,7 +284,8 @@ def scaling(models: pd.DataFrame, bootstrap: int = 1000, seed: int = 0) -> pd.Da
             if len(ratios):
                 low, high = (float(q) for q in np.percentile(ratios, [2.5, 97.5]))
         rows.append({
-            "setup": setup, "alpha": alpha, "temperature": temperature, "method": method,
+            "setup": setup, "teacher_id": teacher_id, "alpha": alpha, "temperature": temperature,
+            "method": method,
             "n_widths": n_widths, "n_models": len(group),
             "slope_correct": slope_correct, "slope_incorrect": slope_incorrect,
             "slope_ratio": slope_incorrect / slope_correct if slope_correct != 0 else float("nan"),

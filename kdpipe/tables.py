@@ -43,3 +43,19 @@ def write_table(table: pd.DataFrame, path: Path) -> None:
         table.to_parquet(tmp, index=False)
     with atomic_path(path.with_suffix(".csv")) as tmp:
         table.to_csv(tmp, index=False)
+
+
+def primary_teachers(models: pd.DataFrame) -> dict:
+    """setup -> the teacher whose students a setup's own figures show: the one named "teacher"
+    (the default), else the first by name. Figure 5 and the tables keep every teacher."""
+    ids = models.loc[models["role"] == "teacher", ["setup", "teacher_id"]].drop_duplicates()
+    primary = {}
+    for setup, group in ids.groupby("setup"):
+        names = sorted(group["teacher_id"])
+        primary[setup] = f"{setup}/teacher" if f"{setup}/teacher" in names else names[0]
+    return primary
+
+
+def of_teachers(table: pd.DataFrame, teacher_ids) -> pd.DataFrame:
+    """The rows of ``table`` (any table with a teacher_id column) that belong to ``teacher_ids``."""
+    return table[table["teacher_id"].isin(list(teacher_ids))]

@@ -39,7 +39,9 @@ def generator(seed: int, device="cpu") -> torch.Generator:
 class Recipe:
     """How a model is trained. ``lr`` is the peak learning rate; ``schedule`` is ``constant``
     or ``cosine`` (per step, to zero at the end); ``augment`` names a batch augmentation of
-    ``kdpipe.augment`` applied on the device, with ``augment_options``."""
+    ``kdpipe.augment`` applied on the device, with ``augment_options``; ``stop_at_train_loss``
+    ends training after the first epoch whose mean training-batch loss is at most that value
+    (a teacher trained to a target train loss)."""
     epochs: int
     batch_size: int
     optimizer: str = "adam"
@@ -50,6 +52,7 @@ class Recipe:
     eval_batch_size: int = 1024
     augment: str = "none"
     augment_options: dict = field(default_factory=dict)
+    stop_at_train_loss: float | None = None
 
 
 class TeacherLogits:
@@ -289,6 +292,9 @@ def train(learners: list, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, orde
                                     "accuracy": correct[k].item() / y.numel()})
         if log is not None:
             log(epoch + 1, learners)
+        if recipe.stop_at_train_loss is not None and all(
+                learner.history[-1]["loss"] <= recipe.stop_at_train_loss for learner in learners):
+            break
         if checkpoint and (epoch + 1) % checkpoint.every == 0 and epoch + 1 < recipe.epochs:
             save_checkpoint(checkpoint, learners, optimizer, epoch + 1)
     return time.perf_counter() - start

@@ -69,9 +69,9 @@ def test_the_study_runs_under_slurm_packed_and_matches_a_local_run(tmp_path):
         return found.group(1)
 
     logs = slurm_dir / "results/logs"
-    teacher = slurm_job(logs / "train_teacher/digits-mlp.log")
-    pairs = [slurm_job(p) for p in sorted((logs / "train_kd_rcd/digits-mlp").glob("*.log"))]
-    siddo = [slurm_job(p) for p in sorted((logs / "train_siddo/digits-mlp").glob("*.log"))]
+    teacher = slurm_job(logs / "train_teacher/digits-mlp/teacher.log")
+    pairs = [slurm_job(p) for p in sorted((logs / "train_kd_rcd/digits-mlp/teacher").glob("*.log"))]
+    siddo = [slurm_job(p) for p in sorted((logs / "train_siddo/digits-mlp/teacher").glob("*.log"))]
     assert len(pairs) == 3 and len(siddo) == 3
     # six student jobs, packed three to an allocation
     assert sorted(pd.Series(pairs + siddo).value_counts()) == [3, 3]

@@ -32,11 +32,12 @@ def test_every_paper_setup_runs_one_epoch_end_to_end(tmp_path, shared_data):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     snakemake(tmp_path)
     models = pd.read_parquet(tmp_path / "results/tables/models.parquet")
-    setups = set(config["setups"])
-    assert set(models.setup) == setups
-    assert len(models) == 4 * len(setups)  # teacher, kd, rcd, siddo
+    teachers = {f"{name}/{teacher}" for name, setup in config["setups"].items()
+                for teacher in setup.get("teachers", {"teacher": {}})}
+    assert set(models.setup) == set(config["setups"]) and set(models.teacher_id) == teachers
+    assert len(models) == 4 * len(teachers)  # each teacher, its kd, rcd and siddo student
     assert all(sorted(methods) == ["", "kd", "rcd", "siddo"]
-               for _, methods in models.groupby("setup").method)
+               for _, methods in models.groupby("teacher_id").method)
     assert models.accuracy.between(0, 1).all() and models.loss.notna().all()
     students = models[models.role == "student"]
     assert students.prediction_agreement.between(0, 1).all()

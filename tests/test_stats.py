@@ -129,7 +129,7 @@ def comparison_models():
 
 def test_compare_methods_table():
     table = compare_methods(comparison_models())
-    assert list(table.columns) == ["setup", "alpha", "temperature", "width", "metric",
+    assert list(table.columns) == ["setup", "teacher_id", "alpha", "temperature", "width", "metric",
                                    "comparison", "n1", "n2", "u", "p", "effect_size", "median_1",
                                    "median_2", "toward_teacher", "significant"]
     # two kd groups (alpha 0.1, 0.5) x six metrics x three comparisons; rcd at 0.9 has no kd
@@ -220,8 +220,8 @@ def test_asymmetry_deltas_and_ratio():
         rows.append(siddo("a", 1, seed, correct_agreement=0.8 + 0.01 * seed,
                           incorrect_agreement=0.3 + 0.01 * seed))
     table = asymmetry(pd.DataFrame(rows))
-    assert list(table.columns) == ["setup", "alpha", "temperature", "width", "method",
-                                   "median_correct", "median_incorrect", "median_correct_siddo",
+    assert list(table.columns) == ["setup", "teacher_id", "alpha", "temperature", "width",
+                                   "method", "median_correct", "median_incorrect", "median_correct_siddo",
                                    "median_incorrect_siddo", "delta_correct", "delta_incorrect",
                                    "ratio"]
     assert list(zip(table["alpha"], table["method"])) == [(0.1, "kd"), (0.1, "rcd"),
@@ -261,7 +261,8 @@ def test_scaling_slopes_over_models():
     rows.append(model("b", "kd", 0.5, 1.0, 1, 0, correct_agreement=0.8, incorrect_agreement=0.2))
     rows.append(siddo("a", 8, 2, correct_agreement=0.7 + 0.02 * 3, incorrect_agreement=NAN))
     table = scaling(pd.DataFrame(rows)).set_index(["setup", "method"])
-    assert list(table.columns) == ["alpha", "temperature", "n_widths", "n_models", "slope_correct",
+    assert list(table.columns) == ["teacher_id", "alpha", "temperature", "n_widths", "n_models",
+                                   "slope_correct",
                                    "slope_incorrect", "slope_ratio", "slope_ratio_low",
                                    "slope_ratio_high", "bootstrap"]
     assert len(table) == 4

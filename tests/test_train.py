@@ -238,3 +238,11 @@ def test_stage_adapters_map_student_widths_to_the_teacher():
     wide_mlp, mlp = models.build("mlp", (1, 8, 8), 3, 2), models.build("mlp", (1, 8, 8), 3, 1)
     linear = stage_adapter(wide_mlp, mlp, "stage2", x, generator(1))
     assert isinstance(linear, torch.nn.Linear) and (linear.in_features, linear.out_features) == (512, 256)
+
+
+def test_training_stops_at_a_target_train_loss():
+    x, y = toy_data()
+    learner = Learner("m", fresh_mlp(width=1))
+    train([learner], x, y, Recipe(epochs=50, batch_size=16, lr=0.01, stop_at_train_loss=0.5), 0)
+    assert learner.history[-1]["loss"] <= 0.5 < learner.history[-2]["loss"]
+    assert len(learner.history) < 50

@@ -114,7 +114,7 @@ def test_tiny_study_produces_every_table_and_figure(study):
                               "fig5_teacher_loss.png", "audit_digits-mlp.png"])
     errors = pd.read_parquet(study / "results/tables/teacher_errors.parquet")
     assert errors["count"].sum() == models[models.role == "teacher"].n_teacher_incorrect.sum()
-    log = (study / "results/logs/train_kd_rcd/digits-mlp/a0.5_T1_w1_s0.log").read_text()
+    log = (study / "results/logs/train_kd_rcd/digits-mlp/teacher/a0.5_T1_w1_s0.log").read_text()
     assert "epoch 12/12" in log and "kd: loss" in log and "rcd: loss" in log
     assert "\r" not in log  # no progress bar in a log file
 
@@ -187,7 +187,7 @@ def test_killed_run_leaves_nothing_taken_as_complete_and_reruns_identically(stud
     write_config(tmp_path)
     run = snakemake(tmp_path, start_new_session=True, stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL)
-    logs = tmp_path / "results/logs/train_kd_rcd/digits-mlp"
+    logs = tmp_path / "results/logs/train_kd_rcd/digits-mlp/teacher"
     deadline = time.time() + 300
     try:
         while time.time() < deadline:  # wait for a student job that is mid-training
@@ -201,7 +201,7 @@ def test_killed_run_leaves_nothing_taken_as_complete_and_reruns_identically(stud
     finally:
         os.killpg(run.pid, signal.SIGKILL)
         run.wait()
-    results = tmp_path / "results/digits-mlp"
+    results = tmp_path / "results/digits-mlp/teacher"
     for row in results.glob("*/*/row.json"):
         json.loads(row.read_text())  # whatever exists is whole
     done_pairs = sum((results / "rcd" / p.parent.name / "row.json").exists()
@@ -267,10 +267,12 @@ def test_paper_config_builds_its_whole_job_graph_without_data(tmp_path):
     (tmp_path / "config.yaml").write_text((REPO / "config/paper.yaml").read_text())
     jobs = planned_jobs(tmp_path)
     config = yaml.safe_load((REPO / "config/paper.yaml").read_text())
-    setups, per_setup = len(config["setups"]), len(config["widths"]) * len(config["seeds"])
-    runs = len(config["alphas"]) * len(config["temperatures"]) * per_setup
-    assert jobs == {"prepare_data": len(config["datasets"]), "train_teacher": setups,
-                    "train_kd_rcd": setups * runs, "train_siddo": setups * per_setup,
+    teachers = sum(len(setup.get("teachers", {"teacher": {}}))
+                   for setup in config["setups"].values())
+    per_teacher = len(config["widths"]) * len(config["seeds"])
+    runs = len(config["alphas"]) * len(config["temperatures"]) * per_teacher
+    assert jobs == {"prepare_data": len(config["datasets"]), "train_teacher": teachers,
+                    "train_kd_rcd": teachers * runs, "train_siddo": teachers * per_teacher,
                     "collect": 1, "statistics": 1, "figures": 1, "audit": 1, "all": 1}
 
 
@@ -321,5 +323,28 @@ def test_feature_matching_students_their_comparisons_and_figure(tmp_path):
     assert {"fm_vs_siddo", "fm_vs_fm-rcd", "fm-rcd_vs_siddo"} <= set(t["stats"].comparison)
     assert {"fm", "fm-rcd"} <= set(t["asymmetry"].method) and "fm" in set(t["scaling"].method)
     assert (tmp_path / "results/figures/fig8_fm_digits-mlp.png").stat().st_size > 0
-    log = (tmp_path / "results/logs/train_fm/digits-mlp/a0.5_w0.5_s0.log").read_text()
+    log = (tmp_path / "results/logs/train_fm/digits-mlp/teacher/a0.5_w0.5_s0.log").read_text()
     assert "fm: loss" in log and "fm-rcd: loss" in log
+
+
+def test_teachers_of_different_train_loss_each_get_their_students(tmp_path):
+    """Two teachers in one setup (one stopped early): each has its own students and statistics,
+    and figure 5 plots both against their train losses."""
+    setups = {"digits-mlp": {"dataset": "digits", "arch": "mlp",
+                             "recipe": {"epochs": 12, "batch_size": 32},
+                             "teachers": {"teacher": {}, "early": {"recipe": {"epochs": 2}}}}}
+    write_config(tmp_path, setups=setups, widths=[1], seeds=[0, 1])
+    assert planned_jobs(tmp_path)["train_teacher"] == 2
+    snakemake(tmp_path)
+    t = tables(tmp_path)
+    teachers = t["models"][t["models"].role == "teacher"].set_index("teacher_id")
+    assert set(teachers.index) == {"digits-mlp/teacher", "digits-mlp/early"}
+    assert teachers.loc["digits-mlp/early", "train_loss"] > teachers.loc["digits-mlp/teacher",
+                                                                           "train_loss"]
+    students = t["models"][t["models"].role == "student"]
+    assert students.groupby("teacher_id").size().to_dict() == {
+        "digits-mlp/teacher": 6, "digits-mlp/early": 6}  # kd, rcd, siddo x 2 seeds each
+    assert set(t["stats"].teacher_id) == set(teachers.index)
+    assert (t["stats"].groupby("teacher_id").n2.max() == 2).all()  # siddo matched per teacher
+    assert (tmp_path / "results/digits-mlp/early/kd/a0.5_T1_w1_s0/row.json").exists()
+    assert (tmp_path / "results/figures/fig5_teacher_loss.png").stat().st_size > 0

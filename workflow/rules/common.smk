@@ -29,11 +29,18 @@ def validate_config(config, schema_path):
         key = key.lstrip(".") or "(top level)"
         raise WorkflowError(
             f"config error at {key}: {error.message} (value: {json.dumps(error.instance)})")
+    recipe_validator = filling(schema["definitions"]["recipe"])
     for name, setup in config["setups"].items():
         if setup["dataset"] not in config["datasets"]:
             raise WorkflowError(
                 f"config error at setups.{name}.dataset: unknown dataset {setup['dataset']!r}; "
                 f"defined in datasets: {', '.join(config['datasets'])}")
+        for teacher, overrides in setup["teachers"].items():
+            recipe = {**setup["recipe"], **overrides.get("recipe", {})}
+            error = jsonschema.exceptions.best_match(recipe_validator.iter_errors(recipe))
+            if error is not None:
+                raise WorkflowError(
+                    f"config error at setups.{name}.teachers.{teacher}.recipe: {error.message}")
 
 
 validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -60,10 +67,16 @@ wildcard_constraints:
     temperature="[0-9.e+-]+",
     width="[0-9.e+-]+",
     seed="[0-9]+",
+    teacher="[A-Za-z][A-Za-z0-9_.]*",
     variant="|-masked",
 
 PAIR = "a{alpha}_T{temperature}_w{width}_s{seed}"
 SIDDO = "w{width}_s{seed}"
+FM_RUN = "a{alpha}_w{width}_s{seed}"
+# every (setup, teacher): a teacher's files are in results/<setup>/<teacher>/, its students below
+SETUP_TEACHERS = [(setup, teacher) for setup in SETUPS
+                  for teacher in config["setups"][setup]["teachers"]]
+TEACHER = f"{R}/{{setup}}/{{teacher}}"
 
 
 VARIANTS = [""] + (["-masked"] if config["kd_masked"]["enabled"] else [])
@@ -71,14 +84,20 @@ VARIANTS = [""] + (["-masked"] if config["kd_masked"]["enabled"] else [])
 
 def student_rows():
     methods = [f"{m}{v}" for v in VARIANTS for m in ("kd", "rcd")]
-    pairs = expand(f"{R}/{{setup}}/{{method}}/{PAIR}/row.json", setup=SETUPS, method=methods,
-                   alpha=ALPHAS, temperature=TEMPERATURES, width=WIDTHS, seed=SEEDS)
-    siddo = expand(f"{R}/{{setup}}/siddo/{SIDDO}/row.json", setup=SETUPS, width=WIDTHS, seed=SEEDS)
-    fm = []
-    if config["feature_matching"]["enabled"]:
-        fm = expand(f"{R}/{{setup}}/{{method}}/a{{alpha}}_w{{width}}_s{{seed}}/row.json",
-                    setup=SETUPS, method=["fm", "fm-rcd"], alpha=ALPHAS, width=WIDTHS, seed=SEEDS)
-    return pairs + siddo + fm
+    rows = []
+    for setup, teacher in SETUP_TEACHERS:
+        folder = f"{R}/{setup}/{teacher}"
+        rows += expand(f"{folder}/{{method}}/{PAIR}/row.json", method=methods, alpha=ALPHAS,
+                       temperature=TEMPERATURES, width=WIDTHS, seed=SEEDS)
+        rows += expand(f"{folder}/siddo/{SIDDO}/row.json", width=WIDTHS, seed=SEEDS)
+        if config["feature_matching"]["enabled"]:
+            rows += expand(f"{folder}/{{method}}/{FM_RUN}/row.json", method=["fm", "fm-rcd"],
+                           alpha=ALPHAS, width=WIDTHS, seed=SEEDS)
+    return rows
+
+
+def teacher_rows():
+    return [f"{R}/{setup}/{teacher}/row.json" for setup, teacher in SETUP_TEACHERS]
 
 
 def setup_of(wildcards):
@@ -93,12 +112,24 @@ def labels_file(wildcards):
     return f"{R}/data/{setup_of(wildcards)['dataset']}.labels.npy"
 
 
-def training_spec(wildcards, **extra):
+def training_spec(wildcards, recipe=None, **extra):
     """What a training job depends on, as JSON: its params, hence its rerun trigger."""
     setup = setup_of(wildcards)
     spec = {"setup": wildcards.setup, "dataset": setup["dataset"], "arch": setup["arch"],
-            "teacher_id": f"{wildcards.setup}/teacher", "recipe": setup["recipe"], **extra}
+            "teacher_id": f"{wildcards.setup}/{wildcards.teacher}",
+            "recipe": recipe or setup["recipe"], **extra}
     return json.dumps(spec, sort_keys=True)
+
+
+def teacher_recipe(wildcards):
+    """The setup's recipe with the teacher's overrides (other epochs, target loss, ...)."""
+    setup = setup_of(wildcards)
+    return {**setup["recipe"], **setup["teachers"][wildcards.teacher].get("recipe", {})}
+
+
+def teacher_seed(wildcards):
+    setup = setup_of(wildcards)
+    return setup["teachers"][wildcards.teacher].get("seed", setup["teacher_seed"])
 
 
 def package_hash(module):

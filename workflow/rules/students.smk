@@ -2,8 +2,6 @@
 # do kd-masked and rcd-masked (our addition; `variant` is "" or "-masked"); siddo does not
 # depend on alpha or T, so it is one job per (setup, width, seed).
 
-TEACHER = f"{R}/{{setup}}/teacher"
-
 
 def distillation_methods(w):
     """The job's two students: kd{variant} and its random control rcd{variant}."""
@@ -19,10 +17,10 @@ rule train_kd_rcd:
         labels=labels_file,
         teacher=f"{TEACHER}/row.json",
     output:
-        kd_logits=f"{R}/{{setup}}/kd{{variant}}/{PAIR}/logits.npy",
-        kd_row=f"{R}/{{setup}}/kd{{variant}}/{PAIR}/row.json",
-        rcd_logits=f"{R}/{{setup}}/rcd{{variant}}/{PAIR}/logits.npy",
-        rcd_row=f"{R}/{{setup}}/rcd{{variant}}/{PAIR}/row.json",
+        kd_logits=f"{TEACHER}/kd{{variant}}/{PAIR}/logits.npy",
+        kd_row=f"{TEACHER}/kd{{variant}}/{PAIR}/row.json",
+        rcd_logits=f"{TEACHER}/rcd{{variant}}/{PAIR}/logits.npy",
+        rcd_row=f"{TEACHER}/rcd{{variant}}/{PAIR}/row.json",
     params:
         spec=lambda w: training_spec(w, width=float(w.width), seed=int(w.seed),
                                      methods=distillation_methods(w)),
@@ -33,7 +31,7 @@ rule train_kd_rcd:
     group:
         STUDENTS
     log:
-        f"{R}/logs/train_kd_rcd/{{setup}}/{PAIR}{{variant}}.log",
+        f"{R}/logs/train_kd_rcd/{{setup}}/{{teacher}}/{PAIR}{{variant}}.log",
     conda:
         CONDA_ENV
     shell:
@@ -46,8 +44,6 @@ rule train_kd_rcd:
 
 # Feature-map matching: fm (FitNets-style MSE on a named stage's output, weighted by alpha) and
 # its random control fm-rcd, per (setup, alpha, width, seed); no temperature.
-FM_RUN = "a{alpha}_w{width}_s{seed}"
-
 
 def feature_matching_methods(w):
     common = {"alpha": float(w.alpha), "stage": setup_of(w).get("fm_stage")}
@@ -60,10 +56,10 @@ rule train_fm:
         labels=labels_file,
         teacher=f"{TEACHER}/row.json",
     output:
-        fm_logits=f"{R}/{{setup}}/fm/{FM_RUN}/logits.npy",
-        fm_row=f"{R}/{{setup}}/fm/{FM_RUN}/row.json",
-        control_logits=f"{R}/{{setup}}/fm-rcd/{FM_RUN}/logits.npy",
-        control_row=f"{R}/{{setup}}/fm-rcd/{FM_RUN}/row.json",
+        fm_logits=f"{TEACHER}/fm/{FM_RUN}/logits.npy",
+        fm_row=f"{TEACHER}/fm/{FM_RUN}/row.json",
+        control_logits=f"{TEACHER}/fm-rcd/{FM_RUN}/logits.npy",
+        control_row=f"{TEACHER}/fm-rcd/{FM_RUN}/row.json",
     params:
         spec=lambda w: training_spec(w, width=float(w.width), seed=int(w.seed),
                                      methods=feature_matching_methods(w)),
@@ -74,7 +70,7 @@ rule train_fm:
     group:
         STUDENTS
     log:
-        f"{R}/logs/train_fm/{{setup}}/{FM_RUN}.log",
+        f"{R}/logs/train_fm/{{setup}}/{{teacher}}/{FM_RUN}.log",
     conda:
         CONDA_ENV
     shell:
@@ -90,8 +86,8 @@ rule train_siddo:
         labels=labels_file,
         teacher=f"{TEACHER}/row.json",
     output:
-        logits=f"{R}/{{setup}}/siddo/{SIDDO}/logits.npy",
-        row=f"{R}/{{setup}}/siddo/{SIDDO}/row.json",
+        logits=f"{TEACHER}/siddo/{SIDDO}/logits.npy",
+        row=f"{TEACHER}/siddo/{SIDDO}/row.json",
     params:
         spec=lambda w: training_spec(w, width=float(w.width), seed=int(w.seed),
                                      methods=[{"method": "siddo", "alpha": 0.0}]),
@@ -102,7 +98,7 @@ rule train_siddo:
     group:
         STUDENTS
     log:
-        f"{R}/logs/train_siddo/{{setup}}/{SIDDO}.log",
+        f"{R}/logs/train_siddo/{{setup}}/{{teacher}}/{SIDDO}.log",
     conda:
         CONDA_ENV
     shell:

@@ -4,7 +4,7 @@ TABLES = expand(f"{R}/tables/{{name}}.{{ext}}", name=TABLE_NAMES, ext=["parquet"
 
 rule collect:
     input:
-        teachers=expand(f"{R}/{{setup}}/teacher/row.json", setup=SETUPS),
+        teachers=teacher_rows(),
         students=student_rows(),
     output:
         models=f"{R}/tables/models.parquet",

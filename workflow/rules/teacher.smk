@@ -3,19 +3,19 @@ rule train_teacher:
         data=data_file,
         labels=labels_file,
     output:
-        init=f"{R}/{{setup}}/teacher/init.pt",
-        weights=f"{R}/{{setup}}/teacher/model.pt",
-        train_logits=f"{R}/{{setup}}/teacher/train_logits.npy",
-        logits=f"{R}/{{setup}}/teacher/logits.npy",
-        row=f"{R}/{{setup}}/teacher/row.json",
+        init=f"{TEACHER}/init.pt",
+        weights=f"{TEACHER}/model.pt",
+        train_logits=f"{TEACHER}/train_logits.npy",
+        logits=f"{TEACHER}/logits.npy",
+        row=f"{TEACHER}/row.json",
     params:
-        spec=lambda w: training_spec(w, seed=setup_of(w)["teacher_seed"]),
+        spec=lambda w: training_spec(w, recipe=teacher_recipe(w), seed=teacher_seed(w)),
         args=cpu_args(),
     threads: config["threads"]
     resources:
         **TRAINING_RESOURCES,
     log:
-        f"{R}/logs/train_teacher/{{setup}}.log",
+        f"{R}/logs/train_teacher/{{setup}}/{{teacher}}.log",
     conda:
         CONDA_ENV
     shell:
