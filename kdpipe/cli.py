@@ -134,8 +134,8 @@ def train_students(args) -> int:
     import torch
 
     from kdpipe import data, models
-    from kdpipe.train import (EpochLog, FeatureMatch, Learner, RandomLogits, TeacherFeatures,
-                              generator, seed_for, staged_forward, train)
+    from kdpipe.train import (DownweightedClasses, EpochLog, FeatureMatch, Learner, RandomLogits,
+                              TeacherFeatures, generator, seed_for, staged_forward, train)
 
     spec = args.spec
     outputs = dict(args.out)
@@ -167,7 +167,12 @@ def train_students(args) -> int:
             target = RandomLogits(len(dataset.y_train), shape, seed_for("noise", seed),
                                   device=device, **m.get("noise", {}))
         if name in ("kd-masked", "rcd-masked"):
-            weights = masked_weights(dataset, teacher_dir, m["incorrect_weight"], device)
+            if m.get("mode", "samples") == "samples":
+                weights = masked_weights(dataset, teacher_dir, m["incorrect_weight"], device)
+            else:  # "classes": down-weight the target's mass on the wrong classes instead
+                target = DownweightedClasses(target, dataset.y_train, m["incorrect_weight"],
+                                             float(m.get("temperature", 1.0)),
+                                             dataset.num_classes)
         feature_match = None
         if name in ("fm", "fm-rcd"):
             teacher = load_teacher(spec, dataset, teacher_dir, device)

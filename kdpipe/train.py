@@ -109,6 +109,23 @@ class RandomLogits:
         return self.draw(len(index), *self.shape, generator=self.stream, device=self.device)
 
 
+class DownweightedClasses:
+    """A target whose distribution, at temperature T, has the mass on every class other than the
+    sample's true one multiplied by ``weight`` and renormalised (kd-masked's class variant):
+    softmax(z / T) * w_c, normalised, is softmax(z / T + log w_c), i.e. logits z + T log w_c.
+    A weight of 0 is taken as 1e-30, leaving the true class alone without a 0 * log 0."""
+
+    def __init__(self, target, labels: torch.Tensor, weight: float, temperature: float,
+                 num_classes: int):
+        self.target, self.labels, self.num_classes = target, labels, num_classes
+        self.offset = temperature * math.log(max(weight, 1e-30))
+
+    def __call__(self, index, inputs, epoch: int, step: int) -> torch.Tensor:
+        logits = self.target(index, inputs, epoch, step)
+        true = F.one_hot(self.labels[index], self.num_classes).to(logits.dtype)
+        return logits + self.offset * (1 - true)
+
+
 def distillation_loss(student_logits, labels, target_logits, alpha: float, temperature: float,
                       sample_weights=None):
     """(1 - alpha) CE(y, z_s) + alpha T^2 KL(softmax(z_t / T) || softmax(z_s / T)), batch mean.

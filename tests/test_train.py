@@ -246,3 +246,20 @@ def test_training_stops_at_a_target_train_loss():
     train([learner], x, y, Recipe(epochs=50, batch_size=16, lr=0.01, stop_at_train_loss=0.5), 0)
     assert learner.history[-1]["loss"] <= 0.5 < learner.history[-2]["loss"]
     assert len(learner.history) < 50
+
+
+def test_downweighted_classes_scale_the_wrong_class_mass_and_renormalise():
+    from kdpipe.train import DownweightedClasses
+
+    logits = torch.tensor([[1.0, 2.0, 0.5], [0.0, 0.0, 3.0]])
+    labels = torch.tensor([0, 2])
+    for t in (1.0, 2.0):
+        target = DownweightedClasses(lambda i, x, e, s: logits[i], labels, 0.25, t, 3)
+        got = torch.softmax(target(torch.arange(2), None, 0, 0) / t, -1)
+        p = torch.softmax(logits / t, -1) * torch.where(F.one_hot(labels, 3) == 1, 1.0, 0.25)
+        torch.testing.assert_close(got, p / p.sum(-1, keepdim=True))
+    drop = DownweightedClasses(lambda i, x, e, s: logits[i], labels, 0.0, 1.0, 3)
+    q = torch.softmax(drop(torch.arange(2), None, 0, 0), -1)
+    torch.testing.assert_close(q, F.one_hot(labels, 3).float(), atol=1e-12, rtol=0)
+    loss = distillation_loss(torch.randn(2, 3), labels, drop(torch.arange(2), None, 0, 0), 0.5, 1.0)
+    assert torch.isfinite(loss)

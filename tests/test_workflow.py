@@ -276,12 +276,13 @@ def test_paper_config_builds_its_whole_job_graph_without_data(tmp_path):
                     "collect": 1, "statistics": 1, "figures": 1, "audit": 1, "all": 1}
 
 
-def test_kd_masked_students_their_comparisons_and_figure(tmp_path):
+@pytest.mark.parametrize("mode", ["samples", "classes"])
+def test_kd_masked_students_their_comparisons_and_figure(tmp_path, mode):
     """Our kd-masked and its control train beside kd and rcd, and reach the tables and fig7."""
     # a teacher trained briefly still errs on its training data: something to mask
     setups = {"digits-mlp": {"dataset": "digits", "arch": "mlp",
                              "recipe": {"epochs": 2, "batch_size": 32}}}
-    write_config(tmp_path, widths=[1], setups=setups, kd_masked={"enabled": True})
+    write_config(tmp_path, widths=[1], setups=setups, kd_masked={"enabled": True, "mode": mode})
     snakemake(tmp_path)
     t = tables(tmp_path)
     models = t["models"]

@@ -6,7 +6,8 @@
 def distillation_methods(w):
     """The job's two students: kd{variant} and its random control rcd{variant}."""
     common = {"alpha": float(w.alpha), "temperature": float(w.temperature)}
-    masked = {"incorrect_weight": config["kd_masked"]["incorrect_weight"]} if w.variant else {}
+    masked = {key: config["kd_masked"][key] for key in ("mode", "incorrect_weight")} \
+        if w.variant else {}
     return [{"method": f"kd{w.variant}", **common, **masked},
             {"method": f"rcd{w.variant}", **common, **masked, "noise": config["rcd"]}]
 
