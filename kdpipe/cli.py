@@ -105,8 +105,6 @@ def prepare_data(args) -> int:
 
 
 def train_teacher(args) -> int:
-    import torch
-
     from kdpipe import data, models
     from kdpipe.train import EpochLog, Learner, generator, seed_for, train
 

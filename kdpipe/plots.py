@@ -358,12 +358,8 @@ def _variant_figure(students, methods, delta, colors, title) -> Figure:
         if students[metric].isna().all():
             _no_data(ax)
             continue
-        _dots_and_medians(ax, students, metric, "alpha", to_x, methods, colors)
+        _metric_panel(ax, students, metric, "alpha", to_x, colors, methods)
         siddo = students.loc[students["method"] == "siddo", metric].dropna()
-        if len(siddo):
-            q1, median, q3 = siddo.quantile([0.25, 0.5, 0.75])
-            ax.axhspan(q1, q3, color=colors["siddo"], alpha=0.2, lw=0, zorder=1)
-            ax.axhline(median, color=colors["siddo"], lw=1.5, zorder=1)
         medians = students[students["method"] != "siddo"].groupby(["method", "alpha"])[metric].median()
         reference = [siddo.median() if delta[1] == "siddo" else medians.get((delta[1], a), np.nan)
                      for a in alphas]
@@ -435,12 +431,13 @@ def teacher_transfer(models, widths: dict, temperature) -> pd.DataFrame:
 
 # ---- drawing helpers ---------------------------------------------------------------------------
 
-def _metric_panel(ax, students, metric, by, to_x, colors) -> None:
-    """kd and rcd dots per seed with their medians along ``by``; siddo as a horizontal reference."""
+def _metric_panel(ax, students, metric, by, to_x, colors, methods=("kd", "rcd")) -> None:
+    """Dots per seed of ``methods`` with their medians along ``by``; siddo as a horizontal
+    reference (median line and IQR band)."""
     if students[metric].isna().all():
         _no_data(ax)
         return
-    _dots_and_medians(ax, students, metric, by, to_x, ("kd", "rcd"), colors)
+    _dots_and_medians(ax, students, metric, by, to_x, methods, colors)
     siddo = students.loc[students["method"] == "siddo", metric].dropna()
     if len(siddo):
         q1, median, q3 = siddo.quantile([0.25, 0.5, 0.75])
