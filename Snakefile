@@ -3,7 +3,11 @@
 #   snakemake --cores all --configfile config/paper.yaml  the full study
 # Stages: data -> teacher -> students -> tables -> statistics -> figures (workflow/rules/).
 
-configfile: "config/config.yaml"
+# The default study, only when no --configfile is given: Snakemake would otherwise merge a
+# user's config into it (every study would also train the default setups).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"

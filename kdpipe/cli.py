@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from kdpipe.data import DataError
+from kdpipe.io import ResultError
 from kdpipe.models import ARCHS
 
 # Modules a fork server preloads so that jobs do not pay for importing them (kdpipe.server);
@@ -51,6 +52,12 @@ def setup_torch(threads: int, device: str) -> str:
     torch.set_num_threads(threads)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    found = {"cuda": torch.cuda.device_count(), "mps": int(torch.backends.mps.is_available())}
+    kind, _, index = device.partition(":")
+    if kind != "cpu" and int(index or 0) >= found[kind]:
+        raise SystemExit(f"kdpipe: error: config device is {device!r}, but torch finds "
+                         f"{found[kind]} {kind.upper()} device(s) here (torch {torch.__version__}, "
+                         f"CUDA build: {torch.version.cuda}); set device: auto or cpu")
     return device
 
 
@@ -456,7 +463,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     try:
         code = args.func(args)
-    except DataError as error:  # a missing, corrupt or misconfigured dataset: say what, no traceback
+    except (DataError, ResultError) as error:  # a missing or damaged input, a full disk: say what
         print(f"kdpipe {args.step}: error: {error}", file=sys.stderr)
         return 1
     print(f"{args.step} done in {time.perf_counter() - start:.1f} s", file=sys.stderr)

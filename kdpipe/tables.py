@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from kdpipe.io import atomic_path
+from kdpipe.io import ResultError, atomic_path
 
 MODEL_COLUMNS = {  # name -> dtype; the order is the table's
     "setup": "string", "dataset": "string", "arch": "string", "role": "string",
@@ -20,15 +22,105 @@ MODEL_COLUMNS = {  # name -> dtype; the order is the table's
 }
 
 
+# Metrics that are a number for every model of that role; the two agreement splits are a number
+# wherever their subset (n_teacher_correct, n_teacher_incorrect) is not empty.
+ALWAYS_FINITE = {
+    "teacher": ("accuracy", "loss", "train_loss"),
+    "student": ("accuracy", "loss", "train_loss", "activation_distance", "js_divergence",
+                "prediction_agreement", "rank_disagreement"),
+}
+IDENTITY = ("setup", "teacher_id", "logits_path", "labels_path")
+SPLITS = {"correct_agreement": "n_teacher_correct", "incorrect_agreement": "n_teacher_incorrect"}
+
+
+def remedy(row_path) -> str:
+    folder = Path(row_path).parent
+    return (f"remove the folder {folder} and run the workflow again: the job that trains this "
+            "model reruns")
+
+
+def read_row(path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ResultError(f"model row {path} is missing; {remedy(path)}")
+    try:
+        row = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ResultError(f"model row {path} is damaged ({error}); {remedy(path)}") from None
+    if not isinstance(row, dict) or row.get("role") not in ALWAYS_FINITE \
+            or not all(isinstance(row.get(key), str) for key in IDENTITY):
+        raise ResultError(f"model row {path} is damaged (it lacks the role or one of "
+                          f"{', '.join(IDENTITY)}); {remedy(path)}")
+    return row
+
+
+def check_metrics(row: dict, path) -> None:
+    """Refuse a metric that is NaN or infinite where it must be a number."""
+    must = list(ALWAYS_FINITE[row["role"]])
+    must += [metric for metric, subset in SPLITS.items()
+             if row["role"] == "student" and row.get(subset)]
+    bad = [f"{key}={row.get(key)}" for key in must
+           if not isinstance(row.get(key), (int, float)) or not math.isfinite(row[key])]
+    if bad:
+        raise ResultError(f"model row {path} has metrics that must be numbers: {', '.join(bad)}; "
+                          f"{remedy(path)}")
+
+
+def read_labels(path: Path) -> np.ndarray:
+    try:
+        labels = np.load(path)
+    except (OSError, ValueError, EOFError) as error:
+        problem = f"missing or damaged ({error})"
+    else:
+        problem = None if labels.ndim == 1 and labels.dtype == np.int64 else \
+            f"{labels.dtype} {list(labels.shape)}, not int64 [N]"
+    if problem is not None:
+        raise ResultError(f"test labels {path} are {problem}; remove them and run the workflow "
+                          "again: the data step rewrites them (and everything after it reruns)")
+    return labels
+
+
+def check_logits(path: Path, n_labels: int, n_classes, row_path) -> int:
+    """Check a model's test logits: float32 [N, C] (N test labels, C classes), all finite.
+    Returns C."""
+    problem = None
+    try:
+        logits = np.load(path, mmap_mode="r")
+    except FileNotFoundError:
+        problem = "missing"
+    except (OSError, ValueError, EOFError) as error:
+        problem = f"unreadable ({error})"
+    else:
+        if logits.dtype != np.float32 or logits.ndim != 2 or logits.shape[0] != n_labels \
+                or logits.shape[1] != (n_classes or logits.shape[1]):
+            problem = (f"{logits.dtype} {list(logits.shape)}, not float32 "
+                       f"[{n_labels}, {n_classes or 'C'}]")
+        elif not all(np.isfinite(logits[i:i + 65536]).all() for i in range(0, n_labels, 65536)):
+            problem = "not finite everywhere (NaN or infinity)"
+    if problem is not None:
+        raise ResultError(f"test logits {path} of {row_path} are {problem}; {remedy(row_path)}")
+    return logits.shape[1]
+
+
 def collect_rows(row_files: list, results) -> pd.DataFrame:
-    """Read every row.json into one table, sorted so that the same study gives the same bytes."""
-    rows = []
-    for path in row_files:
-        try:
-            rows.append(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"cannot read model row {path}: {error}") from None
-    table = pd.DataFrame(rows, columns=list(MODEL_COLUMNS))
+    """Read every row.json into one table, sorted so that the same study gives the same bytes.
+
+    Each row and the files it lists are checked first: a missing or damaged row, labels or logits
+    file (not float32 [N, C] for the N test labels and the teacher's C classes, or not finite) or
+    a metric that is NaN where it must be a number raises ResultError naming the file and the
+    remedy."""
+    results = Path(results)
+    rows = {path: read_row(path) for path in row_files}
+    labels, classes = {}, {}  # labels_path -> N; teacher_id -> C
+    # teachers first: their logits give the number of classes their students must have
+    for path, row in sorted(rows.items(), key=lambda item: item[1]["role"] != "teacher"):
+        check_metrics(row, path)
+        if row["labels_path"] not in labels:
+            labels[row["labels_path"]] = len(read_labels(results / row["labels_path"]))
+        n_classes = check_logits(results / row["logits_path"], labels[row["labels_path"]],
+                                 classes.get(row["teacher_id"]), path)
+        classes.setdefault(row["teacher_id"], n_classes)
+    table = pd.DataFrame(list(rows.values()), columns=list(MODEL_COLUMNS))
     table = table.astype({k: v for k, v in MODEL_COLUMNS.items() if v != "string"})
     table = table.astype({k: str for k, v in MODEL_COLUMNS.items() if v == "string"})
     # within a setup the teacher comes first: its method is ""

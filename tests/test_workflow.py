@@ -1,6 +1,7 @@
 """The real workflow on a tiny config: outputs, reruns, kills, determinism, config errors.
 
-One tiny study runs once per session (module fixture); the rerun tests only dry-run against it.
+One tiny study runs once per session (module fixture); the rerun tests only dry-run against it,
+each on its own edited config or a copy of the study, never changing it.
 """
 import json
 import os
@@ -10,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,75 +18,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import REPO, planned_jobs, snakemake, tables, write_config
 from kdpipe import metrics
 from kdpipe.tables import MODEL_COLUMNS
 
-REPO = Path(__file__).resolve().parents[1]
-
-TINY = {
-    "datasets": {"digits": {"family": "digits"}},
-    "setups": {"digits-mlp": {"dataset": "digits", "arch": "mlp",
-                              "recipe": {"epochs": 12, "batch_size": 32}}},
-    "alphas": [0.5],
-    "widths": [0.5, 1],
-    "seeds": [0, 1, 2],
-    "plots": {"formats": ["png"], "dpi": 60},
-}
-
-
-def write_config(workdir: Path, **changes) -> Path:
-    config = {**json.loads(json.dumps(TINY)), **changes}
-    path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-# The rules call `python -m kdpipe`: this interpreter must be the `python` they find.
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-
-
-@contextmanager
-def edited_config(workdir: Path, **changes):
-    """The tiny config with ``changes`` for the duration of the block, then the tiny one again."""
-    write_config(workdir, **changes)
-    try:
-        yield
-    finally:
-        write_config(workdir)
-
-
-def snakemake(workdir: Path, *args, check=True, **popen):
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-           str(workdir), "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
-    if popen:
-        return subprocess.Popen(cmd, env=ENV, **popen)
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=ENV)
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
-
-def planned_jobs(workdir: Path) -> dict:
-    """rule -> count of the jobs a dry run would execute ({} when nothing is to be done)."""
-    result = snakemake(workdir, "-n")
-    out = result.stdout + result.stderr
-    if "Nothing to be done" in out:
-        return {}
-    table = out.split("Job stats:", 1)[1].strip().splitlines()[2:]
-    jobs = {}
-    for line in table:
-        if not line.strip():
-            break
-        rule, count = line.split()
-        jobs[rule] = int(count)
-    jobs.pop("total")
-    return jobs
-
-
-def tables(workdir: Path) -> dict:
-    folder = workdir / "results" / "tables"
-    return {name: pd.read_parquet(folder / f"{name}.parquet")
-            for name in ("models", "stats", "asymmetry", "scaling")}
+pytestmark = pytest.mark.slow  # every test runs Snakemake
 
 
 @pytest.fixture(scope="module")
@@ -138,27 +74,23 @@ def test_nothing_to_do_after_a_complete_run(study):
     assert planned_jobs(study) == {}
 
 
-def test_adding_an_alpha_schedules_only_its_students_and_later_steps(study):
-    with edited_config(study, alphas=[0.5, 0.9]):
-        assert planned_jobs(study) == {"train_kd_rcd": 6, "collect": 1, "statistics": 1,
-                                       "figures": 1, "audit": 1, "all": 1}
+def test_adding_an_alpha_schedules_only_its_students_and_later_steps(study, tmp_path):
+    edited = write_config(tmp_path, alphas=[0.5, 0.9])
+    assert planned_jobs(study, edited) == {"train_kd_rcd": 6, "collect": 1, "statistics": 1,
+                                           "figures": 1, "audit": 1, "all": 1}
 
 
-def test_a_temperature_sweep_adds_kd_rcd_jobs_per_temperature_but_no_siddo(study):
-    with edited_config(study, temperatures=[1, 4]):
-        assert planned_jobs(study) == {"train_kd_rcd": 6, "collect": 1, "statistics": 1,
-                                       "figures": 1, "audit": 1, "all": 1}
+def test_a_temperature_sweep_adds_kd_rcd_jobs_per_temperature_but_no_siddo(study, tmp_path):
+    edited = write_config(tmp_path, temperatures=[1, 4])
+    assert planned_jobs(study, edited) == {"train_kd_rcd": 6, "collect": 1, "statistics": 1,
+                                           "figures": 1, "audit": 1, "all": 1}
 
 
-def test_deleting_figures_reruns_only_the_figure_steps(study):
-    backup = study / "figures.bak"
-    shutil.copytree(study / "results/figures", backup)
-    shutil.rmtree(study / "results/figures")
-    try:
-        assert planned_jobs(study) == {"figures": 1, "audit": 1, "all": 1}
-    finally:
-        shutil.copytree(backup, study / "results/figures")
-        shutil.rmtree(backup)
+def test_deleting_figures_reruns_only_the_figure_steps(study, tmp_path):
+    copy = tmp_path / "study"  # the shared study stays whole for the other tests
+    shutil.copytree(study, copy, symlinks=True)
+    shutil.rmtree(copy / "results/figures")
+    assert planned_jobs(copy) == {"figures": 1, "audit": 1, "all": 1}
 
 
 def test_report_holds_every_figure_with_its_caption_and_the_statistics(study):
@@ -171,14 +103,14 @@ def test_report_holds_every_figure_with_its_caption_and_the_statistics(study):
     assert planned_jobs(study) == {}  # reporting ran nothing
 
 
-def test_changing_a_plotting_option_retrains_nothing(study):
-    with edited_config(study, plots={"formats": ["png"], "dpi": 61}):
-        assert planned_jobs(study) == {"figures": 1, "audit": 1, "all": 1}
+def test_changing_a_plotting_option_retrains_nothing(study, tmp_path):
+    edited = write_config(tmp_path, plots={"formats": ["png"], "dpi": 61})
+    assert planned_jobs(study, edited) == {"figures": 1, "audit": 1, "all": 1}
 
 
-def test_changing_a_statistics_option_reruns_statistics_and_figures_only(study):
-    with edited_config(study, stats={"correction": "holm"}):
-        assert planned_jobs(study) == {"statistics": 1, "figures": 1, "all": 1}
+def test_changing_a_statistics_option_reruns_statistics_and_figures_only(study, tmp_path):
+    edited = write_config(tmp_path, stats={"correction": "holm"})
+    assert planned_jobs(study, edited) == {"statistics": 1, "figures": 1, "all": 1}
 
 
 def test_killed_run_leaves_nothing_taken_as_complete_and_reruns_identically(study, tmp_path):

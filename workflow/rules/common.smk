@@ -2,6 +2,7 @@
 import hashlib
 import importlib.util
 import json
+import os
 import re
 from pathlib import Path
 
@@ -46,12 +47,17 @@ def validate_config(config, schema_path):
 validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 R = config["results"]
+# importing torch._dynamo (every optimizer does) creates a compile cache folder, by default in
+# /tmp: keep it with Snakemake's own state so that a run leaves nothing behind in /tmp
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.abspath(".snakemake/torchinductor"))
 CONDA_ENV = "../../envs/kdpipe.yaml"  # used only under --sdm conda
 
 
 def num(x):
-    """A number as it appears in paths: 0.1 -> '0.1', 1.0 -> '1'."""
-    return f"{float(x):g}"
+    """A number as it appears in paths, losslessly (the shortest text that reads back as the same
+    float, so that two values never share a path): 0.1 -> '0.1', 1.0 -> '1', 0.5000001 ->
+    '0.5000001'."""
+    return repr(float(x)).removesuffix(".0")
 
 
 ALPHAS = [num(a) for a in config["alphas"]]
