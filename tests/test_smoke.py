@@ -3,10 +3,13 @@ the real workflow end to end on the CPU, acquiring nothing (the files are alread
 import inspect
 
 import pandas as pd
+import pytest
 import yaml
 
+from conftest import REPO, snakemake
 from fixtures import FIXTURES
-from test_workflow import REPO, snakemake
+
+pytestmark = pytest.mark.slow  # the real workflow, every paper setup
 
 
 def smoke_config(data_dir, shared_data) -> dict:
