@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import ENV, REPO, planned_jobs, snakemake, tables, write_config
 from kdpipe import cli, io
@@ -244,7 +245,10 @@ def finished(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("faults")
     scratch = workdir / "tmp"
     scratch.mkdir()
-    write_config(workdir, widths=[1], seeds=[0, 1], fork_server=False,
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    # the fork server keeps a socket folder in /tmp while it runs (and is being removed)
+    no_server = {"fork_server": False} if "fork_server" in schema["properties"] else {}
+    write_config(workdir, widths=[1], seeds=[0, 1], **no_server,
                  setups={"digits-mlp": {"dataset": "digits", "arch": "mlp",
                                         "recipe": {"epochs": 2, "batch_size": 32}}},
                  plots={"formats": ["png"], "dpi": 40}, stats={"bootstrap": 10})
