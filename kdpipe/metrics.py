@@ -20,6 +20,8 @@ FUNCTIONAL_METRICS = (
 )
 # For these a higher value means closer to the teacher; for the other functional metrics, lower.
 HIGHER_IS_CLOSER = ("prediction_agreement", "correct_agreement", "incorrect_agreement")
+# The student's own performance: tested between methods too, but with no teacher direction.
+PERFORMANCE_METRICS = ("accuracy", "loss")
 
 
 def _matrix(x, name: str = "logits") -> np.ndarray:
