@@ -234,6 +234,8 @@ def test_killed_run_leaves_nothing_taken_as_complete_and_reruns_identically(stud
      r"config error at datasets.digits.family: 'mnist-typo' is not one of"),
     ({"setups": {"x": {"dataset": "cifar", "arch": "mlp", "recipe": {"epochs": 1, "batch_size": 8}}}},
      r"config error at setups.x.dataset: unknown dataset 'cifar'"),
+    ({"kd_masked": {"enabled": True, "mode": "classes"}},
+     r"config error at kd_masked.incorrect_weight: 0 with mode classes makes the KD target one-hot"),
 ])
 def test_bad_config_stops_before_any_job_naming_key_and_value(tmp_path, change, message):
     write_config(tmp_path, **change)
