@@ -154,14 +154,17 @@ def _method_groups(models: pd.DataFrame):
         yield key, {**arms, "siddo": matched}
 
 
-def _paired_by_seed(first: pd.DataFrame, second: pd.DataFrame, metric: str):
-    """The metric of two arms on the seeds both have, aligned by seed."""
+def _seed_pairs(first: pd.DataFrame, second: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Row positions in ``first`` and ``second`` of the seeds both have, aligned by seed."""
+    seeds = []
     for rows in (first, second):
-        if rows["seed"].duplicated().any():
-            raise ValueError(f"several models of one method share a seed in a group: "
-                             f"{rows[['setup', 'method', 'alpha', 'width', 'seed']].to_dict('records')}")
-    paired = first[["seed", metric]].merge(second[["seed", metric]], on="seed")
-    return paired[f"{metric}_x"], paired[f"{metric}_y"]
+        seed = rows["seed"].to_numpy()
+        if len(np.unique(seed)) != len(seed):
+            raise ValueError(f"several {rows['method'].iloc[0]} models share a seed in one group "
+                             f"of setup {rows['setup'].iloc[0]!r}: seeds {sorted(seed)}")
+        seeds.append(seed)
+    _, in_first, in_second = np.intersect1d(*seeds, return_indices=True)
+    return in_first, in_second
 
 
 def compare_methods(models: pd.DataFrame, metrics=FUNCTIONAL_METRICS + PERFORMANCE_METRICS,
@@ -187,10 +190,13 @@ def compare_methods(models: pd.DataFrame, metrics=FUNCTIONAL_METRICS + PERFORMAN
     for (setup, teacher_id, alpha, temperature, width), arms in _method_groups(models):
         comparisons = [c for lead, group in COMPARISONS_OF.items() if not arms[lead].empty
                        for c in group]
-        for metric in metrics:
-            for comparison, first, second in comparisons:
-                test = mann_whitney(arms[first][metric], arms[second][metric])
-                paired = wilcoxon_paired(*_paired_by_seed(arms[first], arms[second], metric))
+        for comparison, first, second in comparisons:
+            in_first, in_second = _seed_pairs(arms[first], arms[second])
+            for metric in metrics:
+                x = arms[first][metric].to_numpy(dtype=np.float64)
+                y = arms[second][metric].to_numpy(dtype=np.float64)
+                test = mann_whitney(x, y)
+                paired = wilcoxon_paired(x[in_first], y[in_second])
                 rows.append({
                     "setup": setup, "teacher_id": teacher_id, "alpha": alpha,
                     "temperature": temperature, "width": width,
