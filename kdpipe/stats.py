@@ -265,6 +265,11 @@ def _median_count(rows: pd.DataFrame, share: str, size: str) -> tuple[float, flo
     return float(np.median(whole)), n
 
 
+def _whole(n: float):
+    """A subset size as an int, or pd.NA where no model had a finite share."""
+    return pd.NA if np.isnan(n) else int(n)
+
+
 def asymmetry(models: pd.DataFrame) -> pd.DataFrame:
     """The asymmetric payoff: median correct and incorrect agreement of each distilled method
     (kd, rcd, and kd-masked, rcd-masked, fm, fm-rcd where trained) against siddo.
@@ -304,7 +309,7 @@ def asymmetry(models: pd.DataFrame) -> pd.DataFrame:
                 "setup": setup, "teacher_id": teacher_id, "alpha": alpha,
                 "temperature": temperature, "width": width,
                 "method": method,
-                "n_teacher_correct": n_correct, "n_teacher_incorrect": n_incorrect,
+                "n_teacher_correct": _whole(n_correct), "n_teacher_incorrect": _whole(n_incorrect),
                 "median_correct": count_correct / n_correct,
                 "median_incorrect": count_incorrect / n_incorrect,
                 "median_correct_siddo": count_correct_siddo / n_correct,
@@ -316,6 +321,7 @@ def asymmetry(models: pd.DataFrame) -> pd.DataFrame:
                        "median_incorrect", "median_correct_siddo", "median_incorrect_siddo",
                        "delta_correct", "delta_incorrect", "ratio", "ratio_note"]
     table = pd.DataFrame(rows, columns=columns)
+    table = table.astype({"n_teacher_correct": "Int64", "n_teacher_incorrect": "Int64"})
     return table.sort_values(GROUP + ["method"], kind="stable", ignore_index=True)
 
 
