@@ -370,24 +370,26 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator != 0 else float("nan")
 
 
-def _fit(width, correct, incorrect, bootstrap, rng) -> dict:
-    """Slopes on log2(width) of correct and incorrect agreement, their ratio, and 95% percentile
-    bootstrap intervals of all three (draws resample within widths; see scaling)."""
+def _fit(width, correct, incorrect, bootstrap, rng, intervals) -> dict:
+    """Slopes on log2(width) of correct and incorrect agreement and their ratio ("slope_correct",
+    "slope_incorrect", "slope_ratio"), with a 95% percentile bootstrap interval (<name>_low,
+    <name>_high) of each name in ``intervals``; draws resample within widths (see scaling)."""
     log_width = np.log2(width)
     slope_correct = float(_slopes(log_width, correct))
     slope_incorrect = float(_slopes(log_width, incorrect))
     n_draws = bootstrap if len(np.unique(width)) >= 2 else 0
     fit = {"slope_correct": slope_correct, "slope_incorrect": slope_incorrect,
            "slope_ratio": _ratio(slope_incorrect, slope_correct), "bootstrap": n_draws}
-    draws = {name: np.empty(0) for name in ("slope_correct", "slope_incorrect", "slope_ratio")}
+    draws = {name: np.empty(0) for name in intervals}
     if n_draws:
         draw = _resample_within_widths(width, n_draws, rng)  # [n_draws, n_models]
         x = log_width[draw]
-        draws["slope_correct"] = _slopes(x, correct[draw])
-        draws["slope_incorrect"] = _slopes(x, incorrect[draw])
+        slopes = {"slope_correct": _slopes(x, correct[draw]),
+                  "slope_incorrect": _slopes(x, incorrect[draw])}
         # a ratio over a zero or NaN slope is not finite and is dropped
         with np.errstate(invalid="ignore", divide="ignore"):
-            draws["slope_ratio"] = draws["slope_incorrect"] / draws["slope_correct"]
+            slopes["slope_ratio"] = slopes["slope_incorrect"] / slopes["slope_correct"]
+        draws = {name: slopes[name] for name in intervals}
     for name, values in draws.items():
         fit[f"{name}_low"], fit[f"{name}_high"] = _interval(values)
     return fit
@@ -445,17 +447,18 @@ def scaling(models: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
                                                                                   dropna=False):
         width = group["width"].to_numpy(dtype=np.float64)
         fit = _fit(width, *(group[a].to_numpy(dtype=np.float64) for a in agreements),
-                   bootstrap, rng)
+                   bootstrap, rng, intervals=["slope_ratio"])
         versus = {f"{name}{end}": float("nan") for name in relative for end in ("", "_low", "_high")}
-        n_pairs = 0
         own = siddo[(siddo["setup"] == setup) & (siddo["teacher_id"] == teacher_id)]
-        pairs = group.merge(own, on=["width", "seed"], suffixes=("", "_siddo"))
-        if method != "siddo" and len(pairs):
-            n_pairs = len(pairs)
+        pairs = own.iloc[:0] if method == "siddo" else group.merge(own, on=["width", "seed"],
+                                                                   suffixes=("", "_siddo"))
+        n_pairs = len(pairs)
+        if n_pairs:
             differences = [(pairs[a] - pairs[f"{a}_siddo"]).to_numpy(dtype=np.float64)
                            for a in agreements]
             paired_fit = _fit(pairs["width"].to_numpy(dtype=np.float64), *differences,
-                              bootstrap, rng)
+                              bootstrap, rng, intervals=["slope_correct", "slope_incorrect",
+                                                         "slope_ratio"])
             versus = {f"{name}_vs_siddo{end}": paired_fit[f"{name}{end}"]
                       for name in ("slope_correct", "slope_incorrect", "slope_ratio")
                       for end in ("", "_low", "_high")}

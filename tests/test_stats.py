@@ -329,6 +329,7 @@ def test_asymmetry_equal_medians_of_an_even_number_of_seeds_give_no_ratio():
                           incorrect_agreement=60 / n_incorrect, n_teacher_correct=n_correct,
                           n_teacher_incorrect=n_incorrect))
     row = asymmetry(pd.DataFrame(rows)).iloc[0]
+    assert (row["n_teacher_correct"], row["n_teacher_incorrect"]) == (n_correct, n_incorrect)
     assert row["delta_correct"] == 0.0
     assert row["delta_incorrect"] == pytest.approx(10.5 / n_incorrect, rel=1e-12)
     assert math.isnan(row["ratio"]) and row["ratio_note"] == "delta_correct is 0 (equal median counts)"
