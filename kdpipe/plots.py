@@ -307,10 +307,10 @@ def fig4_width(models, scaling_table, setup, temperature, colors) -> Figure:
             if row == 1:
                 _width_axis(ax, widths)
     fig.suptitle(f"{setup}: agreement with the teacher against student width (T = {temperature:g}, "
-                 f"{_n_seeds(students)})\nlines: least-squares fit on log2(width) over all models "
-                 + ("of every width but 1 (fresh-init widths; width 1 starts from the teacher's init)"
-                    if fresh_init else "of every width")
-                 + "; siddo (no alpha) repeated in every column")
+                 f"{_n_seeds(students)}); siddo (no alpha) repeated in every column\n"
+                 "lines: least-squares fit on log2(width) over all models "
+                 + ("of every width but 1\n(fresh-init widths: width-1 students start from the "
+                    "teacher's initial weights)" if fresh_init else "of every width"))
     return fig
 
 

@@ -270,4 +270,4 @@ def test_fig4_says_which_widths_the_slopes_are_fitted_on(tmp_path):
             assert (y1 - y0) / (x1 - x0) == pytest.approx(expected)
     every = write_tables(tmp_path / "all", [1.0])
     fig = plots.fig4_width(every["models"], every["scaling"], setup, 1.0, plots.method_colors())
-    assert "of every width;" in fig.get_suptitle()
+    assert fig.get_suptitle().endswith("of every width")
