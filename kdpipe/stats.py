@@ -325,11 +325,18 @@ def asymmetry(models: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values(GROUP + ["method"], kind="stable", ignore_index=True)
 
 
+# A slope of agreement shares (per doubling of width) smaller than this is the rounding noise of
+# an exact zero: shares are counts k / n, and a zero slope of k / n computes as about 1e-17, while
+# a real one is at least about 1 / (n * models), above 1e-9 for any test set here.
+SLOPE_ROUNDING = 1e-12
+
+
 def _slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Least-squares slopes of each row of y on the same row of x, over that row's non-NaN y.
 
     x and y have shape [..., n]; the result has shape [...]. A row with fewer than two distinct
-    x among its non-NaN y has slope NaN (the x are compared exactly, not through a variance).
+    x among its non-NaN y has slope NaN (the x are compared exactly, not through a variance). A
+    slope within SLOPE_ROUNDING of 0 is 0, so that a ratio over it is NaN, not 1e16.
     """
     keep = ~np.isnan(y)
     distinct = np.where(keep, x, np.inf).min(-1) < np.where(keep, x, -np.inf).max(-1)
@@ -340,6 +347,7 @@ def _slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         dx = np.where(keep, x - x_mean, 0.0)
         dy = np.where(keep, y - y_mean, 0.0)
         slope = (dx * dy).sum(-1) / (dx * dx).sum(-1)
+    slope = np.where(np.abs(slope) < SLOPE_ROUNDING, 0.0, slope)
     return np.where(distinct, slope, np.nan)
 
 

@@ -529,3 +529,21 @@ def test_scaling_fresh_init_leaves_out_width_one():
     assert kd_fresh["slope_correct_vs_siddo"] == pytest.approx(0.01)
     with pytest.raises(ValueError, match="fresh"):
         scaling(models, widths="fresh")
+
+
+def test_scaling_slope_that_is_zero_in_exact_arithmetic_gives_no_ratio():
+    # widths 0.5, 0.5, 2 with counts 1256, 1258, 1257 of 1258: the exact slope is 0, in floats
+    # about 3e-17, which made the slope ratio about 1e15
+    n = 1258
+    rows = [model("a", "kd", 0.5, 1.0, width, seed, correct_agreement=k / n,
+                  incorrect_agreement=(50 + 10 * seed) / 142, n_teacher_correct=n,
+                  n_teacher_incorrect=142)
+            for seed, (width, k) in enumerate([(0.5, 1256), (0.5, 1258), (2.0, 1257)])]
+    rows += [siddo("a", width, seed, correct_agreement=0.5, incorrect_agreement=0.5)
+             for seed, width in enumerate([0.5, 0.5, 2.0])]
+    kd = scaling(pd.DataFrame(rows), bootstrap=200).set_index("method").loc["kd"]
+    assert kd["slope_correct"] == 0.0 and math.isnan(kd["slope_ratio"])
+    assert kd["slope_correct_vs_siddo"] == 0.0 and math.isnan(kd["slope_ratio_vs_siddo"])
+    for column in ("slope_ratio_low", "slope_ratio_high", "slope_ratio_vs_siddo_low",
+                   "slope_ratio_vs_siddo_high"):
+        assert not abs(kd[column]) > 1e6, column
