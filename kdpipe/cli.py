@@ -343,10 +343,13 @@ def statistics(args) -> int:
     out = Path(args.out)
     models = pd.read_parquet(out / "models.parquet")
     spec = args.spec
-    write_table(stats.compare_methods(models, metrics=tuple(spec["metrics"]), level=spec["level"],
-                                      correction=spec["correction"]), out / "stats.parquet")
+    tests = stats.compare_methods(models, metrics=tuple(spec["metrics"]), level=spec["level"],
+                                  correction=spec["correction"])
+    write_table(tests, out / "stats.parquet")
+    write_table(stats.claims(tests), out / "claims.parquet")
     write_table(stats.asymmetry(models), out / "asymmetry.parquet")
-    write_table(stats.scaling(models, bootstrap=spec["bootstrap"]), out / "scaling.parquet")
+    write_table(stats.scaling(models, bootstrap=spec["bootstrap"], widths=spec["scaling_widths"]),
+                out / "scaling.parquet")
     return 0
 
 

@@ -20,17 +20,34 @@ FUNCTIONAL_METRICS = (
 )
 # For these a higher value means closer to the teacher; for the other functional metrics, lower.
 HIGHER_IS_CLOSER = ("prediction_agreement", "correct_agreement", "incorrect_agreement")
+# The student's own performance: tested between methods too, but with no teacher direction.
+PERFORMANCE_METRICS = ("accuracy", "loss")
 
 
-def _matrix(x) -> np.ndarray:
+def _matrix(x, name: str = "logits") -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] == 0:
-        raise ValueError(f"expected an array of shape [N, C] with N > 0, got {x.shape}")
+        raise ValueError(f"expected {name} of shape [N, C] with N > 0, got {x.shape}")
     return x
 
 
-def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
-    a, b = _matrix(a), _matrix(b)
+def _logits(x, name: str = "logits") -> np.ndarray:
+    """Logits [N, C] that are finite or -inf (a class of zero probability); NaN or +inf would
+    score as an arbitrary class (argmax of an all-NaN row is class 0), so they are refused."""
+    x = _matrix(x, name)
+    bad = np.isnan(x) | (x == np.inf)
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        raise ValueError(f"{name} are not finite: {int(bad.sum())} NaN or +inf values in "
+                         f"{len(rows)} of {len(x)} rows (first: row {rows[0]})")
+    if np.isneginf(x).all(axis=1).any():
+        row = int(np.flatnonzero(np.isneginf(x).all(axis=1))[0])
+        raise ValueError(f"{name} are not finite: row {row} is -inf for every class")
+    return x
+
+
+def _pair(a, b, names=("student logits", "teacher logits")) -> tuple[np.ndarray, np.ndarray]:
+    a, b = _logits(a, names[0]), _logits(b, names[1])
     if a.shape != b.shape:
         raise ValueError(f"shape mismatch: {a.shape} vs {b.shape}")
     return a, b
@@ -45,7 +62,7 @@ def _labels(labels, n: int) -> np.ndarray:
 
 def log_softmax(logits) -> np.ndarray:
     """Row-wise log-softmax; -inf logits give -inf (zero probability) without warnings."""
-    z = _matrix(logits)
+    z = _logits(logits)
     z = z - z.max(axis=1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
@@ -57,7 +74,7 @@ def softmax(logits) -> np.ndarray:
 
 def accuracy(logits, labels) -> float:
     """Share of samples whose argmax class is the label."""
-    logits = _matrix(logits)
+    logits = _logits(logits)
     labels = _labels(labels, len(logits))
     return float(np.mean(logits.argmax(axis=1) == labels))
 
@@ -71,22 +88,34 @@ def cross_entropy(logits, labels) -> float:
 
 def activation_distance(p, q) -> float:
     """Mean over samples of the Euclidean distance between probability vectors p_i and q_i."""
-    p, q = _pair(p, q)
+    p, q = _matrix(p, "probabilities"), _matrix(q, "probabilities")
+    if p.shape != q.shape:
+        raise ValueError(f"shape mismatch: {p.shape} vs {q.shape}")
+    if not (np.isfinite(p).all() and np.isfinite(q).all()):
+        raise ValueError("probabilities are not finite")
     return float(np.mean(np.linalg.norm(p - q, axis=1)))
 
 
-def _kl_to_mixture(p: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """Row-wise KL(p || m) for m = (p + q) / 2, so m > 0 wherever p > 0; 0 * log 0 counts as 0."""
-    ratio = np.divide(p, m, out=np.ones_like(p), where=p > 0)
-    return np.sum(p * np.log(ratio), axis=1)
+def js_divergence(student_logits, teacher_logits) -> float:
+    """Mean over samples of the Jensen-Shannon divergence JSD(p_i, q_i) in nats, in [0, log 2],
+    of p = softmax(student logits) and q = softmax(teacher logits).
 
+    Computed in log space: log m = logsumexp(log p, log q) - log 2, and each KL term sums
+    p (log p - log m) over the classes with p > 0. Neither m nor the ratios p / m are formed, so
+    a mass that underflows in one distribution (a large logit gap) cannot make a term infinite.
+    """
+    s, t = _pair(student_logits, teacher_logits)
+    log_p, log_q = log_softmax(s), log_softmax(t)
+    log_m = np.logaddexp(log_p, log_q) - np.log(2.0)
 
-def js_divergence(p, q) -> float:
-    """Mean over samples of the Jensen-Shannon divergence JSD(p_i, q_i) in nats, in [0, log 2]."""
-    p, q = _pair(p, q)
-    m = 0.5 * (p + q)
-    jsd = 0.5 * _kl_to_mixture(p, m) + 0.5 * _kl_to_mixture(q, m)
-    return float(np.mean(np.maximum(jsd, 0.0)))  # rounding can leave -1e-17 for p == q
+    def kl_to_mixture(log_a):
+        # 0 * log 0 counts as 0; where a > 0, m >= a / 2 > 0 so log_a - log_m is finite
+        terms = np.exp(log_a) * (log_a - log_m)
+        return np.where(np.isneginf(log_a), 0.0, terms).sum(axis=1)
+
+    with np.errstate(invalid="ignore"):  # -inf - -inf where both masses are 0; masked above
+        jsd = 0.5 * kl_to_mixture(log_p) + 0.5 * kl_to_mixture(log_q)
+    return float(np.mean(np.clip(jsd, 0.0, np.log(2.0))))  # rounding can leave -1e-17 for p == q
 
 
 def prediction_agreement(student_logits, teacher_logits) -> float:
@@ -148,7 +177,7 @@ def student_metrics(student_logits, teacher_logits, labels) -> dict:
         "accuracy": accuracy(s, labels),
         "loss": cross_entropy(s, labels),
         "activation_distance": activation_distance(p_s, p_t),
-        "js_divergence": js_divergence(p_s, p_t),
+        "js_divergence": js_divergence(s, t),
         "prediction_agreement": prediction_agreement(s, t),
         "correct_agreement": correct_agreement,
         "incorrect_agreement": incorrect_agreement,

@@ -29,7 +29,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from kdpipe.io import atomic_path
 from kdpipe.metrics import FUNCTIONAL_METRICS, HIGHER_IS_CLOSER
-from kdpipe.stats import asymmetry
+from kdpipe.stats import COMPARISONS, asymmetry
 from kdpipe.tables import of_teachers, primary_teachers
 
 METHODS = ("kd", "rcd", "siddo")
@@ -122,7 +122,7 @@ def make_figures(tables_dir, out_dir, options: dict | None = None) -> list[Path]
         draw[f"fig1_functional_{setup}"] = partial(fig1_functional, models, stats, setup, width, temperature, colors)
         draw[f"fig2_payoff_{setup}"] = partial(fig2_payoff, models, stats, tables["asymmetry"], setup, width,
                                                temperature, colors)
-        draw[f"fig3_accuracy_{setup}"] = partial(fig3_accuracy, models, setup, width, temperature, colors)
+        draw[f"fig3_accuracy_{setup}"] = partial(fig3_accuracy, models, stats, setup, width, temperature, colors)
         draw[f"fig4_width_{setup}"] = partial(fig4_width, models, tables["scaling"], setup, temperature, colors)
         draw[f"fig6_temperature_{setup}"] = partial(fig6_temperature, models, stats, setup, width, colors)
         draw[f"fig7_masked_{setup}"] = partial(fig7_masked, models, setup, width, temperature, colors)
@@ -210,25 +210,52 @@ def fig2_payoff(models, stats, asymmetry_table, setup, width, temperature, color
     return fig
 
 
-def fig3_accuracy(models, setup, width, temperature, colors) -> Figure:
-    """Student test accuracy by alpha for kd, rcd and siddo; the teacher's as a dashed line."""
+def fig3_accuracy(models, stats, setup, width, temperature, colors) -> Figure:
+    """Student test accuracy by alpha for kd, rcd and siddo; the teacher's as a dashed line.
+
+    Above each alpha, the two-sided Mann-Whitney p of the stats table's accuracy rows (kd vs rcd,
+    kd vs siddo, rcd vs siddo), with a star where the row is significant.
+    """
     students = _students(models, setup, width, temperature)
     alphas = _levels(students, "alpha")
+    to_x = partial(_level_index, alphas)
     teachers = models.loc[(models["role"] == "teacher") & (models["setup"] == setup), "accuracy"].dropna()
-    fig = Figure(figsize=(7, 5), layout="constrained")
+    fig = Figure(figsize=(7, 5.4), layout="constrained")
     ax = fig.subplots()
-    _metric_panel(ax, students, "accuracy", "alpha", partial(_level_index, alphas), colors)
+    _metric_panel(ax, students, "accuracy", "alpha", to_x, colors)
     handles, labels = _method_legend(colors)
     if len(teachers):
         ax.axhline(teachers.median(), color="black", ls="--", lw=1.2)
         handles.append(Line2D([], [], color="black", ls="--", lw=1.2))
         labels.append("teacher" if len(teachers) == 1 else f"teacher (median of {len(teachers)})")
+    _accuracy_tests(ax, stats, setup, width, temperature, to_x)
     ax.set_ylabel(_value_label("accuracy"))
     _level_axis(ax, alphas, "alpha (weight of the distillation term)")
     ax.set_title(f"{setup}: test accuracy of teacher and students\n"
-                 f"student width {width:g}, T = {temperature:g}, {_n_seeds(students)}")
+                 f"student width {width:g}, T = {temperature:g}, {_n_seeds(students)}; "
+                 "p: two-sided Mann-Whitney, * significant")
     fig.legend(handles, labels, loc="outside lower center", ncols=2, frameon=False)
     return fig
+
+
+def _accuracy_tests(ax, stats, setup, width, temperature, to_x) -> None:
+    """Write above each alpha the p of each accuracy comparison, starred where significant; the
+    y range grows to make room. Each text's gid is "accuracy:<comparison>"."""
+    rows = stats[(stats["setup"] == setup) & (stats["metric"] == "accuracy")
+                 & _isclose(stats["width"], width) & _isclose(stats["temperature"], temperature)
+                 & stats["comparison"].isin([name for name, _, _ in COMPARISONS])]
+    if rows.empty:
+        return
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high + 0.25 * (high - low))
+    p_column = "p_adjusted" if "p_adjusted" in rows else "p"
+    for line, (name, first, second) in enumerate(COMPARISONS):
+        for row in rows[rows["comparison"] == name].itertuples():
+            p = getattr(row, p_column)
+            text = f"{first}-{second} p " + (f"{p:.2g}" if np.isfinite(p) else "n/a")
+            text += "*" if row.significant else ""
+            ax.text(to_x([row.alpha])[0], 0.97 - 0.055 * line, text, transform=ax.get_xaxis_transform(),
+                    ha="center", va="top", fontsize="x-small", gid=f"accuracy:{name}")
 
 
 def fig4_width(models, scaling_table, setup, temperature, colors) -> Figure:
@@ -238,7 +265,9 @@ def fig4_width(models, scaling_table, setup, temperature, colors) -> Figure:
     scaling table's, the intercept mean(y) - slope * mean(log2 width) over the same models. The
     legend of the incorrect-agreement panel adds the scaling table's slope ratio (incorrect /
     correct) and its 95% bootstrap interval over seeds, as they are ("n/a" where NaN).
-    siddo has no alpha: the same siddo models appear in every column.
+    siddo has no alpha: the same siddo models appear in every column. Where the scaling table
+    was fitted on the fresh-init widths (its ``widths`` column), the lines leave out width 1 too
+    and the title says so.
     """
     def number(value):
         return f"{value:.3g}" if np.isfinite(value) else "n/a"
@@ -246,6 +275,8 @@ def fig4_width(models, scaling_table, setup, temperature, colors) -> Figure:
     students = _students(models, setup, None, temperature)
     alphas = _levels(students, "alpha")
     widths = np.sort(students["width"].unique())
+    fitted = scaling_table.loc[scaling_table["setup"] == setup, "widths"]
+    fresh_init = len(fitted) > 0 and fitted.iloc[0] == "fresh-init"
     fig = Figure(figsize=(3.6 * len(alphas) + 0.8, 7), layout="constrained")
     axes = fig.subplots(2, len(alphas), sharex=True, sharey="row", squeeze=False)
     for col, alpha in enumerate(alphas):
@@ -258,8 +289,8 @@ def fig4_width(models, scaling_table, setup, temperature, colors) -> Figure:
             handles, labels = [], []
             for method, offset in zip(METHODS, _dodge(len(METHODS))):
                 slope = _scaling_value(scaling_table, setup, method, alpha, temperature, slope_column)
-                _fit_line(ax, at_alpha[at_alpha["method"] == method], metric, slope, offset, colors[method],
-                          label=method)
+                rows = at_alpha[(at_alpha["method"] == method) & ~(fresh_init & (at_alpha["width"] == 1))]
+                _fit_line(ax, rows, metric, slope, offset, colors[method], label=method)
                 handles.append(ax.lines[-1])
                 labels.append(handles[-1].get_label())
                 if metric == "incorrect_agreement":
@@ -276,8 +307,10 @@ def fig4_width(models, scaling_table, setup, temperature, colors) -> Figure:
             if row == 1:
                 _width_axis(ax, widths)
     fig.suptitle(f"{setup}: agreement with the teacher against student width (T = {temperature:g}, "
-                 f"{_n_seeds(students)})\nlines: least-squares fit on log2(width) over all models; "
-                 "siddo (no alpha) repeated in every column")
+                 f"{_n_seeds(students)}); siddo (no alpha) repeated in every column\n"
+                 "lines: least-squares fit on log2(width) over all models "
+                 + ("of every width but 1\n(fresh-init widths: width-1 students start from the "
+                    "teacher's initial weights)" if fresh_init else "of every width"))
     return fig
 
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.stats import mannwhitneyu
+from scipy.stats import false_discovery_control, mannwhitneyu, wilcoxon
 
-from kdpipe.metrics import FUNCTIONAL_METRICS, HIGHER_IS_CLOSER
+from kdpipe.metrics import FUNCTIONAL_METRICS, HIGHER_IS_CLOSER, PERFORMANCE_METRICS
 
 # One teacher's students at one (alpha, temperature, width): the unit every test compares.
 GROUP = ["setup", "teacher_id", "alpha", "temperature", "width"]
@@ -41,6 +41,8 @@ FM_COMPARISONS = (
 # The comparisons of each distillation method, asked for where that method has rows.
 COMPARISONS_OF = {"kd": COMPARISONS, "kd-masked": MASKED_COMPARISONS, "fm": FM_COMPARISONS}
 DISTILLED = ("kd", "rcd", "kd-masked", "rcd-masked", "fm", "fm-rcd")  # every method but siddo
+# scaling fits: every trained width, or only the widths whose students start from fresh weights
+SCALING_WIDTHS = ("all", "fresh-init")
 
 
 def mann_whitney(x, y) -> dict:
@@ -70,21 +72,47 @@ def mann_whitney(x, y) -> dict:
     }
 
 
-def toward_teacher(metric: str, median_1: float, median_2: float) -> bool:
-    """True when the first sample is closer to the teacher: higher agreement, lower distance.
+def wilcoxon_paired(x, y) -> dict:
+    """Two-sided Wilcoxon signed-rank test of the paired differences x - y (scipy defaults:
+    zero differences dropped, exact p for small samples), pairs with a NaN side dropped.
 
-    False on equality or NaN. Defined only for FUNCTIONAL_METRICS (accuracy or loss have no
-    teacher direction), so any other metric raises ValueError.
+    Returns n_pairs, p_paired and p_paired_note: p_paired is NaN, with the reason in the note,
+    when no pair is left or every difference is zero (no sign to test); the note is "" otherwise.
     """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[keep], y[keep]
+    p, note = float("nan"), ""
+    if len(x) == 0:
+        note = "no seed with both methods"
+    elif np.all(x == y):
+        note = f"all {len(x)} paired differences are zero"
+    else:
+        p = float(wilcoxon(x, y, alternative="two-sided").pvalue)
+    return {"n_pairs": int(len(x)), "p_paired": p, "p_paired_note": note}
+
+
+def toward_teacher(metric: str, effect_size: float):
+    """Whether the first sample is stochastically closer to the teacher: a rank-biserial effect
+    size above 0 for a metric where higher is closer, below 0 for a distance.
+
+    False on a zero or NaN effect. None (no direction) for PERFORMANCE_METRICS; any other metric
+    raises ValueError. The sign of the effect, not of the median difference, is what the
+    Mann-Whitney test is about: medians can point the other way.
+    """
+    if metric in PERFORMANCE_METRICS:
+        return None
     if metric not in FUNCTIONAL_METRICS:
-        raise ValueError(f"{metric!r} is not one of {FUNCTIONAL_METRICS}")
+        raise ValueError(f"{metric!r} is not one of {FUNCTIONAL_METRICS + PERFORMANCE_METRICS}")
     if metric in HIGHER_IS_CLOSER:
-        return bool(median_1 > median_2)
-    return bool(median_1 < median_2)  # NaN compares False either way
+        return bool(effect_size > 0)
+    return bool(effect_size < 0)  # NaN compares False either way
 
 
 def adjust_pvalues(p, method: str) -> np.ndarray:
-    """Multiplicity-adjusted p-values: "none", "holm" (step-down) or "bh" (Benjamini-Hochberg).
+    """Multiplicity-adjusted p-values: "none", "holm" (step-down) or "bh" (Benjamini-Hochberg,
+    scipy.stats.false_discovery_control).
 
     The family is every non-NaN entry of p; NaN entries stay NaN. Adjusted values are monotone
     in the raw ones and clipped to 1.
@@ -93,21 +121,18 @@ def adjust_pvalues(p, method: str) -> np.ndarray:
     if method not in ("none", "holm", "bh"):
         raise ValueError(f"unknown correction {method!r}; expected none, holm or bh")
     adjusted = p.copy()
-    if method == "none":
-        return adjusted
     valid = ~np.isnan(p)
+    if method == "none" or not valid.any():
+        return adjusted
+    if method == "bh":
+        adjusted[valid] = false_discovery_control(p[valid], method="bh")
+        return adjusted
+    # Holm (scipy has none): p_(i) * (m - i + 1), made non-decreasing from the smallest p upward
     m = int(valid.sum())
     order = np.argsort(p[valid], kind="stable")
-    ranked = p[valid][order]
-    rank = np.arange(1, m + 1)
-    if method == "holm":
-        # p_(i) * (m - i + 1), made non-decreasing from the smallest p upward
-        ranked = np.maximum.accumulate(np.minimum(ranked * (m - rank + 1), 1.0))
-    else:
-        # p_(i) * m / i, made non-decreasing by taking the minimum from the largest p downward
-        ranked = np.minimum.accumulate(np.minimum(ranked * m / rank, 1.0)[::-1])[::-1]
+    ranked = p[valid][order] * (m - np.arange(m))
     out = np.empty(m)
-    out[order] = ranked
+    out[order] = np.maximum.accumulate(np.minimum(ranked, 1.0))
     adjusted[valid] = out
     return adjusted
 
@@ -129,85 +154,189 @@ def _method_groups(models: pd.DataFrame):
         yield key, {**arms, "siddo": matched}
 
 
-def compare_methods(models: pd.DataFrame, metrics=FUNCTIONAL_METRICS, level: float = 0.05,
-                    correction: str = "none") -> pd.DataFrame:
+def _seed_pairs(first: pd.DataFrame, second: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Row positions in ``first`` and ``second`` of the seeds both have, aligned by seed."""
+    seeds = []
+    for rows in (first, second):
+        seed = rows["seed"].to_numpy()
+        if len(np.unique(seed)) != len(seed):
+            raise ValueError(f"several {rows['method'].iloc[0]} models share a seed in one group "
+                             f"of setup {rows['setup'].iloc[0]!r}: seeds {sorted(seed)}")
+        seeds.append(seed)
+    _, in_first, in_second = np.intersect1d(*seeds, return_indices=True)
+    return in_first, in_second
+
+
+def compare_methods(models: pd.DataFrame, metrics=FUNCTIONAL_METRICS + PERFORMANCE_METRICS,
+                    level: float = 0.05, correction: str = "none") -> pd.DataFrame:
     """Mann-Whitney tests over seeds of kd vs siddo, kd vs rcd and rcd vs siddo (and, where
-    kd-masked or fm students were trained, the MASKED_COMPARISONS and FM_COMPARISONS).
+    kd-masked or fm students were trained, the MASKED_COMPARISONS and FM_COMPARISONS), with the
+    Wilcoxon signed-rank test paired by seed beside each (wilcoxon_paired: n_pairs, p_paired,
+    p_paired_note).
 
     One row per (setup, alpha, temperature, width) that has kd (or kd-masked, fm) rows, metric
-    and comparison,
-    sorted by those columns. significant = p < level and the first method's median is closer to
-    the teacher. With correction "holm" or "bh" a p_adjusted column is added and used for
-    significant; the family is the whole table (every non-NaN p of every setup, group, metric
-    and comparison).
+    and comparison, sorted by those columns. toward_teacher follows the sign of the effect size
+    (see toward_teacher); it is NA for accuracy and loss, which have no teacher direction.
+    significant = p < level and, for a functional metric, toward the teacher; for accuracy and
+    loss p < level alone (two-sided). With correction "holm" or "bh" a p_adjusted column is
+    added and used for significant; the family is the whole table (every non-NaN p of every
+    setup, group, metric and comparison). p_paired is a second check and is not adjusted.
     """
+    unknown = sorted(set(metrics) - set(FUNCTIONAL_METRICS + PERFORMANCE_METRICS))
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(FUNCTIONAL_METRICS + PERFORMANCE_METRICS)}")
     rows = []
     for (setup, teacher_id, alpha, temperature, width), arms in _method_groups(models):
         comparisons = [c for lead, group in COMPARISONS_OF.items() if not arms[lead].empty
                        for c in group]
-        for metric in metrics:
-            for comparison, first, second in comparisons:
-                test = mann_whitney(arms[first][metric], arms[second][metric])
+        for comparison, first, second in comparisons:
+            in_first, in_second = _seed_pairs(arms[first], arms[second])
+            for metric in metrics:
+                x = arms[first][metric].to_numpy(dtype=np.float64)
+                y = arms[second][metric].to_numpy(dtype=np.float64)
+                test = mann_whitney(x, y)
+                paired = wilcoxon_paired(x[in_first], y[in_second])
                 rows.append({
                     "setup": setup, "teacher_id": teacher_id, "alpha": alpha,
-                "temperature": temperature, "width": width,
+                    "temperature": temperature, "width": width,
                     "metric": metric, "comparison": comparison, **test,
-                    "toward_teacher": toward_teacher(metric, test["median_1"], test["median_2"]),
+                    "toward_teacher": toward_teacher(metric, test["effect_size"]), **paired,
                 })
     columns = GROUP + ["metric", "comparison", "n1", "n2", "u", "p", "effect_size",
-                       "median_1", "median_2", "toward_teacher"]
+                       "median_1", "median_2", "toward_teacher", "n_pairs", "p_paired",
+                       "p_paired_note"]
     table = pd.DataFrame(rows, columns=columns)
+    table["toward_teacher"] = table["toward_teacher"].astype("boolean")  # NA: no direction
     table = table.sort_values(GROUP + ["metric", "comparison"], kind="stable", ignore_index=True)
     p = table["p"].to_numpy(dtype=np.float64)
     if correction != "none":
         p = adjust_pvalues(p, correction)
-    table["significant"] = (p < level) & table["toward_teacher"].to_numpy(dtype=bool)
+    directed = table["toward_teacher"].fillna(True).to_numpy(dtype=bool)
+    table["significant"] = (p < level) & directed
     if correction != "none":
         table["p_adjusted"] = p
     return table
 
 
+def claims(stats: pd.DataFrame) -> pd.DataFrame:
+    """Claim (2) of the paper, "rcd matches or beats kd's accuracy", as the data says it.
+
+    One row per (setup, teacher_id, alpha, temperature, width) with a kd vs rcd accuracy test in
+    ``stats`` (compare_methods): both medians, the effect size (positive: kd more accurate), p
+    (and p_adjusted where a correction was used), p_paired, and rcd_below_kd = the test is
+    significant with kd above rcd. claim_holds = not rcd_below_kd: rcd's accuracy is not
+    significantly below kd's; NA where the test has no p (an arm without finite accuracy).
+    """
+    rows = stats[(stats["metric"] == "accuracy") & (stats["comparison"] == "kd_vs_rcd")]
+    p_columns = ["p"] + (["p_adjusted"] if "p_adjusted" in stats else [])
+    table = rows[GROUP + ["median_1", "median_2", "effect_size"] + p_columns + ["p_paired"]]
+    table = table.rename(columns={"median_1": "median_accuracy_kd",
+                                  "median_2": "median_accuracy_rcd"})
+    below = rows["significant"].to_numpy(dtype=bool) & (rows["effect_size"] > 0).to_numpy()
+    defined = rows["p"].notna().to_numpy()
+    table = table.assign(
+        claim="rcd accuracy not significantly below kd",
+        rcd_below_kd=pd.array(np.where(defined, below, None), dtype="boolean"),
+        claim_holds=pd.array(np.where(defined, ~below, None), dtype="boolean"))
+    return table.reset_index(drop=True)
+
+
+def _median_count(rows: pd.DataFrame, share: str, size: str) -> tuple[float, float]:
+    """(median of the counts share * size over the rows' finite shares, size).
+
+    A student's denominator is fixed by its teacher, so it must be one value across the rows;
+    each share * size must be a whole number up to rounding. The counts are whole, so their
+    median is exact (a whole or half number), and so is a difference of two such medians.
+    (NaN, NaN) without a finite share.
+    """
+    rows = rows[rows[share].notna()]
+    if rows.empty:
+        return float("nan"), float("nan")
+    sizes = rows[size].unique()
+    if len(sizes) != 1:
+        raise ValueError(f"{size} differs between models of one teacher: {sorted(sizes)}")
+    n = float(sizes[0])
+    counts = rows[share].to_numpy(dtype=np.float64) * n
+    whole = np.round(counts)
+    if np.abs(counts - whole).max() > 1e-6:
+        raise ValueError(f"{share} * {size} is not a whole number of test samples: "
+                         f"{counts[np.abs(counts - whole) > 1e-6][:3]}")
+    return float(np.median(whole)), n
+
+
+def _whole(n: float):
+    """A subset size as an int, or pd.NA where no model had a finite share."""
+    return pd.NA if np.isnan(n) else int(n)
+
+
 def asymmetry(models: pd.DataFrame) -> pd.DataFrame:
     """The asymmetric payoff: median correct and incorrect agreement of each distilled method
-    (kd, rcd, and kd-masked, rcd-masked where trained) against siddo.
+    (kd, rcd, and kd-masked, rcd-masked, fm, fm-rcd where trained) against siddo.
 
-    One row per (setup, alpha, temperature, width) and method with rows; delta_x =
-    median of the method - median of the matched siddo rows; ratio = delta_incorrect /
-    delta_correct (NaN when delta_correct is 0 or NaN).
+    One row per (setup, alpha, temperature, width) and method with rows. Medians are taken on
+    the exact counts (agreement * n_teacher_correct, resp. n_teacher_incorrect; see _median_count)
+    and reported as shares: delta_x = (median count of the method - median count of siddo) / n,
+    exactly 0 when the median counts are equal. ratio = delta_incorrect / delta_correct; it is
+    NaN when either delta is NaN or delta_correct is 0, and ratio_note then says why ("" when the
+    ratio is defined).
     """
     rows = []
     for (setup, teacher_id, alpha, temperature, width), arms in _method_groups(models):
         siddo = arms["siddo"]
-        median_correct_siddo = siddo["correct_agreement"].median()
-        median_incorrect_siddo = siddo["incorrect_agreement"].median()
+        count_correct_siddo, _ = _median_count(siddo, "correct_agreement", "n_teacher_correct")
+        count_incorrect_siddo, _ = _median_count(siddo, "incorrect_agreement",
+                                                 "n_teacher_incorrect")
         for method in DISTILLED:
             if arms[method].empty:
                 continue
-            median_correct = arms[method]["correct_agreement"].median()
-            median_incorrect = arms[method]["incorrect_agreement"].median()
-            delta_correct = median_correct - median_correct_siddo
-            delta_incorrect = median_incorrect - median_incorrect_siddo
+            count_correct, n_correct = _median_count(arms[method], "correct_agreement",
+                                                     "n_teacher_correct")
+            count_incorrect, n_incorrect = _median_count(arms[method], "incorrect_agreement",
+                                                         "n_teacher_incorrect")
+            delta_correct = (count_correct - count_correct_siddo) / n_correct
+            delta_incorrect = (count_incorrect - count_incorrect_siddo) / n_incorrect
+            ratio, note = float("nan"), ""
+            if np.isnan(delta_correct):
+                note = "delta_correct undefined (no finite correct_agreement)"
+            elif np.isnan(delta_incorrect):
+                note = "delta_incorrect undefined (no teacher errors or no finite values)"
+            elif delta_correct == 0:
+                note = "delta_correct is 0 (equal median counts)"
+            else:
+                ratio = delta_incorrect / delta_correct
             rows.append({
                 "setup": setup, "teacher_id": teacher_id, "alpha": alpha,
                 "temperature": temperature, "width": width,
                 "method": method,
-                "median_correct": median_correct, "median_incorrect": median_incorrect,
-                "median_correct_siddo": median_correct_siddo,
-                "median_incorrect_siddo": median_incorrect_siddo,
+                "n_teacher_correct": _whole(n_correct), "n_teacher_incorrect": _whole(n_incorrect),
+                "median_correct": count_correct / n_correct,
+                "median_incorrect": count_incorrect / n_incorrect,
+                "median_correct_siddo": count_correct_siddo / n_correct,
+                "median_incorrect_siddo": count_incorrect_siddo / n_incorrect,
                 "delta_correct": delta_correct, "delta_incorrect": delta_incorrect,
-                "ratio": delta_incorrect / delta_correct if delta_correct != 0 else float("nan"),
+                "ratio": ratio, "ratio_note": note,
             })
-    columns = GROUP + ["method", "median_correct", "median_incorrect", "median_correct_siddo",
-                       "median_incorrect_siddo", "delta_correct", "delta_incorrect", "ratio"]
+    columns = GROUP + ["method", "n_teacher_correct", "n_teacher_incorrect", "median_correct",
+                       "median_incorrect", "median_correct_siddo", "median_incorrect_siddo",
+                       "delta_correct", "delta_incorrect", "ratio", "ratio_note"]
     table = pd.DataFrame(rows, columns=columns)
+    table = table.astype({"n_teacher_correct": "Int64", "n_teacher_incorrect": "Int64"})
     return table.sort_values(GROUP + ["method"], kind="stable", ignore_index=True)
+
+
+# A slope of agreement shares (per doubling of width) smaller than this is the rounding noise of
+# an exact zero: shares are counts k / n, and a zero slope of k / n computes as about 1e-17, while
+# a real one is at least about 1 / (n * models), above 1e-9 for any test set here.
+SLOPE_ROUNDING = 1e-12
 
 
 def _slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Least-squares slopes of each row of y on the same row of x, over that row's non-NaN y.
 
     x and y have shape [..., n]; the result has shape [...]. A row with fewer than two distinct
-    x among its non-NaN y has slope NaN (the x are compared exactly, not through a variance).
+    x among its non-NaN y has slope NaN (the x are compared exactly, not through a variance). A
+    slope within SLOPE_ROUNDING of 0 is 0, so that a ratio over it is NaN, not 1e16.
     """
     keep = ~np.isnan(y)
     distinct = np.where(keep, x, np.inf).min(-1) < np.where(keep, x, -np.inf).max(-1)
@@ -218,6 +347,7 @@ def _slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         dx = np.where(keep, x - x_mean, 0.0)
         dy = np.where(keep, y - y_mean, 0.0)
         slope = (dx * dy).sum(-1) / (dx * dx).sum(-1)
+    slope = np.where(np.abs(slope) < SLOPE_ROUNDING, 0.0, slope)
     return np.where(distinct, slope, np.nan)
 
 
@@ -235,13 +365,56 @@ def _resample_within_widths(width: np.ndarray, n_draws: int,
     return np.concatenate(blocks, axis=1)
 
 
-def scaling(models: pd.DataFrame, bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
+def _interval(draws: np.ndarray) -> tuple[float, float]:
+    """The 2.5 and 97.5 percentiles of the finite draws; NaN, NaN without any."""
+    draws = draws[np.isfinite(draws)]
+    if not len(draws):
+        return float("nan"), float("nan")
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator != 0 else float("nan")
+
+
+def _fit(width, correct, incorrect, bootstrap, rng, intervals) -> dict:
+    """Slopes on log2(width) of correct and incorrect agreement and their ratio ("slope_correct",
+    "slope_incorrect", "slope_ratio"), with a 95% percentile bootstrap interval (<name>_low,
+    <name>_high) of each name in ``intervals``; draws resample within widths (see scaling)."""
+    log_width = np.log2(width)
+    slope_correct = float(_slopes(log_width, correct))
+    slope_incorrect = float(_slopes(log_width, incorrect))
+    n_draws = bootstrap if len(np.unique(width)) >= 2 else 0
+    fit = {"slope_correct": slope_correct, "slope_incorrect": slope_incorrect,
+           "slope_ratio": _ratio(slope_incorrect, slope_correct), "bootstrap": n_draws}
+    draws = {name: np.empty(0) for name in intervals}
+    if n_draws:
+        draw = _resample_within_widths(width, n_draws, rng)  # [n_draws, n_models]
+        x = log_width[draw]
+        slopes = {"slope_correct": _slopes(x, correct[draw]),
+                  "slope_incorrect": _slopes(x, incorrect[draw])}
+        # a ratio over a zero or NaN slope is not finite and is dropped
+        with np.errstate(invalid="ignore", divide="ignore"):
+            slopes["slope_ratio"] = slopes["slope_incorrect"] / slopes["slope_correct"]
+        draws = {name: slopes[name] for name in intervals}
+    for name, values in draws.items():
+        fit[f"{name}_low"], fit[f"{name}_high"] = _interval(values)
+    return fit
+
+
+def scaling(models: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
+            widths: str = "all") -> pd.DataFrame:
     """Capacity scaling: slopes of correct and incorrect agreement against log2(width).
 
     One row per (setup, teacher_id, alpha, temperature, method) for each method (siddo: alpha 0,
     temperature NaN), fitted by least squares over every student model in the group (one point
     per model, not per-width medians). slope_ratio = slope_incorrect / slope_correct, NaN when
     slope_correct is 0 or NaN (fewer than two distinct widths).
+
+    ``widths``: "all" fits every trained width; "fresh-init" leaves out width 1, whose students
+    start from the teacher's own initial weights while the others start fresh. The table's
+    ``widths`` column says which was used.
 
     slope_ratio_low and slope_ratio_high are a 95% percentile bootstrap interval over seeds: each
     of ``bootstrap`` draws resamples the group's models with replacement within each width
@@ -251,46 +424,63 @@ def scaling(models: pd.DataFrame, bootstrap: int = 1000, seed: int = 0) -> pd.Da
     of draws made (0 in those first two cases). A width with a single model adds no resampling
     variation. The interval is reported as is: when slope_correct is near 0 the ratio's draws
     reach large values of either sign, and the interval is then wide and can be far from
-    symmetric about slope_ratio. Draws come from numpy.random.default_rng(seed), one generator
-    for the whole table used in group order, so the table is the same for the same models and
-    seed.
+    symmetric about slope_ratio.
+
+    Relative to siddo (every method but siddo): siddo's agreement changes with width too, so
+    slope_correct_vs_siddo and slope_incorrect_vs_siddo are the slopes of the per-model
+    differences method - siddo of the same (width, seed) (equal to the method's slope minus
+    siddo's when every seed has both), over the n_pairs_vs_siddo such pairs, and
+    slope_ratio_vs_siddo their ratio; each has a _low and _high 95% bootstrap bound, from draws
+    that resample the pairs within each width (so a seed's kd and siddo models stay together).
+
+    Draws come from numpy.random.default_rng(seed), one generator for the whole table used in
+    group order, so the table is the same for the same models and seed.
     """
     if bootstrap < 0:
         raise ValueError(f"bootstrap must be >= 0, got {bootstrap}")
+    if widths not in SCALING_WIDTHS:
+        raise ValueError(f"unknown scaling widths {widths!r}; expected one of {SCALING_WIDTHS}")
     rng = np.random.default_rng(seed)
     students = models[(models["role"] == "student")
                       & models["method"].isin([*DISTILLED, "siddo"])]
+    if widths == "fresh-init":
+        students = students[students["width"] != 1]
     keys = ["setup", "teacher_id", "alpha", "temperature", "method"]
+    agreements = ["correct_agreement", "incorrect_agreement"]
+    siddo = students[students["method"] == "siddo"]
+    relative = ["slope_correct_vs_siddo", "slope_incorrect_vs_siddo", "slope_ratio_vs_siddo"]
     rows = []
     # dropna=False: siddo's temperature is NaN and must stay a group key
     for (setup, teacher_id, alpha, temperature, method), group in students.groupby(keys,
                                                                                   dropna=False):
         width = group["width"].to_numpy(dtype=np.float64)
-        log_width = np.log2(width)
-        correct = group["correct_agreement"].to_numpy(dtype=np.float64)
-        incorrect = group["incorrect_agreement"].to_numpy(dtype=np.float64)
-        slope_correct = float(_slopes(log_width, correct))
-        slope_incorrect = float(_slopes(log_width, incorrect))
-        n_widths = int(group["width"].nunique())
-        n_draws = bootstrap if n_widths >= 2 else 0
-        low = high = float("nan")
-        if n_draws:
-            draw = _resample_within_widths(width, n_draws, rng)  # [n_draws, n_models]
-            x = log_width[draw]
-            # a ratio over a zero or NaN slope is not finite and is dropped
-            with np.errstate(invalid="ignore", divide="ignore"):
-                ratios = _slopes(x, incorrect[draw]) / _slopes(x, correct[draw])
-            ratios = ratios[np.isfinite(ratios)]
-            if len(ratios):
-                low, high = (float(q) for q in np.percentile(ratios, [2.5, 97.5]))
+        fit = _fit(width, *(group[a].to_numpy(dtype=np.float64) for a in agreements),
+                   bootstrap, rng, intervals=["slope_ratio"])
+        versus = {f"{name}{end}": float("nan") for name in relative for end in ("", "_low", "_high")}
+        own = siddo[(siddo["setup"] == setup) & (siddo["teacher_id"] == teacher_id)]
+        pairs = own.iloc[:0] if method == "siddo" else group.merge(own, on=["width", "seed"],
+                                                                   suffixes=("", "_siddo"))
+        n_pairs = len(pairs)
+        if n_pairs:
+            differences = [(pairs[a] - pairs[f"{a}_siddo"]).to_numpy(dtype=np.float64)
+                           for a in agreements]
+            paired_fit = _fit(pairs["width"].to_numpy(dtype=np.float64), *differences,
+                              bootstrap, rng, intervals=["slope_correct", "slope_incorrect",
+                                                         "slope_ratio"])
+            versus = {f"{name}_vs_siddo{end}": paired_fit[f"{name}{end}"]
+                      for name in ("slope_correct", "slope_incorrect", "slope_ratio")
+                      for end in ("", "_low", "_high")}
         rows.append({
             "setup": setup, "teacher_id": teacher_id, "alpha": alpha, "temperature": temperature,
-            "method": method,
-            "n_widths": n_widths, "n_models": len(group),
-            "slope_correct": slope_correct, "slope_incorrect": slope_incorrect,
-            "slope_ratio": slope_incorrect / slope_correct if slope_correct != 0 else float("nan"),
-            "slope_ratio_low": low, "slope_ratio_high": high, "bootstrap": n_draws,
+            "method": method, "widths": widths,
+            "n_widths": int(group["width"].nunique()), "n_models": len(group),
+            "slope_correct": fit["slope_correct"], "slope_incorrect": fit["slope_incorrect"],
+            "slope_ratio": fit["slope_ratio"], "slope_ratio_low": fit["slope_ratio_low"],
+            "slope_ratio_high": fit["slope_ratio_high"], "bootstrap": fit["bootstrap"],
+            "n_pairs_vs_siddo": n_pairs, **versus,
         })
-    columns = keys + ["n_widths", "n_models", "slope_correct", "slope_incorrect", "slope_ratio",
-                      "slope_ratio_low", "slope_ratio_high", "bootstrap"]
+    columns = keys + ["widths", "n_widths", "n_models", "slope_correct", "slope_incorrect",
+                      "slope_ratio", "slope_ratio_low", "slope_ratio_high", "bootstrap",
+                      "n_pairs_vs_siddo"]
+    columns += [f"{name}{end}" for name in relative for end in ("", "_low", "_high")]
     return pd.DataFrame(rows, columns=columns)

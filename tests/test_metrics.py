@@ -3,9 +3,9 @@ import math
 import numpy as np
 import pytest
 from scipy.spatial.distance import jensenshannon
+from scipy.special import logsumexp
 from scipy.stats import kendalltau
 
-from kdpipe import metrics
 from kdpipe.metrics import (
     accuracy,
     activation_distance,
@@ -65,32 +65,48 @@ def test_activation_distance_hand_case():
     assert activation_distance(p, q) == pytest.approx(math.sqrt(2) / 2)
 
 
+def jsd_scipy(student_logits, teacher_logits) -> float:
+    """The mean squared scipy Jensen-Shannon distance, natural log: an independent JSD."""
+    p, q = (np.exp(logsumexp_rows(z)) for z in (student_logits, teacher_logits))
+    return float(np.mean([jensenshannon(a, b, base=math.e) ** 2 for a, b in zip(p, q)]))
+
+
+def logsumexp_rows(z):
+    """log-softmax by scipy, independent of kdpipe.metrics."""
+    z = np.asarray(z, dtype=np.float64)
+    return z - logsumexp(z, axis=1, keepdims=True)
+
+
 def test_js_divergence_matches_scipy():
     rng = np.random.default_rng(0)
-    p = softmax(rng.normal(size=(50, 7)))
-    q = softmax(rng.normal(size=(50, 7)) * 3)
-    expected = np.mean([jensenshannon(a, b) ** 2 for a, b in zip(p, q)])
-    assert js_divergence(p, q) == pytest.approx(expected, rel=1e-10)
+    student, teacher = rng.normal(size=(50, 7)), rng.normal(size=(50, 7)) * 3
+    assert js_divergence(student, teacher) == pytest.approx(jsd_scipy(student, teacher), rel=1e-10)
 
 
 def test_js_divergence_hand_cases():
     # disjoint supports: the maximum, log 2; identical rows: exactly 0
-    assert js_divergence([[1.0, 0.0]], [[0.0, 1.0]]) == pytest.approx(math.log(2))
-    assert js_divergence([[0.2, 0.8]], [[0.2, 0.8]]) == 0.0
+    assert js_divergence([[0.0, -np.inf]], [[-np.inf, 0.0]]) == pytest.approx(math.log(2))
+    assert js_divergence([[0.0, 2.0]], [[1.0, 3.0]]) == 0.0
     # p = (1, 0), q = (1/2, 1/2), m = (3/4, 1/4):
     # JSD = 1/2 log(4/3) + 1/2 (1/2 log(2/3) + 1/2 log 2)
     expected = 0.5 * math.log(4 / 3) + 0.25 * math.log(2 / 3) + 0.25 * math.log(2)
-    assert js_divergence([[1.0, 0.0]], [[0.5, 0.5]]) == pytest.approx(expected, rel=1e-12)
+    assert js_divergence([[0.0, -np.inf]], [[0.0, 0.0]]) == pytest.approx(expected, rel=1e-12)
 
 
 def test_js_divergence_with_zero_probability_classes():
-    student = softmax([[0.0, -np.inf, 1.0, -1e4], [-1e4, 2.0, 0.0, -np.inf]])
-    teacher = softmax([[-np.inf, 0.0, 1.0, 0.5], [-1e4, -1e4, 0.0, 1.0]])
-    assert (student == 0).sum() == 4 and (teacher == 0).sum() == 3
+    student = [[0.0, -np.inf, 1.0, -1e4], [-1e4, 2.0, 0.0, -np.inf]]
+    teacher = [[-np.inf, 0.0, 1.0, 0.5], [-1e4, -1e4, 0.0, 1.0]]
+    assert (softmax(student) == 0).sum() == 4 and (softmax(teacher) == 0).sum() == 3
     value = js_divergence(student, teacher)
-    expected = np.mean([jensenshannon(a, b) ** 2 for a, b in zip(student, teacher)])
     assert np.isfinite(value)
-    assert value == pytest.approx(expected, rel=1e-10)
+    assert value == pytest.approx(jsd_scipy(student, teacher), rel=1e-10)
+
+
+def test_js_divergence_is_finite_for_large_logit_gaps():
+    # p = (1, 5e-324), q = (1, 0): the mixture's 2.5e-324 underflows to 0, and p / m was inf
+    student, teacher = [[0.0, -744.4], [0.0, 800.0]], [[0.0, -2000.0], [800.0, 0.0]]
+    value = js_divergence(student, teacher)
+    assert value == pytest.approx(math.log(2) / 2, rel=1e-12)  # second row: disjoint, log 2
 
 
 def test_prediction_agreement_hand_case():
@@ -166,32 +182,55 @@ def test_shape_mismatch_raises():
         rank_disagreement(np.zeros((2, 1)), np.zeros((2, 1)))
 
 
-def test_student_metrics_keys_types_and_values():
-    eye = np.eye(3)
-    teacher = 5 * eye[[0, 1, 2, 0, 1]]
-    student = 5 * eye[[0, 2, 2, 1, 1]]
-    labels = np.array([0, 1, 0, 1, 1])
-    result = student_metrics(student, teacher, labels)
-    assert set(result) == {"accuracy", "loss", "activation_distance", "js_divergence",
-                           "prediction_agreement", "correct_agreement", "incorrect_agreement",
-                           "n_teacher_correct", "n_teacher_incorrect", "rank_disagreement"}
-    assert all(type(v) is float for k, v in result.items() if not k.startswith("n_"))
+def test_student_metrics_hand_worked_three_classes():
+    # student p and teacher q per sample (logits are their logs), label y:
+    #   1: p = (1/2, 1/4, 1/4), q = (1/4, 1/2, 1/4), y = 1: teacher right, student disagrees
+    #   2: p = (1/8, 1/8, 3/4), q = (1/4, 1/4, 1/2), y = 0: teacher wrong (2), student copies it
+    #   3: p = q = (1/4, 1/2, 1/4),                  y = 1: teacher right, student agrees
+    p = np.array([[1 / 2, 1 / 4, 1 / 4], [1 / 8, 1 / 8, 3 / 4], [1 / 4, 1 / 2, 1 / 4]])
+    q = np.array([[1 / 4, 1 / 2, 1 / 4], [1 / 4, 1 / 4, 1 / 2], [1 / 4, 1 / 2, 1 / 4]])
+    labels = np.array([1, 0, 1])
+    result = student_metrics(np.log(p), np.log(q), labels)
     assert type(result["n_teacher_correct"]) is int and type(result["n_teacher_incorrect"]) is int
-    p_s, p_t = softmax(student), softmax(teacher)
-    assert result["accuracy"] == 3 / 5
-    assert result["loss"] == pytest.approx(cross_entropy(student, labels))
-    assert result["activation_distance"] == pytest.approx(activation_distance(p_s, p_t))
-    assert result["js_divergence"] == pytest.approx(js_divergence(p_s, p_t))
-    assert result["prediction_agreement"] == 3 / 5
-    assert (result["n_teacher_correct"], result["n_teacher_incorrect"]) == (3, 2)
-    # on the 2 disagreeing samples only the pair of the two predicted classes is discordant;
-    # the other two pairs are tied in one of the one-hot rankings
-    assert result["rank_disagreement"] == pytest.approx(2 / 5 * 1 / 3)
+    assert all(type(v) is float for k, v in result.items() if not k.startswith("n_"))
+    log = math.log
+    jsd_1 = 0.5 * log(4 / 3) + 0.25 * log(2 / 3)  # m = (3/8, 3/8, 1/4)
+    jsd_2 = 0.5 * (0.25 * log(2 / 3) + 0.75 * log(6 / 5)) + 0.5 * (0.5 * log(4 / 3) + 0.5 * log(4 / 5))
+    expected = {
+        "accuracy": 1 / 3,  # only sample 3 is right
+        "loss": (log(4) + log(8) + log(2)) / 3,  # -log p(y): 1/4, 1/8, 1/2
+        "activation_distance": (math.sqrt(2) / 4 + math.sqrt(6) / 8) / 3,
+        "js_divergence": (jsd_1 + jsd_2) / 3,
+        "prediction_agreement": 2 / 3,
+        "correct_agreement": 1 / 2,  # of samples 1 and 3
+        "incorrect_agreement": 1.0,  # of sample 2
+        "n_teacher_correct": 2,
+        "n_teacher_incorrect": 1,
+        # sample 1: pair (0, 1) is discordant, (0, 2) and (1, 2) are tied in one ranking
+        "rank_disagreement": (1 / 3) / 3,
+    }
+    assert result.keys() == expected.keys()
+    for key, value in expected.items():
+        assert result[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
 
 
-def test_metric_name_constants():
-    assert metrics.FUNCTIONAL_METRICS == ("activation_distance", "js_divergence",
-                                          "prediction_agreement", "correct_agreement",
-                                          "incorrect_agreement", "rank_disagreement")
-    assert set(metrics.HIGHER_IS_CLOSER) == {"prediction_agreement", "correct_agreement",
-                                             "incorrect_agreement"}
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_logits_are_refused(bad):
+    good = np.array([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0]])
+    broken = good.copy()
+    broken[1] = bad  # an all-NaN row used to count as agreeing with a class-0 teacher
+    labels = np.array([2, 0])
+    for student, teacher, name in ((broken, good, "student logits"), (good, broken, "teacher logits")):
+        with pytest.raises(ValueError, match=f"{name} are not finite.*row 1"):
+            student_metrics(student, teacher, labels)
+    with pytest.raises(ValueError, match="not finite"):
+        accuracy(broken, labels)
+    with pytest.raises(ValueError, match="not finite"):
+        cross_entropy(broken, labels)
+    with pytest.raises(ValueError, match="not finite"):
+        student_metrics(good, [[0.0, 1.0, 2.0], [-np.inf] * 3], labels)
+
+
+def test_minus_infinity_is_a_class_of_zero_probability():
+    result = student_metrics([[0.0, -np.inf]], [[0.0, -np.inf]], np.array([0]))
+    assert result["accuracy"] == 1.0 and result["js_divergence"] == 0.0

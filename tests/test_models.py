@@ -9,6 +9,8 @@ torch.set_num_threads(1)
 
 # arch -> (input_shape, num_classes, stages after ``stem``), small enough for CPU tests
 CASES = {
+    "mlp": ((1, 8, 8), 10, 2),
+    "cnn": ((3, 32, 32), 10, 2),
     "resnet18": ((3, 32, 32), 10, 4),
     "vgg19": ((3, 32, 32), 10, 5),
     "vit": ((3, 32, 32), 10, 6),
@@ -18,6 +20,11 @@ CASES = {
     "char_gpt": ((64,), 65, 6),
 }
 SEQUENCE_MODELS = ("char_lstm", "char_gpt")
+
+
+def test_cases_cover_every_architecture():
+    # the parametrised tests below run over CASES: an architecture without a case is untested
+    assert sorted(CASES) == sorted(models.ARCHS)
 
 
 def batch(arch, size=2, seed=0):

@@ -40,24 +40,28 @@ def synthetic_models(temperatures, rng_seed=0) -> pd.DataFrame:
                     noise = rng.normal(0.0, 0.01, size=4)
                     correct = 0.93 + 0.04 * pull + 0.005 * math.log2(width) + noise[0]
                     incorrect = 0.35 + 0.25 * pull + 0.04 * math.log2(width) + 3 * noise[1]
+                    # shares of whole test samples, as a real metric is
+                    correct = round(min(correct, 1.0) * (1000 - n_incorrect)) / (1000 - n_incorrect)
+                    incorrect = round(incorrect * n_incorrect) / n_incorrect if n_incorrect else NAN
                     distance = 0.25 - 0.15 * pull - 0.02 * math.log2(width) + noise[2]
                     rows.append({
                         **base, "role": "student", "method": method, "alpha": alpha, "temperature": temperature,
-                        "width": width, "seed": seed, "accuracy": 0.86 + noise[3], "loss": 0.45,
+                        "width": width, "seed": seed, "accuracy": 0.86 + 0.02 * (method == "kd") + noise[3],
+                        "loss": 0.45,
                         "train_loss": 0.01, "activation_distance": distance, "js_divergence": distance**2 / 2,
                         "prediction_agreement": correct * 0.88 + incorrect * 0.12,
-                        "correct_agreement": correct, "incorrect_agreement": incorrect if n_incorrect else NAN,
+                        "correct_agreement": correct, "incorrect_agreement": incorrect,
                         "rank_disagreement": 0.1 + distance / 4,
                         "logits_path": f"{setup}/{method}/{alpha}/{temperature}/{width}/{seed}.npy",
                     })
     return pd.DataFrame(rows)
 
 
-def write_tables(directory, temperatures):
+def write_tables(directory, temperatures, scaling_widths="all"):
     models = synthetic_models(temperatures)
     directory.mkdir(parents=True, exist_ok=True)
     tables = {"models": models, "stats": stats.compare_methods(models), "asymmetry": stats.asymmetry(models),
-              "scaling": stats.scaling(models)}
+              "scaling": stats.scaling(models, widths=scaling_widths)}
     for name, table in tables.items():
         table.to_parquet(directory / f"{name}.parquet", index=False)
     return tables
@@ -225,11 +229,45 @@ def test_teacher_transfer_splits_by_teacher():
     second["teacher_id"] = "other"
     second.loc[second["role"] == "teacher", "train_loss"] = 0.5
     kd = second["method"] == "kd"
-    second.loc[kd, "correct_agreement"] += 0.01  # this teacher's kd students gain 0.01 more
+    second.loc[kd, "correct_agreement"] += 11 / 880  # this teacher's kd students agree on 11 more
     transfer = plots.teacher_transfer(pd.concat([models, second]), {SETUPS[0]: 1.0}, 1.0)
     by_teacher = transfer.set_index(["teacher_id", "alpha"])
     for alpha in ALPHAS:
         gain = by_teacher.loc[("other", alpha), "delta_correct"] - by_teacher.loc[(f"{SETUPS[0]}-t0", alpha),
                                                                                   "delta_correct"]
-        assert gain == pytest.approx(0.01)
+        assert gain == pytest.approx(11 / 880)
     assert by_teacher.loc[("other", ALPHAS[0]), "teacher_train_loss"] == 0.5
+
+
+def test_fig3_writes_the_accuracy_tests_above_each_alpha(one_t):
+    _, tables, _ = one_t
+    setup, table = SETUPS[0], tables["stats"]
+    fig = plots.fig3_accuracy(tables["models"], table, setup, 1.0, 1.0, plots.method_colors())
+    texts = {(t.get_gid(), t.get_position()[0]): t.get_text() for t in fig.axes[0].texts
+             if (t.get_gid() or "").startswith("accuracy:")}
+    rows = table[(table["setup"] == setup) & (table["metric"] == "accuracy") & (table["width"] == 1.0)
+                 & table["comparison"].isin(["kd_vs_siddo", "kd_vs_rcd", "rcd_vs_siddo"])]
+    assert len(texts) == len(rows) == 3 * len(ALPHAS)
+    for row in rows.itertuples():
+        text = texts[(f"accuracy:{row.comparison}", ALPHAS.index(row.alpha))]
+        assert f"p {row.p:.2g}" in text
+        assert text.endswith("*") == bool(row.p < 0.05)
+    assert any(text.endswith("*") for text in texts.values())  # the synthetic kd is more accurate
+
+
+def test_fig4_says_which_widths_the_slopes_are_fitted_on(tmp_path):
+    tables = write_tables(tmp_path, [1.0], scaling_widths="fresh-init")
+    setup = SETUPS[0]
+    fig = plots.fig4_width(tables["models"], tables["scaling"], setup, 1.0, plots.method_colors())
+    assert "every width but 1" in fig.get_suptitle()
+    # the lines span the fitted widths only: 0.5 to 2, and have the table's slopes
+    scaling = tables["scaling"][tables["scaling"]["setup"] == setup].set_index(["method", "alpha"])
+    for line in fig.axes[0].lines:
+        if (line.get_gid() or "").startswith("fit:"):
+            method = line.get_gid()[4:]
+            (x0, x1), (y0, y1) = line.get_xdata(), line.get_ydata()
+            expected = scaling.loc[(method, 0.0 if method == "siddo" else ALPHAS[0]), "slope_correct"]
+            assert (y1 - y0) / (x1 - x0) == pytest.approx(expected)
+    every = write_tables(tmp_path / "all", [1.0])
+    fig = plots.fig4_width(every["models"], every["scaling"], setup, 1.0, plots.method_colors())
+    assert fig.get_suptitle().endswith("of every width")

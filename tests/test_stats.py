@@ -4,20 +4,24 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kdpipe.metrics import FUNCTIONAL_METRICS, HIGHER_IS_CLOSER
-from kdpipe.stats import (adjust_pvalues, asymmetry, compare_methods, mann_whitney, scaling,
-                          toward_teacher)
+from scipy.stats import binomtest
+
+from kdpipe.metrics import FUNCTIONAL_METRICS, HIGHER_IS_CLOSER, PERFORMANCE_METRICS
+from kdpipe.stats import (adjust_pvalues, asymmetry, claims, compare_methods, mann_whitney,
+                          scaling, toward_teacher, wilcoxon_paired)
 
 NAN = float("nan")
 P_SEPARATED_5_5 = 2 / math.comb(10, 5)  # exact two-sided p of fully separated samples of 5 and 5
 
 
 def model(setup, method, alpha, temperature, width, seed, teacher_id=None, **values):
-    """One student row of the models table; metrics not given are NaN."""
+    """One student row of the models table; metrics not given are NaN. Its teacher gets 800 test
+    samples right and 200 wrong, unless n_teacher_correct / n_teacher_incorrect are given."""
     row = {"setup": setup, "dataset": "toy", "arch": "mlp", "role": "student",
            "teacher_id": teacher_id or f"{setup}-t0", "method": method, "alpha": alpha,
-           "temperature": temperature, "width": float(width), "seed": seed}
-    row.update({metric: NAN for metric in FUNCTIONAL_METRICS})
+           "temperature": temperature, "width": float(width), "seed": seed,
+           "n_teacher_correct": 800, "n_teacher_incorrect": 200}
+    row.update({metric: NAN for metric in FUNCTIONAL_METRICS + PERFORMANCE_METRICS})
     row.update(values)
     return row
 
@@ -69,20 +73,57 @@ def test_mann_whitney_drops_nan_and_handles_empty_side():
 
 # ---- toward_teacher ---------------------------------------------------------------------------
 
-def test_toward_teacher_directions():
+def test_toward_teacher_follows_the_effect_size():
     for metric in HIGHER_IS_CLOSER:
-        assert toward_teacher(metric, 0.9, 0.8) and not toward_teacher(metric, 0.8, 0.9)
+        assert toward_teacher(metric, 0.3) and not toward_teacher(metric, -0.3)
     for metric in ("activation_distance", "js_divergence", "rank_disagreement"):
-        assert toward_teacher(metric, 0.1, 0.2) and not toward_teacher(metric, 0.2, 0.1)
+        assert toward_teacher(metric, -0.3) and not toward_teacher(metric, 0.3)
 
 
-def test_toward_teacher_false_on_equality_or_nan_and_rejects_other_metrics():
-    assert not toward_teacher("correct_agreement", 0.5, 0.5)
-    assert not toward_teacher("js_divergence", 0.5, 0.5)
-    assert not toward_teacher("correct_agreement", NAN, 0.5)
-    assert not toward_teacher("js_divergence", 0.5, NAN)
+def test_toward_teacher_false_on_zero_or_nan_none_for_performance_and_rejects_others():
+    assert not toward_teacher("correct_agreement", 0.0)
+    assert not toward_teacher("js_divergence", 0.0)
+    assert not toward_teacher("correct_agreement", NAN)
+    assert not toward_teacher("js_divergence", NAN)
+    assert toward_teacher("accuracy", 0.5) is None and toward_teacher("loss", -0.5) is None
     with pytest.raises(ValueError):
-        toward_teacher("accuracy", 0.9, 0.8)
+        toward_teacher("train_loss", 0.5)
+
+
+def test_direction_is_the_effect_size_not_the_medians():
+    # the issue's case: x has the higher median (5 > 4) but tends to be smaller (effect -0.28)
+    x, y = [0, 0, 5, 5, 5], [4, 4, 4, 6, 6]
+    test = mann_whitney(x, y)
+    assert test["median_1"] > test["median_2"]
+    assert test["u"] == 9 and test["effect_size"] == pytest.approx(-0.28)
+    rows = [model("a", "kd", 0.5, 1.0, 1, seed, correct_agreement=x[seed] / 8,
+                  incorrect_agreement=x[seed] / 8) for seed in range(5)]
+    rows += [siddo("a", 1, seed, correct_agreement=y[seed] / 8, incorrect_agreement=y[seed] / 8)
+             for seed in range(5)]
+    table = compare_methods(pd.DataFrame(rows), metrics=["correct_agreement"])
+    row = table[table["comparison"] == "kd_vs_siddo"].iloc[0]
+    assert row["median_1"] > row["median_2"] and row["effect_size"] < 0
+    assert not row["toward_teacher"]
+
+
+# ---- wilcoxon_paired --------------------------------------------------------------------------
+
+def test_wilcoxon_paired_against_the_sign_distribution():
+    # 8 pairs, all differences positive and distinct: the exact two-sided p is 2 / 2^8, the same
+    # as a two-sided sign test's (binomial) for 8 successes out of 8
+    x = np.arange(8) + 1.0
+    y = x - np.arange(1, 9) * 0.1
+    result = wilcoxon_paired(x, y)
+    assert result["n_pairs"] == 8 and result["p_paired_note"] == ""
+    assert result["p_paired"] == pytest.approx(binomtest(8, 8).pvalue, rel=1e-12)
+    assert result["p_paired"] == pytest.approx(2 / 2**8, rel=1e-12)
+
+
+def test_wilcoxon_paired_degenerate_cases_are_nan_with_a_reason():
+    zero = wilcoxon_paired([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert math.isnan(zero["p_paired"]) and zero["p_paired_note"] == "all 3 paired differences are zero"
+    none = wilcoxon_paired([1.0, NAN], [NAN, 2.0])
+    assert none["n_pairs"] == 0 and math.isnan(none["p_paired"]) and none["p_paired_note"]
 
 
 # ---- adjust_pvalues ---------------------------------------------------------------------------
@@ -119,8 +160,8 @@ def comparison_models():
         for alpha in (0.1, 0.5):
             rows.append(model("a", "kd", alpha, 1.0, 1, seed,
                               **{**all_metrics(0.9, seed), "js_divergence": 0.1 + 0.01 * seed}))
-            rows.append(model("a", "rcd", alpha, 1.0, 1, seed, **all_metrics(0.501, seed)))
-        rows.append(model("a", "rcd", 0.9, 1.0, 1, seed, **all_metrics(0.501, seed)))
+            rows.append(model("a", "rcd", alpha, 1.0, 1, seed, **all_metrics(0.505, seed)))
+        rows.append(model("a", "rcd", 0.9, 1.0, 1, seed, **all_metrics(0.505, seed)))
         rows.append(siddo("a", 1, seed, **all_metrics(0.5, seed)))
         rows.append(siddo("a", 2, seed, **all_metrics(0.0, seed)))
         rows.append(siddo("a", 1, seed, teacher_id="a-t9", **all_metrics(0.0, seed)))
@@ -131,14 +172,18 @@ def test_compare_methods_table():
     table = compare_methods(comparison_models())
     assert list(table.columns) == ["setup", "teacher_id", "alpha", "temperature", "width", "metric",
                                    "comparison", "n1", "n2", "u", "p", "effect_size", "median_1",
-                                   "median_2", "toward_teacher", "significant"]
-    # two kd groups (alpha 0.1, 0.5) x six metrics x three comparisons; rcd at 0.9 has no kd
-    assert len(table) == 2 * 6 * 3
+                                   "median_2", "toward_teacher", "n_pairs", "p_paired",
+                                   "p_paired_note", "significant"]
+    # two kd groups (alpha 0.1, 0.5) x eight metrics (six functional, accuracy, loss) x three
+    # comparisons; rcd at 0.9 has no kd
+    assert len(table) == 2 * 8 * 3
+    assert set(table["metric"]) == set(FUNCTIONAL_METRICS + PERFORMANCE_METRICS)
     assert sorted(table["alpha"].unique()) == [0.1, 0.5]
     key = ["setup", "alpha", "temperature", "width", "metric", "comparison"]
     pd.testing.assert_frame_equal(table, table.sort_values(key, ignore_index=True))
     # the same five siddo models serve both alphas; the decoys are not among them
-    versus_siddo = table[table["comparison"] != "kd_vs_rcd"]
+    versus_siddo = table[(table["comparison"] != "kd_vs_rcd")
+                         & table["metric"].isin(FUNCTIONAL_METRICS)]
     assert (versus_siddo["n2"] == 5).all()
     np.testing.assert_allclose(versus_siddo["median_2"], 0.52)
 
@@ -156,10 +201,40 @@ def test_compare_methods_values_and_significance():
                 assert row["effect_size"] == (1.0 if above else -1.0)
                 closer = (metric in HIGHER_IS_CLOSER) == above
                 assert row["toward_teacher"] == closer and row["significant"] == closer
-            # rcd is 0.001 above siddo seed by seed: rcd_i > siddo_j for j <= i, U = 15 of 25
+                # kd - control is the same positive (or negative) number at all 5 seeds: the
+                # exact two-sided signed-rank p is 2 / 2^5
+                assert row["n_pairs"] == 5 and row["p_paired"] == pytest.approx(2 / 2**5)
+            # rcd is 0.005 above siddo seed by seed: rcd_i > siddo_j for j <= i, U = 15 of 25
             row = table.loc[(alpha, metric, "rcd_vs_siddo")]
             assert row["u"] == 15 and row["effect_size"] == pytest.approx(0.2)
             assert row["p"] > 0.05 and not row["significant"]
+
+
+def test_accuracy_and_loss_are_tested_without_a_direction():
+    models = comparison_models()
+    kd, rcd = models["method"] == "kd", models["method"] == "rcd"
+    models.loc[kd, "accuracy"] = 0.9 + 0.001 * models.loc[kd, "seed"]  # kd more accurate
+    models.loc[rcd, "accuracy"] = 0.8 + 0.001 * models.loc[rcd, "seed"]
+    models.loc[kd | rcd, "loss"] = 0.5  # equal losses everywhere
+    table = compare_methods(models, metrics=["accuracy", "loss"])
+    assert table["toward_teacher"].isna().all()
+    accuracy = table[(table["metric"] == "accuracy") & (table["comparison"] == "kd_vs_rcd")]
+    assert len(accuracy) == 2
+    assert (accuracy["effect_size"] == 1.0).all() and accuracy["significant"].all()
+    assert accuracy["p"].to_numpy() == pytest.approx(P_SEPARATED_5_5)
+    loss = table[(table["metric"] == "loss") & (table["comparison"] == "kd_vs_rcd")]
+    assert (loss["p"] == 1.0).all() and not loss["significant"].any()
+    assert loss["p_paired"].isna().all()
+    assert (loss["p_paired_note"] == "all 5 paired differences are zero").all()
+    # claim (2): rcd's accuracy is significantly below kd's at both alphas
+    claim = claims(table)
+    assert list(claim["alpha"]) == [0.1, 0.5]
+    assert claim["rcd_below_kd"].all() and not claim["claim_holds"].any()
+    np.testing.assert_allclose(claim["median_accuracy_kd"], 0.902)
+    np.testing.assert_allclose(claim["median_accuracy_rcd"], 0.802)
+    models.loc[rcd, "accuracy"] = 0.9 + 0.001 * models.loc[rcd, "seed"]  # as accurate as kd
+    claim = claims(compare_methods(models, metrics=["accuracy"]))
+    assert claim["claim_holds"].all() and not claim["rcd_below_kd"].any()
 
 
 def test_masked_comparisons_appear_only_where_kd_masked_was_trained():
@@ -221,9 +296,10 @@ def test_asymmetry_deltas_and_ratio():
                           incorrect_agreement=0.3 + 0.01 * seed))
     table = asymmetry(pd.DataFrame(rows))
     assert list(table.columns) == ["setup", "teacher_id", "alpha", "temperature", "width",
-                                   "method", "median_correct", "median_incorrect", "median_correct_siddo",
+                                   "method", "n_teacher_correct", "n_teacher_incorrect",
+                                   "median_correct", "median_incorrect", "median_correct_siddo",
                                    "median_incorrect_siddo", "delta_correct", "delta_incorrect",
-                                   "ratio"]
+                                   "ratio", "ratio_note"]
     assert list(zip(table["alpha"], table["method"])) == [(0.1, "kd"), (0.1, "rcd"),
                                                           (0.9, "kd"), (0.9, "rcd")]
     kd = table[table["method"] == "kd"]
@@ -236,6 +312,40 @@ def test_asymmetry_deltas_and_ratio():
     assert (rcd["delta_correct"] == 0).all()
     np.testing.assert_allclose(rcd["delta_incorrect"], 0.05)
     assert rcd["ratio"].isna().all()
+    assert (rcd["ratio_note"] == "delta_correct is 0 (equal median counts)").all()
+    assert (kd["ratio_note"] == "").all()
+
+
+def test_asymmetry_equal_medians_of_an_even_number_of_seeds_give_no_ratio():
+    # n = 1258: kd's counts 1258 and 1256 have the median 1257, siddo's is 1257 too. As floats,
+    # (1258/1258 + 1256/1258) / 2 - 1257/1258 is about 1e-16, which made the ratio about 1e14.
+    n_correct, n_incorrect = 1258, 142
+    rows = []
+    for seed, (k_kd, k_siddo) in enumerate([(1258, 1257), (1256, 1257)]):
+        rows.append(model("a", "kd", 0.5, 1.0, 1, seed, correct_agreement=k_kd / n_correct,
+                          incorrect_agreement=(70 + seed) / n_incorrect,
+                          n_teacher_correct=n_correct, n_teacher_incorrect=n_incorrect))
+        rows.append(siddo("a", 1, seed, correct_agreement=k_siddo / n_correct,
+                          incorrect_agreement=60 / n_incorrect, n_teacher_correct=n_correct,
+                          n_teacher_incorrect=n_incorrect))
+    row = asymmetry(pd.DataFrame(rows)).iloc[0]
+    assert (row["n_teacher_correct"], row["n_teacher_incorrect"]) == (n_correct, n_incorrect)
+    assert row["delta_correct"] == 0.0
+    assert row["delta_incorrect"] == pytest.approx(10.5 / n_incorrect, rel=1e-12)
+    assert math.isnan(row["ratio"]) and row["ratio_note"] == "delta_correct is 0 (equal median counts)"
+    # one count more for kd: an exact delta of 0.5 / n
+    rows[0]["correct_agreement"] = 1257 / n_correct
+    rows[2]["correct_agreement"] = 1258 / n_correct
+    row = asymmetry(pd.DataFrame(rows)).iloc[0]
+    assert row["delta_correct"] == pytest.approx(0.5 / n_correct, rel=1e-12)
+    assert row["ratio"] == pytest.approx((10.5 / n_incorrect) / (0.5 / n_correct), rel=1e-12)
+
+
+def test_asymmetry_refuses_shares_that_are_not_counts():
+    rows = [model("a", "kd", 0.5, 1.0, 1, 0, correct_agreement=0.5001, incorrect_agreement=0.5),
+            siddo("a", 1, 0, correct_agreement=0.5, incorrect_agreement=0.5)]
+    with pytest.raises(ValueError, match="correct_agreement \\* n_teacher_correct"):
+        asymmetry(pd.DataFrame(rows))
 
 
 # ---- scaling ----------------------------------------------------------------------------------
@@ -261,10 +371,14 @@ def test_scaling_slopes_over_models():
     rows.append(model("b", "kd", 0.5, 1.0, 1, 0, correct_agreement=0.8, incorrect_agreement=0.2))
     rows.append(siddo("a", 8, 2, correct_agreement=0.7 + 0.02 * 3, incorrect_agreement=NAN))
     table = scaling(pd.DataFrame(rows)).set_index(["setup", "method"])
-    assert list(table.columns) == ["teacher_id", "alpha", "temperature", "n_widths", "n_models",
-                                   "slope_correct",
-                                   "slope_incorrect", "slope_ratio", "slope_ratio_low",
-                                   "slope_ratio_high", "bootstrap"]
+    assert list(table.columns) == [
+        "teacher_id", "alpha", "temperature", "widths", "n_widths", "n_models", "slope_correct",
+        "slope_incorrect", "slope_ratio", "slope_ratio_low", "slope_ratio_high", "bootstrap",
+        "n_pairs_vs_siddo", "slope_correct_vs_siddo", "slope_correct_vs_siddo_low",
+        "slope_correct_vs_siddo_high", "slope_incorrect_vs_siddo", "slope_incorrect_vs_siddo_low",
+        "slope_incorrect_vs_siddo_high", "slope_ratio_vs_siddo", "slope_ratio_vs_siddo_low",
+        "slope_ratio_vs_siddo_high"]
+    assert (table["widths"] == "all").all()
     assert len(table) == 4
 
     kd = table.loc[("a", "kd")]
@@ -272,6 +386,17 @@ def test_scaling_slopes_over_models():
     assert kd["slope_correct"] == pytest.approx(0.01)
     assert kd["slope_incorrect"] == pytest.approx(0.05)
     assert kd["slope_ratio"] == pytest.approx(5.0)
+    # relative to siddo: kd - siddo of the 8 (width, seed) pairs both have, fitted by numpy
+    frame = pd.DataFrame(rows)
+    pairs = frame[frame["method"] == "kd"].merge(frame[frame["method"] == "siddo"],
+                                                 on=["setup", "width", "seed"])
+    x = np.log2(pairs["width"])
+    for name in ("correct", "incorrect"):
+        difference = pairs[f"{name}_agreement_x"] - pairs[f"{name}_agreement_y"]
+        assert kd[f"slope_{name}_vs_siddo"] == pytest.approx(np.polyfit(x, difference, 1)[0])
+    assert kd["n_pairs_vs_siddo"] == 8
+    assert kd["slope_ratio_vs_siddo"] == pytest.approx(
+        kd["slope_incorrect_vs_siddo"] / kd["slope_correct_vs_siddo"])
 
     # siddo keeps its NaN temperature as a group key; the NaN incorrect agreement is skipped
     s = table.loc[("a", "siddo")]
@@ -279,6 +404,7 @@ def test_scaling_slopes_over_models():
     assert (s["n_widths"], s["n_models"]) == (5, 9)
     assert s["slope_correct"] == pytest.approx(0.02) and s["slope_incorrect"] == pytest.approx(0.02)
     assert s["slope_ratio"] == pytest.approx(1.0)
+    assert s["n_pairs_vs_siddo"] == 0 and math.isnan(s["slope_correct_vs_siddo"])
 
     rcd = table.loc[("a", "rcd")]
     assert rcd["slope_correct"] == pytest.approx(0.0, abs=1e-15) and math.isnan(rcd["slope_ratio"])
@@ -352,3 +478,72 @@ def test_scaling_without_bootstrap():
     assert math.isnan(row["slope_ratio_low"]) and math.isnan(row["slope_ratio_high"])
     with pytest.raises(ValueError, match="bootstrap"):
         scaling(noisy_scaling_models(3), bootstrap=-1)
+
+
+def shared_seed_models(widths=(0.5, 1, 2, 4), n_seeds=6, bump=0.0):
+    """kd and siddo students that share a per-seed offset (same init and data order), so that kd
+    - siddo is exactly 0.1 + 0.01 log2(width) (correct) and 0.1 + 0.08 log2(width) (incorrect);
+    ``bump`` lifts every width-1 student (the teacher's own init)."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for width in widths:
+        x = math.log2(width)
+        lift = bump if width == 1 else 0.0
+        for seed in range(n_seeds):
+            shared = rng.normal(0.0, 0.02)
+            rows.append(model("a", "kd", 0.5, 1.0, width, seed,
+                              correct_agreement=0.8 + 0.03 * x + shared + lift,
+                              incorrect_agreement=0.3 + 0.1 * x + shared + 2 * lift))
+            rows.append(siddo("a", width, seed, correct_agreement=0.7 + 0.02 * x + shared + lift,
+                              incorrect_agreement=0.2 + 0.02 * x + shared + 2 * lift))
+    return pd.DataFrame(rows)
+
+
+def test_scaling_relative_to_siddo_pairs_models_by_seed():
+    kd = scaling(shared_seed_models(), bootstrap=300).set_index("method").loc["kd"]
+    assert kd["n_pairs_vs_siddo"] == 24
+    assert kd["slope_correct_vs_siddo"] == pytest.approx(0.01)
+    assert kd["slope_incorrect_vs_siddo"] == pytest.approx(0.08)
+    assert kd["slope_ratio_vs_siddo"] == pytest.approx(8.0)
+    # the seed's shared offset cancels in every pair, so every resample of pairs has the same
+    # slopes; resampling kd and siddo separately would not
+    for name, value in (("correct", 0.01), ("incorrect", 0.08), ("ratio", 8.0)):
+        assert kd[f"slope_{name}_vs_siddo_low"] == pytest.approx(value)
+        assert kd[f"slope_{name}_vs_siddo_high"] == pytest.approx(value)
+    # the method's own slopes carry the shared noise: its interval is not a point
+    assert kd["slope_ratio_low"] < kd["slope_ratio_high"]
+
+
+def test_scaling_fresh_init_leaves_out_width_one():
+    models = shared_seed_models(bump=0.05)
+    every = scaling(models, bootstrap=0).set_index("method")
+    fresh = scaling(models, bootstrap=0, widths="fresh-init").set_index("method")
+    assert (every["widths"] == "all").all() and (fresh["widths"] == "fresh-init").all()
+    assert (every["n_widths"] == 4).all() and (fresh["n_widths"] == 3).all()
+    # width 1's lift bends every method's fit, but not the fit without it
+    kd_every, kd_fresh = every.loc["kd"], fresh.loc["kd"]
+    rows = models[(models["method"] == "kd") & (models["width"] != 1)]
+    expected = np.polyfit(np.log2(rows["width"]), rows["correct_agreement"], 1)[0]
+    assert kd_fresh["slope_correct"] == pytest.approx(expected)
+    assert kd_fresh["slope_correct"] != pytest.approx(kd_every["slope_correct"])
+    assert kd_fresh["slope_correct_vs_siddo"] == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="fresh"):
+        scaling(models, widths="fresh")
+
+
+def test_scaling_slope_that_is_zero_in_exact_arithmetic_gives_no_ratio():
+    # widths 0.5, 0.5, 2 with counts 1256, 1258, 1257 of 1258: the exact slope is 0, in floats
+    # about 3e-17, which made the slope ratio about 1e15
+    n = 1258
+    rows = [model("a", "kd", 0.5, 1.0, width, seed, correct_agreement=k / n,
+                  incorrect_agreement=(50 + 10 * seed) / 142, n_teacher_correct=n,
+                  n_teacher_incorrect=142)
+            for seed, (width, k) in enumerate([(0.5, 1256), (0.5, 1258), (2.0, 1257)])]
+    rows += [siddo("a", width, seed, correct_agreement=0.5, incorrect_agreement=0.5)
+             for seed, width in enumerate([0.5, 0.5, 2.0])]
+    kd = scaling(pd.DataFrame(rows), bootstrap=200).set_index("method").loc["kd"]
+    assert kd["slope_correct"] == 0.0 and math.isnan(kd["slope_ratio"])
+    assert kd["slope_correct_vs_siddo"] == 0.0 and math.isnan(kd["slope_ratio_vs_siddo"])
+    for column in ("slope_ratio_low", "slope_ratio_high", "slope_ratio_vs_siddo_low",
+                   "slope_ratio_vs_siddo_high"):
+        assert not abs(kd[column]) > 1e6, column

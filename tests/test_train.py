@@ -263,3 +263,24 @@ def test_downweighted_classes_scale_the_wrong_class_mass_and_renormalise():
     torch.testing.assert_close(q, F.one_hot(labels, 3).float(), atol=1e-12, rtol=0)
     loss = distillation_loss(torch.randn(2, 3), labels, drop(torch.arange(2), None, 0, 0), 0.5, 1.0)
     assert torch.isfinite(loss)
+
+
+def test_kd_masked_classes_differs_from_siddo_unless_its_weight_is_zero():
+    """With weight 0 the class variant's target is one-hot on the label, so kd-masked trains
+    exactly like siddo (cross-entropy): the config refuses that combination."""
+    from kdpipe.train import DownweightedClasses
+
+    x, y = toy_data()
+    teacher = torch.randn(len(x), 3, generator=generator(5))
+    recipe = Recipe(epochs=2, batch_size=16, optimizer="sgd", lr=0.1)
+
+    def trained(weight):
+        target = None if weight is None else DownweightedClasses(TeacherLogits(teacher), y,
+                                                                 weight, 1.0, 3)
+        learner = Learner("m", fresh_mlp(), target, alpha=0.5)
+        train([learner], x, y, recipe, order_seed=4)
+        return torch.cat([p.flatten() for p in learner.model.parameters()])
+
+    siddo = trained(None)
+    torch.testing.assert_close(trained(0.0), siddo, rtol=0, atol=1e-6)
+    assert (trained(0.25) - siddo).abs().max() > 1e-3

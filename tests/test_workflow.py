@@ -17,9 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from scipy.spatial.distance import jensenshannon
+from scipy.special import logsumexp
+from scipy.stats import kendalltau
 
 from conftest import REPO, planned_jobs, snakemake, tables, write_config
-from kdpipe import metrics
 from kdpipe.tables import MODEL_COLUMNS
 
 pytestmark = pytest.mark.slow  # every test runs Snakemake
@@ -55,19 +57,62 @@ def test_tiny_study_produces_every_table_and_figure(study):
     assert "\r" not in log  # no progress bar in a log file
 
 
-def test_tables_recompute_exactly_from_saved_logits(study):
+def independent_metrics(student, teacher, labels) -> dict:
+    """The section-2 metrics by scipy and plain numpy, independently of kdpipe.metrics."""
+    log_p = student - logsumexp(student, axis=1, keepdims=True)
+    log_q = teacher - logsumexp(teacher, axis=1, keepdims=True)
+    p, q = np.exp(log_p), np.exp(log_q)
+    predicted, teacher_predicted = student.argmax(1), teacher.argmax(1)
+    agree, right = predicted == teacher_predicted, teacher_predicted == labels
+    return {
+        "accuracy": np.mean(predicted == labels),
+        "loss": -np.mean(log_p[np.arange(len(labels)), labels]),
+        "activation_distance": np.mean(np.linalg.norm(p - q, axis=1)),
+        "js_divergence": np.mean(jensenshannon(p, q, base=np.e, axis=1) ** 2),
+        "prediction_agreement": agree.mean(),
+        "correct_agreement": agree[right].mean(),
+        "incorrect_agreement": agree[~right].mean(),
+        "n_teacher_correct": right.sum(),
+        "n_teacher_incorrect": (~right).sum(),
+        # no ties among float logits: the discordant share is (1 - tau) / 2
+        "rank_disagreement": np.mean([(1 - kendalltau(a, b).statistic) / 2
+                                      for a, b in zip(student, teacher)]),
+    }
+
+
+def test_tables_match_metrics_recomputed_independently_from_saved_logits(study):
     models = tables(study)["models"]
     results = study / "results"
     teacher = models[models.role == "teacher"].iloc[0]
     teacher_logits = np.load(results / teacher.logits_path)
     labels = np.load(results / teacher.labels_path)
     assert teacher_logits.dtype == np.float32 and labels.dtype == np.int64
-    assert teacher.accuracy == metrics.accuracy(teacher_logits, labels)
+    teacher_logits = teacher_logits.astype(np.float64)
+    assert teacher.accuracy == np.mean(teacher_logits.argmax(1) == labels)
     for row in models[models.role == "student"].itertuples():
-        recomputed = metrics.student_metrics(np.load(results / row.logits_path), teacher_logits,
-                                             labels)
-        for key, value in recomputed.items():
-            assert getattr(row, key) == value, (row.logits_path, key)
+        student = np.load(results / row.logits_path).astype(np.float64)
+        for key, value in independent_metrics(student, teacher_logits, labels).items():
+            assert getattr(row, key) == pytest.approx(value, rel=1e-9, abs=1e-12), (row.logits_path, key)
+
+
+def test_statistics_tables_are_well_defined(study):
+    t = tables(study)
+    stats, asymmetry, scaling = t["stats"], t["asymmetry"], t["scaling"]
+    assert {"accuracy", "loss"} <= set(stats.metric) and "p_paired" in stats
+    undirected = stats.metric.isin(["accuracy", "loss"])
+    assert stats.loc[undirected, "toward_teacher"].isna().all()
+    assert stats.loc[~undirected, "toward_teacher"].notna().all()
+    significant = stats[stats.significant & ~undirected]
+    higher = significant.metric.isin(["prediction_agreement", "correct_agreement",
+                                      "incorrect_agreement"])
+    assert (np.sign(significant.effect_size) == np.where(higher, 1, -1)).all()
+    assert not (asymmetry.ratio.abs() > 1e6).any()
+    assert (asymmetry.ratio.isna() == (asymmetry.ratio_note != "")).all()
+    distilled = scaling[scaling.method != "siddo"]
+    assert (distilled.n_pairs_vs_siddo == 6).all()  # 2 widths x 3 seeds
+    assert distilled[["slope_correct_vs_siddo", "slope_incorrect_vs_siddo"]].notna().all().all()
+    claims = pd.read_parquet(study / "results/tables/claims.parquet")
+    assert len(claims) == 2 and set(claims.width) == {0.5, 1.0}
 
 
 def test_nothing_to_do_after_a_complete_run(study):
@@ -166,6 +211,8 @@ def test_killed_run_leaves_nothing_taken_as_complete_and_reruns_identically(stud
      r"config error at datasets.digits.family: 'mnist-typo' is not one of"),
     ({"setups": {"x": {"dataset": "cifar", "arch": "mlp", "recipe": {"epochs": 1, "batch_size": 8}}}},
      r"config error at setups.x.dataset: unknown dataset 'cifar'"),
+    ({"kd_masked": {"enabled": True, "mode": "classes"}},
+     r"config error at kd_masked.incorrect_weight: 0 with mode classes makes the KD target one-hot"),
 ])
 def test_bad_config_stops_before_any_job_naming_key_and_value(tmp_path, change, message):
     write_config(tmp_path, **change)

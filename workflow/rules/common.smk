@@ -30,6 +30,12 @@ def validate_config(config, schema_path):
         key = key.lstrip(".") or "(top level)"
         raise WorkflowError(
             f"config error at {key}: {error.message} (value: {json.dumps(error.instance)})")
+    masked = config["kd_masked"]
+    if masked["enabled"] and masked["mode"] == "classes" and masked["incorrect_weight"] == 0:
+        raise WorkflowError(
+            "config error at kd_masked.incorrect_weight: 0 with mode classes makes the KD target "
+            "one-hot on the label, so kd-masked and rcd-masked would be plain cross-entropy like "
+            "siddo; use a weight > 0 or mode samples")
     recipe_validator = filling(schema["definitions"]["recipe"])
     for name, setup in config["setups"].items():
         if setup["dataset"] not in config["datasets"]:

@@ -1,4 +1,4 @@
-TABLE_NAMES = ["models", "stats", "asymmetry", "scaling"]
+TABLE_NAMES = ["models", "stats", "claims", "asymmetry", "scaling"]
 TABLES = expand(f"{R}/tables/{{name}}.{{ext}}", name=TABLE_NAMES, ext=["parquet", "csv"])
 
 
@@ -23,7 +23,7 @@ rule statistics:
     input:
         models=f"{R}/tables/models.parquet",
     output:
-        expand(f"{R}/tables/{{name}}.{{ext}}", name=["asymmetry", "scaling"],
+        expand(f"{R}/tables/{{name}}.{{ext}}", name=["claims", "asymmetry", "scaling"],
                ext=["parquet", "csv"]),
         f"{R}/tables/stats.parquet",
         report(f"{R}/tables/stats.csv", caption="../report/stats.rst", category="Mann-Whitney tests"),
