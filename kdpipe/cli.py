@@ -95,8 +95,7 @@ def prepare_data(args) -> int:
     from kdpipe.io import write_npy
 
     data.acquire(args.spec["family"], args.spec["options"], args.raw_dir)
-    data.prepare(args.spec["family"], args.spec["options"], args.raw_dir, args.out)
-    prepared = data.load(args.out)
+    prepared = data.prepare(args.spec["family"], args.spec["options"], args.raw_dir, args.out)
     write_npy(args.labels_out, prepared.y_test.numpy().reshape(-1).astype(np.int64))
     print(f"{args.spec['family']}: {len(prepared.y_train)} train, {len(prepared.y_test)} test "
           f"samples, {prepared.num_classes} classes, inputs {list(prepared.input_shape)}",
