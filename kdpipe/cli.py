@@ -282,6 +282,7 @@ def write_model_outputs(args, spec, dataset, out: Path, model, recipe, seconds, 
     import numpy as np
 
     from kdpipe import metrics
+    from kdpipe.audit import copied_by_class
     from kdpipe.io import write_json, write_npy
     from kdpipe.train import predict
 
@@ -312,6 +313,7 @@ def write_model_outputs(args, spec, dataset, out: Path, model, recipe, seconds, 
     else:
         teacher_logits = np.load(Path(args.teacher) / TEST_LOGITS)
         row.update(metrics.student_metrics(test_logits, teacher_logits, labels))
+        row["copied_by_class"] = copied_by_class(test_logits, teacher_logits, labels)
     write_json(out / TIMING, {"train_seconds": seconds})
     write_json(out / ROW, row)
 
