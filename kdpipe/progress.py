@@ -27,7 +27,7 @@ class Progress:
     def __enter__(self):
         return self
 
-    def advance(self, count: int = 1) -> None:
+    def advance(self, count: float = 1) -> None:
         self.done += count
         now = time.perf_counter()
         if now - self.last >= self.interval:
@@ -45,7 +45,7 @@ class Progress:
         seconds = max(now - self.start, 1e-9)
         rate = self.done / seconds
         share = self.done / self.total if self.total else 1.0
-        text = (f"{self.label}: {self.done:,}/{self.total:,} {self.unit} ({share:.0%}), "
+        text = (f"{self.label}: {self.done:,.0f}/{self.total:,.0f} {self.unit} ({share:.0%}), "
                 f"{rate:,.0f} {self.unit}/s, {seconds:.0f} s")
         if not final and rate > 0:
             text += f", {(self.total - self.done) / rate:.0f} s left"
