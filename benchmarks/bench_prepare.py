@@ -7,7 +7,8 @@ workflow's prepare_data job does, and prints the child's peak resident memory (r
 os.wait4, i.e. that process alone) against the prepared .pt file's size. The reference, measured
 in the same run, is the peak of a child that only imports what every prepare-data run imports
 (Python, torch, numpy, kdpipe) and exits: a part of the peak that does not grow with the data
-(a family's own readers, PIL, scipy, soundfile, torchaudio, add some 100-300 MiB more). The target is a peak of at most about 2.5x the prepared file.
+(a family's own readers, PIL, scipy, soundfile, torchaudio, add some 100-300 MiB more). The
+target is a peak of at most about 2.5x the prepared file.
 
     python benchmarks/bench_prepare.py                       # every data set at a quarter size
     python benchmarks/bench_prepare.py --fraction 1 --only tinyimagenet

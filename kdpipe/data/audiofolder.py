@@ -3,8 +3,9 @@
 Every subfolder of ``root`` (except hidden ones) is a class, in sorted order, and must hold
 WAV files (any rate, bit depth and channel count that kdpipe.data.audio reads). There is no
 official split: a stratified random one holds out ``test_fraction`` of the clips, every class
-keeping its share (scikit-learn's train_test_split with stratify, random_state=split_seed), so that the same seed always gives the same split
-(kdpipe.data.folders reads the folders and draws the split, as for imagefolder).
+keeping its share (scikit-learn's train_test_split with stratify, random_state=split_seed), so
+that the same seed always gives the same split (kdpipe.data.folders reads the folders and draws
+the split, as for imagefolder).
 
 Options (``DEFAULTS``), besides the audio feature options of kdpipe.data.audio:
 - ``root``: None = raw_dir itself; or the folder of class folders (absolute, or relative to the
