@@ -45,8 +45,9 @@ class Progress:
         seconds = max(now - self.start, 1e-9)
         rate = self.done / seconds
         share = self.done / self.total if self.total else 1.0
+        shown_rate = f"{rate:,.0f}" if rate >= 10 else f"{rate:.2g}"
         text = (f"{self.label}: {self.done:,.0f}/{self.total:,.0f} {self.unit} ({share:.0%}), "
-                f"{rate:,.0f} {self.unit}/s, {seconds:.0f} s")
+                f"{shown_rate} {self.unit}/s, {seconds:.0f} s")
         if not final and rate > 0:
             text += f", {(self.total - self.done) / rate:.0f} s left"
         if self.bar:

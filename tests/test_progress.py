@@ -36,3 +36,12 @@ def test_a_quick_step_in_a_log_prints_only_the_final_line():
     with Progress("decode", 3, "files", stream=log) as progress:
         progress.advance(3)
     assert log.getvalue().count("\n") == 1
+
+
+def test_slow_rates_keep_two_significant_digits():
+    log = io.StringIO()
+    progress = Progress("figures", 12, "setups", stream=log)
+    progress.start -= 40  # one setup in 40 s
+    progress.advance()
+    progress._write(progress.start + 40, final=False)
+    assert "figures: 1/12 setups (8%), 0.025 setups/s, 40 s, 440 s left" in log.getvalue()
