@@ -59,12 +59,14 @@ def students_of(count: int):
 
 def write_study(results: Path, students: int, student_logits: bool, rng) -> int:
     """The synthetic results folder; returns the bytes of logits written."""
-    rows, written = [], 0
+    rows, written, test_labels = [], 0, {}
     for setup, (dataset, n, c, teachers) in SETUPS.items():
-        labels = rng.integers(0, c, n)
         labels_path = results / "data" / f"{dataset}.labels.npy"
-        labels_path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(labels_path, labels)
+        if dataset not in test_labels:  # one labels file per dataset, as prepare_data writes
+            test_labels[dataset] = rng.integers(0, c, n)
+            labels_path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(labels_path, test_labels[dataset])
+        labels = test_labels[dataset]
         for name in TEACHER_NAMES[:teachers]:
             teacher_id = f"{setup}/{name}"
             # a teacher right on ~80 % of the samples, its errors on random classes

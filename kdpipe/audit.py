@@ -181,20 +181,27 @@ def copied_errors(models, results):
 def _copied_counts(students, teacher_logits, labels, results) -> np.ndarray:
     """int64 [students, C]: the copied_by_class of each row, from the column where a row has it,
     else from the student's stored logits."""
-    stored = students["copied_by_class"] if "copied_by_class" in students else [None] * len(students)
-    counts = np.zeros((len(students), teacher_logits.shape[1]), dtype=np.int64)
-    for i, (row, entry) in enumerate(zip(students.itertuples(), stored)):
-        if entry is None or (np.ndim(entry) == 0 and entry != entry):  # absent: None or NaN
-            path = Path(results) / row.logits_path
-            if not path.is_file():
-                raise ValueError(f"student row of {row.teacher_id} {row.method} width {row.width:g} "
-                                 f"seed {row.seed} has no copied_by_class and its logits {path} are "
-                                 "absent: collect the tables again from the students' row.json files")
-            entry = copied_by_class(np.load(path), teacher_logits, labels)
-        if len(entry) != counts.shape[1]:
-            raise ValueError(f"{row.logits_path}: copied_by_class has {len(entry)} classes, its "
-                             f"teacher's logits {counts.shape[1]}")
-        counts[i] = entry
+    c = teacher_logits.shape[1]
+    counts = np.zeros((len(students), c), dtype=np.int64)
+    if "copied_by_class" in students:
+        stored = students["copied_by_class"].to_numpy()
+        absent = students["copied_by_class"].isna().to_numpy()  # None or NaN; a list is present
+        lengths = {len(entry) for entry in stored[~absent]}
+        if lengths - {c}:
+            raise ValueError(f"students of {students['teacher_id'].iloc[0]}: copied_by_class of "
+                             f"{sorted(lengths - {c})} classes, their teacher's logits have {c}")
+        if not absent.all():
+            counts[~absent] = np.stack(stored[~absent])
+    else:
+        absent = np.ones(len(students), dtype=bool)
+    for i in np.flatnonzero(absent):
+        row = students.iloc[i]
+        path = Path(results) / row["logits_path"]
+        if not path.is_file():
+            raise ValueError(f"student row of {row['teacher_id']} {row['method']} width {row['width']:g} "
+                             f"seed {row['seed']} has no copied_by_class and its logits {path} are "
+                             "absent: collect the tables again from the students' row.json files")
+        counts[i] = copied_by_class(np.load(path), teacher_logits, labels)
     return counts
 
 

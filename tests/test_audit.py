@@ -286,3 +286,10 @@ def test_figures_rendered_in_parallel_are_the_serial_ones(tmp_path):
     assert [path.name for path in parallel[4:]] == [path.name for path in figures]
     for path in figures:
         assert (tmp_path / "parallel" / path.name).read_bytes() == path.read_bytes()
+
+
+def test_copied_by_class_of_another_class_count_is_refused(tmp_path):
+    models = write_study(tmp_path)
+    models["copied_by_class"] = [None if v is None else [0] * (C + 1) for v in models["copied_by_class"]]
+    with pytest.raises(ValueError, match=r"copied_by_class of \[5\] classes, their teacher's logits have 4"):
+        audit.copied_errors(models, tmp_path)
