@@ -6,55 +6,69 @@ teacher's errors are split by true class into those the student copies (it predi
 teacher's wrong class) and the rest. Summed over classes, copied / n_teacher_errors is exactly the
 student's incorrect_agreement in the models table.
 
-Everything is recomputed from the stored test logits (float32 [N, C]) and labels (int64 [N])
-whose paths in the models table are relative to the results folder; nothing is retrained.
+What the audit reads: the models table, each teacher's stored test logits (float32 [N, C]) and
+labels (int64 [N]), whose paths in the table are relative to the results folder, and each
+student's ``copied_by_class`` column: the per-class counts of copied teacher errors that the
+training job computes (``copied_by_class``) while the student's logits are in memory. The
+students' own logits are not read, so the audit runs from the tables and the teachers alone (on
+a laptop holding a cluster study's results without its gigabytes of student logits). Only rows
+that lack the column (tables collected before it existed) are counted from the student's
+logits. Nothing is retrained.
+
 Classes are integer indices, as the tables carry no class names; figures show names where
 ``classes`` (setup -> list of names) gives them. Confidence is the teacher's largest softmax
 probability max_c p_t(c), in [1/C, 1]. Predictions are argmaxes of the logits, as in
-kdpipe.metrics.
+kdpipe.metrics. A teacher is *at chance* when its test accuracy is not significantly above the
+chance accuracy, the share of the most frequent test class (what always predicting that class
+scores; 1/C for balanced classes): a one-sided binomial test at level CHANCE_LEVEL. Its errors
+then carry no structure a student could copy, and its figure says so.
 
 Tables and their columns:
   teacher_errors  setup, teacher_id, true_class, predicted_class, count (test samples),
-                  share_of_errors (count / the teacher's errors), mean_confidence; one row per
-                  pair with count > 0, count descending within a teacher.
+                  share_of_errors (count / the teacher's errors), mean_confidence,
+                  teacher_accuracy, chance_accuracy, at_chance (the teacher's, on every row of
+                  it); one row per pair with count > 0, count descending within a teacher.
   copied_errors   setup, teacher_id, method, alpha, temperature, width, seed, true_class,
                   n_teacher_errors (the teacher's errors whose true class it is), copied (how many
                   of them the student predicts with the teacher's wrong class), copied_share
                   (copied / n_teacher_errors); one row per student and true class on which the
                   teacher errs.
 
-Figures are matplotlib.figure.Figure objects built without pyplot, as in kdpipe.plots; matplotlib
-is imported only by the figure functions, so the tables need none.
+Figures are matplotlib.figure.Figure objects built without pyplot, as in kdpipe.plots; one per
+setup, rendered in parallel processes (one per available CPU). matplotlib is imported only by
+the figure functions and pandas only by the table functions, so that a training job importing
+``copied_by_class`` pays for neither.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-
-from kdpipe.io import atomic_path
-from kdpipe.tables import of_teachers, primary_teachers, write_table
 
 METHODS = ("kd", "rcd", "siddo")  # the order and colours of kdpipe.plots
 ERROR_COLUMNS = {"setup": "str", "teacher_id": "str", "true_class": "int64", "predicted_class": "int64",
-                 "count": "int64", "share_of_errors": "float64", "mean_confidence": "float64"}
+                 "count": "int64", "share_of_errors": "float64", "mean_confidence": "float64",
+                 "teacher_accuracy": "float64", "chance_accuracy": "float64", "at_chance": "bool"}
 COPIED_COLUMNS = {"setup": "str", "teacher_id": "str", "method": "str", "alpha": "float64",
                   "temperature": "float64", "width": "float64", "seed": "int64", "true_class": "int64",
                   "n_teacher_errors": "int64", "copied": "int64", "copied_share": "float64"}
+STUDENT_KEYS = ["method", "alpha", "temperature", "width", "seed"]
 TOP_K = 10  # confused pairs shown by the figure
 MAX_CLASSES_SHOWN = 20  # classes in the copied-share panel, and with counts written in the heatmap
+CHANCE_LEVEL = 0.05  # of the one-sided binomial test of accuracy above chance
 
 
 # ---- arithmetic on one teacher -----------------------------------------------------------------
 
 def confusion(teacher_logits, labels, num_classes: int) -> np.ndarray:
     """Counts of test samples [C, C] by true class (rows) and the teacher's predicted class (columns)."""
+    from sklearn.metrics import confusion_matrix
+
     logits, labels = _checked(teacher_logits, labels)
     if logits.shape[1] != num_classes:
         raise ValueError(f"logits have {logits.shape[1]} classes, not num_classes = {num_classes}")
-    pair = labels * num_classes + logits.argmax(axis=1)
-    return np.bincount(pair, minlength=num_classes**2).reshape(num_classes, num_classes)
+    return confusion_matrix(labels, logits.argmax(axis=1), labels=np.arange(num_classes))
 
 
 def confidence(teacher_logits, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -71,14 +85,43 @@ def max_probability(logits) -> np.ndarray:
     return 1.0 / np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1)
 
 
+def copied_by_class(student_logits, teacher_logits, labels) -> list[int]:
+    """Per true class c, the test samples of class c on which the teacher is wrong and the
+    student predicts the teacher's (wrong) class: a list of C ints, what a student's row stores.
+    Logits [N, C] (or [..., C], flattened), labels [N]."""
+    teacher = np.asarray(teacher_logits)
+    teacher = teacher.reshape(-1, teacher.shape[-1])
+    student = np.asarray(student_logits).reshape(teacher.shape)
+    teacher, labels = _checked(teacher, np.asarray(labels).reshape(-1))
+    teacher_predicted = teacher.argmax(axis=1)
+    copies = (teacher_predicted != labels) & (student.argmax(axis=1) == teacher_predicted)
+    return np.bincount(labels[copies], minlength=teacher.shape[1]).tolist()
+
+
+def chance_accuracy(labels) -> float:
+    """The accuracy of always predicting the most frequent class: its share of ``labels``."""
+    labels = np.asarray(labels)
+    return float(np.bincount(labels).max() / len(labels))
+
+
+def at_chance(n_correct: int, n: int, chance: float) -> bool:
+    """Whether ``n_correct`` right answers of ``n`` are not significantly more than ``chance``
+    (one-sided binomial test at CHANCE_LEVEL)."""
+    from scipy.stats import binomtest
+
+    return bool(binomtest(int(n_correct), int(n), chance, alternative="greater").pvalue >= CHANCE_LEVEL)
+
+
 # ---- the tables --------------------------------------------------------------------------------
 
-def teacher_errors(models: pd.DataFrame, results) -> pd.DataFrame:
+def teacher_errors(models, results):
     """Every teacher's errors per (true class, predicted class): the teacher_errors table.
 
     Teachers in (setup, teacher_id) order; within a teacher, count descending, ties by
     (true_class, predicted_class). A teacher without errors has no rows.
     """
+    import pandas as pd
+
     parts = []
     for teacher in _teachers(models).itertuples():
         logits, labels = _load(results, teacher)
@@ -90,21 +133,27 @@ def teacher_errors(models: pd.DataFrame, results) -> pd.DataFrame:
         confidence_sums = np.bincount(pair, weights=max_probability(logits[wrong]), minlength=c * c)
         present = np.flatnonzero(counts)
         order = present[np.lexsort((present, -counts[present]))]
+        chance = chance_accuracy(labels)
         parts.append(pd.DataFrame({
             "setup": teacher.setup, "teacher_id": teacher.teacher_id,
             "true_class": order // c, "predicted_class": order % c, "count": counts[order],
             "share_of_errors": counts[order] / wrong.sum(),
             "mean_confidence": confidence_sums[order] / counts[order],
+            "teacher_accuracy": 1 - wrong.mean(), "chance_accuracy": chance,
+            "at_chance": at_chance((~wrong).sum(), len(labels), chance),
         }))
     return _frame(parts, ERROR_COLUMNS)
 
 
-def copied_errors(models: pd.DataFrame, results) -> pd.DataFrame:
+def copied_errors(models, results):
     """For every student, how many of its teacher's errors it copies, per true class: the copied_errors table.
 
     Students by teacher_id, then in the models table's order; classes ascending, only those on
-    which the teacher errs. Students are scored on their teacher's labels file.
+    which the teacher errs. The counts are the students' ``copied_by_class`` column; a student
+    without it is counted from its logits, scored on its teacher's labels file.
     """
+    import pandas as pd
+
     teachers = _teachers(models).set_index("teacher_id", drop=False)
     students = models[models["role"] == "student"]
     orphans = sorted(set(students["teacher_id"]) - set(teachers.index))
@@ -113,24 +162,47 @@ def copied_errors(models: pd.DataFrame, results) -> pd.DataFrame:
     parts = []
     for teacher_id, group in students.groupby("teacher_id", sort=True):
         teacher_logits, labels = _load(results, teachers.loc[teacher_id])
-        teacher_predicted = teacher_logits.argmax(axis=1)
-        wrong = teacher_predicted != labels
+        wrong = teacher_logits.argmax(axis=1) != labels
         n_errors = np.bincount(labels[wrong], minlength=teacher_logits.shape[1])
         erring = np.flatnonzero(n_errors)
-        for student in group.itertuples():
-            student_logits = np.load(Path(results) / student.logits_path)
-            if student_logits.shape != teacher_logits.shape:
-                raise ValueError(f"{student.logits_path}: logits of shape {student_logits.shape}, "
-                                 f"its teacher's are {teacher_logits.shape}")
-            copies = student_logits[wrong].argmax(axis=1) == teacher_predicted[wrong]
-            copied = np.bincount(labels[wrong][copies], minlength=len(n_errors))[erring]
-            parts.append(pd.DataFrame({
-                "setup": student.setup, "teacher_id": teacher_id, "method": student.method,
-                "alpha": student.alpha, "temperature": student.temperature, "width": student.width,
-                "seed": student.seed, "true_class": erring, "n_teacher_errors": n_errors[erring],
-                "copied": copied, "copied_share": copied / n_errors[erring],
-            }))
+        if not len(erring):
+            continue
+        copied = _copied_counts(group, teacher_logits, labels, results)[:, erring]  # [students, classes]
+        repeat = np.repeat(np.arange(len(group)), len(erring))
+        columns = {key: group[key].to_numpy()[repeat] for key in ["setup"] + STUDENT_KEYS}
+        parts.append(pd.DataFrame({
+            **columns, "teacher_id": teacher_id, "true_class": np.tile(erring, len(group)),
+            "n_teacher_errors": np.tile(n_errors[erring], len(group)), "copied": copied.ravel(),
+            "copied_share": copied.ravel() / np.tile(n_errors[erring], len(group)),
+        }))
     return _frame(parts, COPIED_COLUMNS)
+
+
+def _copied_counts(students, teacher_logits, labels, results) -> np.ndarray:
+    """int64 [students, C]: the copied_by_class of each row, from the column where a row has it,
+    else from the student's stored logits."""
+    c = teacher_logits.shape[1]
+    counts = np.zeros((len(students), c), dtype=np.int64)
+    if "copied_by_class" in students:
+        stored = students["copied_by_class"].to_numpy()
+        absent = students["copied_by_class"].isna().to_numpy()  # None or NaN; a list is present
+        lengths = {len(entry) for entry in stored[~absent]}
+        if lengths - {c}:
+            raise ValueError(f"students of {students['teacher_id'].iloc[0]}: copied_by_class of "
+                             f"{sorted(lengths - {c})} classes, their teacher's logits have {c}")
+        if not absent.all():
+            counts[~absent] = np.stack(stored[~absent])
+    else:
+        absent = np.ones(len(students), dtype=bool)
+    for i in np.flatnonzero(absent):
+        row = students.iloc[i]
+        path = Path(results) / row["logits_path"]
+        if not path.is_file():
+            raise ValueError(f"student row of {row['teacher_id']} {row['method']} width {row['width']:g} "
+                             f"seed {row['seed']} has no copied_by_class and its logits {path} are "
+                             "absent: collect the tables again from the students' row.json files")
+        counts[i] = copied_by_class(np.load(path), teacher_logits, labels)
+    return counts
 
 
 # ---- the figure --------------------------------------------------------------------------------
@@ -141,7 +213,7 @@ def audit_stems(setups: list[str]) -> list[str]:
 
 
 def make_audit(tables_dir, results, figures_dir, options: dict | None = None,
-               classes: dict | None = None) -> list[Path]:
+               classes: dict | None = None, workers: int | None = None) -> list[Path]:
     """Write the two audit tables beside models.parquet in ``tables_dir`` and one figure per setup.
 
     ``results`` is the folder the models table's paths are relative to. options, all optional
@@ -151,12 +223,15 @@ def make_audit(tables_dir, results, figures_dir, options: dict | None = None,
       width     student width whose copied shares are drawn (default 1.0; the closest trained)
       style, context, palette   seaborn axes style, plotting context and method palette
                 (defaults "whitegrid", "paper", "colorblind", as kdpipe.plots)
-    classes: setup -> class names, for the figures. Every file is written atomically. Returns the
-    paths written: teacher_errors and copied_errors (.parquet, .csv), then the figures.
+    classes: setup -> class names, for the figures. workers: processes that render the figures
+    (default: the CPUs this process may use, at most one per setup; 1 renders here). Every file
+    is written atomically. Returns the paths written: teacher_errors and copied_errors
+    (.parquet, .csv), then the figures.
     """
-    import seaborn as sns
+    import pandas as pd
 
-    from kdpipe.plots import method_colors
+    from kdpipe.progress import Progress
+    from kdpipe.tables import of_teachers, primary_teachers, write_table
 
     options = options or {}
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
@@ -167,24 +242,59 @@ def make_audit(tables_dir, results, figures_dir, options: dict | None = None,
         write_table(table, tables_dir / f"{name}.parquet")
         paths += [tables_dir / f"{name}.parquet", tables_dir / f"{name}.csv"]
 
-    teachers = _teachers(models)
+    teachers = _teachers(models).set_index("teacher_id", drop=False)
     setups = sorted(teachers["setup"].unique())
     primary = primary_teachers(models)  # one figure per setup: its primary teacher's
+    jobs = [(setup, stem, of_teachers(errors, [primary[setup]]), of_teachers(copied, [primary[setup]]),
+             Path(results) / teachers.loc[primary[setup], "logits_path"],
+             Path(results) / teachers.loc[primary[setup], "labels_path"], classes, options, figures_dir)
+            for setup, stem in zip(setups, audit_stems(setups))]
+    workers = min(workers or _available_cpus(), len(jobs))
+    with Progress("audit figures", len(jobs), "setups") as progress:
+        if workers <= 1:
+            for job in jobs:
+                paths += _write_audit_figure(*job)
+                progress.advance()
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # Not forked from here, which holds pyarrow's threads: forked from a fresh server
+            # process that imports the plotting modules once for all workers.
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["kdpipe.audit", "kdpipe.plots"])
+            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+                for written in pool.map(_write_audit_figure, *zip(*jobs)):
+                    paths += written
+                    progress.advance()
+    return paths
+
+
+def _available_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _write_audit_figure(setup, stem, errors, copied, logits_path, labels_path, classes, options,
+                        figures_dir) -> list[Path]:
+    """Draw one setup's audit figure and write it in every format; the paths written."""
+    import seaborn as sns
+
+    from kdpipe.io import atomic_path
+    from kdpipe.plots import method_colors
+
+    logits, labels = _checked(np.load(logits_path), np.load(labels_path), name=str(logits_path))
     colors = method_colors(options.get("palette", "colorblind"))
     with sns.axes_style(options.get("style", "whitegrid")), sns.plotting_context(options.get("context", "paper")):
-        for setup, stem in zip(setups, audit_stems(setups)):
-            teacher = next(teachers[teachers["teacher_id"] == primary[setup]].itertuples())
-            logits, labels = _load(results, teacher)
-            fig = audit_figure(setup, of_teachers(errors, [teacher.teacher_id]),
-                               of_teachers(copied, [teacher.teacher_id]), logits, labels, classes=classes,
-                               width=options.get("width", 1.0), colors=colors)
-            for fmt in options.get("formats", ["png", "pdf"]):
-                path = figures_dir / f"{stem}.{fmt}"
-                with atomic_path(path) as tmp:
-                    # no creation date in PDFs: the same tables and options give the same bytes
-                    fig.savefig(tmp, format=fmt, dpi=options.get("dpi", 150),
-                                metadata={"CreationDate": None} if fmt == "pdf" else None)
-                paths.append(path)
+        fig = audit_figure(setup, errors, copied, logits, labels, classes=classes,
+                           width=options.get("width", 1.0), colors=colors)
+    paths = []
+    for fmt in options.get("formats", ["png", "pdf"]):
+        path = Path(figures_dir) / f"{stem}.{fmt}"
+        with atomic_path(path) as tmp:
+            # no creation date in PDFs: the same tables and options give the same bytes
+            fig.savefig(tmp, format=fmt, dpi=options.get("dpi", 150),
+                        metadata={"CreationDate": None} if fmt == "pdf" else None)
+        paths.append(path)
     return paths
 
 
@@ -200,6 +310,7 @@ def audit_figure(setup, errors_table, copied_table, teacher_logits, labels, clas
     trained width closest to ``width``. ``teacher_logits`` and ``labels`` are the teacher's test
     logits [N, C] and labels [N]; the tables are those of teacher_errors and copied_errors.
     classes: setup -> class names; colors: method -> colour (default kdpipe.plots.method_colors()).
+    A teacher at chance accuracy gets a warning under the title.
     """
     from matplotlib.figure import Figure
 
@@ -225,9 +336,14 @@ def audit_figure(setup, errors_table, copied_table, teacher_logits, labels, clas
     _top_pairs_panel(axes[0, 1], errors.head(TOP_K), names)
     _confidence_panel(axes[1, 0], *confidence(logits, labels))
     _copied_panel(axes[1, 1], copied, width, names, colors)
-    fig.suptitle(f"{setup}: the teacher's test errors and the students that copy them\n"
-                 f"{n_errors} errors in {len(labels)} test samples (teacher accuracy "
-                 f"{1 - n_errors / len(labels):.1%})", fontsize="large")
+    title = (f"{setup}: the teacher's test errors and the students that copy them\n"
+             f"{n_errors} errors in {len(labels)} test samples (teacher accuracy "
+             f"{1 - n_errors / len(labels):.1%})")
+    chance = chance_accuracy(labels)
+    if at_chance(len(labels) - n_errors, len(labels), chance):
+        title += (f"\nWARNING: the teacher is at chance (not above the {chance:.1%} of always "
+                  "predicting the most frequent class): its errors carry no structure to copy")
+    fig.suptitle(title, fontsize="large")
     return fig
 
 
@@ -343,7 +459,7 @@ def _no_data(ax, text) -> None:
 
 # ---- reading -----------------------------------------------------------------------------------
 
-def _teachers(models) -> pd.DataFrame:
+def _teachers(models):
     """The teacher rows in (setup, teacher_id) order; a teacher_id may appear once."""
     teachers = models[models["role"] == "teacher"].sort_values(["setup", "teacher_id"])
     repeated = teachers["teacher_id"][teachers["teacher_id"].duplicated()]
@@ -371,8 +487,10 @@ def _checked(logits, labels, name: str = "logits") -> tuple[np.ndarray, np.ndarr
     return logits, labels.astype(np.int64)
 
 
-def _frame(parts, columns: dict) -> pd.DataFrame:
+def _frame(parts, columns: dict):
     """The parts concatenated, with the columns in order and their dtypes (also when there are none)."""
+    import pandas as pd
+
     if not parts:
         return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in columns.items()})
     return pd.concat(parts, ignore_index=True)[list(columns)].astype(columns)

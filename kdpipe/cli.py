@@ -102,8 +102,7 @@ def prepare_data(args) -> int:
     from kdpipe.io import write_npy
 
     data.acquire(args.spec["family"], args.spec["options"], args.raw_dir)
-    data.prepare(args.spec["family"], args.spec["options"], args.raw_dir, args.out)
-    prepared = data.load(args.out)
+    prepared = data.prepare(args.spec["family"], args.spec["options"], args.raw_dir, args.out)
     write_npy(args.labels_out, prepared.y_test.numpy().reshape(-1).astype(np.int64))
     print(f"{args.spec['family']}: {len(prepared.y_train)} train, {len(prepared.y_test)} test "
           f"samples, {prepared.num_classes} classes, inputs {list(prepared.input_shape)}",
@@ -290,6 +289,7 @@ def write_model_outputs(args, spec, dataset, out: Path, model, recipe, seconds, 
     import numpy as np
 
     from kdpipe import metrics
+    from kdpipe.audit import copied_by_class
     from kdpipe.io import write_json, write_npy
     from kdpipe.train import predict
 
@@ -320,6 +320,7 @@ def write_model_outputs(args, spec, dataset, out: Path, model, recipe, seconds, 
     else:
         teacher_logits = np.load(Path(args.teacher) / TEST_LOGITS)
         row.update(metrics.student_metrics(test_logits, teacher_logits, labels))
+        row["copied_by_class"] = copied_by_class(test_logits, teacher_logits, labels)
     write_json(out / TIMING, {"train_seconds": seconds})
     write_json(out / ROW, row)
 

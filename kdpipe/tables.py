@@ -19,6 +19,7 @@ MODEL_COLUMNS = {  # name -> dtype; the order is the table's
     "prediction_agreement": "float64", "correct_agreement": "float64",
     "incorrect_agreement": "float64", "n_teacher_correct": "int64", "n_teacher_incorrect": "int64",
     "rank_disagreement": "float64", "logits_path": "string", "labels_path": "string",
+    "copied_by_class": "object",  # students: per true class, teacher errors copied (kdpipe.audit)
 }
 
 

@@ -26,6 +26,8 @@ PARTIAL = TEACHER.copy()
 PARTIAL[4] = 0  # right instead of the teacher's 0->1: class 0 copies 2 of 3
 PARTIAL[13] = 0  # wrong, but not the teacher's 3: class 2 copies 1 of 2
 PARTIAL_COPIED = [2, 1, 1, 1]  # per true class; 5 of the 7 errors
+# per true class, the teacher's errors each student copies, counted by hand (what row.json holds)
+COPIED_BY_HAND = {id(COPY_ALL): [3, 1, 2, 1], id(COPY_NONE): [0, 0, 0, 0], id(PARTIAL): PARTIAL_COPIED}
 # (method, alpha, temperature, width, seed, predictions) of the errant teacher's students
 STUDENTS = [
     ("kd", 0.1, 1.0, 1.0, 0, COPY_ALL), ("kd", 0.1, 1.0, 1.0, 1, PARTIAL), ("kd", 0.1, 1.0, 1.0, 2, COPY_ALL),
@@ -43,8 +45,9 @@ def logits_for(predicted, confidence):
 
 
 def write_study(results):
-    """Two setups: 'errant' (the teacher above, 8 students) and 'perfect' (a teacher with no
-    errors, one student). Returns the models table, written to results/tables/models.parquet."""
+    """Two setups: 'errant' (the teacher above, 9 students) and 'perfect' (a teacher with no
+    errors, one student), each student's row with the copied_by_class a training job stores.
+    Returns the models table, written to results/tables/models.parquet."""
     np.save(results / "labels.npy", LABELS)
     rows = []
 
@@ -64,6 +67,7 @@ def write_study(results):
             student = logits_for(predictions, np.full(len(LABELS), 0.7))
             add(f"{setup}/student{i}.npy", student, setup=setup, role="student", teacher_id=f"{setup}/teacher",
                 method=method, alpha=alpha, temperature=temperature, width=width, seed=seed,
+                copied_by_class=COPIED_BY_HAND[id(predictions)] if setup == "errant" else [0] * C,
                 **student_metrics(student, teacher, LABELS))
     models = pd.DataFrame(rows)
     (results / "tables").mkdir()
@@ -81,7 +85,7 @@ def study(tmp_path_factory):
 def written(study):
     """make_audit run once on the study, PNG and PDF at 60 dpi."""
     results, _ = study
-    paths = audit.make_audit(results / "tables", results, results / "figures", {"dpi": 60})
+    paths = audit.make_audit(results / "tables", results, results / "figures", {"dpi": 60}, workers=1)
     return results, paths
 
 
@@ -205,3 +209,87 @@ def test_a_teacher_without_errors_gets_a_figure_that_says_so(study):
     fig = audit.audit_figure("perfect", errors, copied, logits_for(LABELS, TEACHER_CONFIDENCE), LABELS)
     texts = [text.get_text() for ax in fig.axes for text in ax.texts]
     assert texts.count("no teacher errors") == 2
+
+
+def test_copied_by_class_counts_the_hand_worked_copies():
+    teacher = logits_for(TEACHER, TEACHER_CONFIDENCE)
+    for predictions in (COPY_ALL, COPY_NONE, PARTIAL):
+        student = logits_for(predictions, np.full(len(LABELS), 0.7))
+        assert audit.copied_by_class(student, teacher, LABELS) == COPIED_BY_HAND[id(predictions)]
+    # a sequence model's logits [windows, positions, C] count every position as a sample
+    student = logits_for(PARTIAL, np.full(len(LABELS), 0.7))
+    assert audit.copied_by_class(student.reshape(4, 5, C), teacher.reshape(4, 5, C),
+                                 LABELS.reshape(4, 5)) == PARTIAL_COPIED
+
+
+def audit_tables(results):
+    audit.make_audit(results / "tables", results, results / "figures", {"formats": ["png"], "dpi": 30},
+                     workers=1)
+    return [pd.read_parquet(results / "tables" / f"{name}.parquet") for name in ("teacher_errors", "copied_errors")]
+
+
+def test_the_audit_reads_no_student_logits(tmp_path):
+    """A study copied without its student logits (a laptop) gets the same audit tables."""
+    models = write_study(tmp_path)
+    with_logits = audit_tables(tmp_path)
+    for path in models.loc[models["role"] == "student", "logits_path"]:
+        (tmp_path / path).unlink()
+    without = audit_tables(tmp_path)
+    for table, expected in zip(without, with_logits):
+        pd.testing.assert_frame_equal(table, expected)
+    assert len(without[1]) == 4 * len(STUDENTS)
+    copied = without[1][(without[1]["method"] == "rcd") & (without[1]["seed"] == 0)]
+    assert copied["copied"].tolist() == PARTIAL_COPIED
+
+
+def test_tables_without_the_column_are_counted_from_the_student_logits(tmp_path):
+    models = write_study(tmp_path)
+    expected = audit_tables(tmp_path)
+    models.drop(columns="copied_by_class").to_parquet(tmp_path / "tables" / "models.parquet", index=False)
+    for table, reference in zip(audit_tables(tmp_path), expected):
+        pd.testing.assert_frame_equal(table, reference)
+    first = models[models["role"] == "student"].iloc[0]
+    (tmp_path / first["logits_path"]).unlink()
+    with pytest.raises(ValueError, match="has no copied_by_class and its logits .* are absent"):
+        audit_tables(tmp_path)
+
+
+def test_a_teacher_at_chance_is_flagged_in_the_table_and_its_figure(tmp_path):
+    models = write_study(tmp_path)
+    always_zero = logits_for(np.zeros(len(LABELS), dtype=int), TEACHER_CONFIDENCE)  # 25 %: chance
+    np.save(tmp_path / "perfect" / "teacher.npy", always_zero)
+    errors = audit.teacher_errors(models, tmp_path)
+    flags = errors.groupby("setup")[["teacher_accuracy", "chance_accuracy", "at_chance"]].first()
+    assert flags.loc["perfect"].tolist() == [0.25, 0.25, True]
+    assert flags.loc["errant"].tolist() == [13 / 20, 0.25, False]  # binomial p = 1e-4
+    fig = audit.audit_figure("perfect", errors, audit.copied_errors(models, tmp_path), always_zero, LABELS)
+    assert "the teacher is at chance" in fig._suptitle.get_text()
+    fig = audit.audit_figure("errant", errors, audit.copied_errors(models, tmp_path),
+                             logits_for(TEACHER, TEACHER_CONFIDENCE), LABELS)
+    assert "chance" not in fig._suptitle.get_text()
+
+
+def test_at_chance_is_a_one_sided_binomial_test():
+    # P(X >= 9 | n = 20, p = 0.25) = 0.041 (scipy.stats.binom.sf(8, 20, 0.25)): above chance
+    assert not audit.at_chance(9, 20, 0.25)
+    assert audit.at_chance(8, 20, 0.25)  # P(X >= 8) = 0.10
+    assert audit.chance_accuracy([0, 0, 0, 1]) == 0.75  # the majority class, not 1/C
+
+
+def test_figures_rendered_in_parallel_are_the_serial_ones(tmp_path):
+    write_study(tmp_path)
+    tables = tmp_path / "tables"
+    serial = audit.make_audit(tables, tmp_path, tmp_path / "serial", {"dpi": 30}, workers=1)
+    parallel = audit.make_audit(tables, tmp_path, tmp_path / "parallel", {"dpi": 30}, workers=2)
+    figures = [path for path in serial if path.parent.name == "serial"]
+    assert len(figures) == 4
+    assert [path.name for path in parallel[4:]] == [path.name for path in figures]
+    for path in figures:
+        assert (tmp_path / "parallel" / path.name).read_bytes() == path.read_bytes()
+
+
+def test_copied_by_class_of_another_class_count_is_refused(tmp_path):
+    models = write_study(tmp_path)
+    models["copied_by_class"] = [None if v is None else [0] * (C + 1) for v in models["copied_by_class"]]
+    with pytest.raises(ValueError, match=r"copied_by_class of \[5\] classes, their teacher's logits have 4"):
+        audit.copied_errors(models, tmp_path)

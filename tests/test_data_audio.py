@@ -199,7 +199,23 @@ def test_audiofolder_errors(tmp_path):
 
 def test_registry_prepare_and_load(speech_commands, tmp_path):
     out = tmp_path / "speechcommands.pt"
-    data.prepare("speechcommands", {"words": ["one"]}, speech_commands, out)
+    written = data.prepare("speechcommands", {"words": ["one", "two"]}, speech_commands, out)
     dataset = data.load(out)
-    assert dataset.classes == ["one"] and dataset.input_shape == (1, 16000)
+    assert dataset.classes == ["one", "two"] and dataset.input_shape == (1, 16000)
+    assert torch.equal(written.x_train, dataset.x_train)  # what prepare returns is what it wrote
+    assert torch.equal(written.y_test, dataset.y_test)
     assert data.family("urbansound8k") is urbansound and data.family("audiofolder") is audiofolder
+
+
+def test_a_single_class_is_refused_when_prepared(speech_commands, tmp_path):
+    out = tmp_path / "one-word.pt"
+    with pytest.raises(DataError, match="dataset 'speechcommands': 1 class"):
+        data.prepare("speechcommands", {"words": ["one"]}, speech_commands, out)
+    assert not out.exists()
+
+
+def test_long_decoding_reports_progress_in_the_log(speech_commands, capsys):
+    speechcommands.prepare({}, speech_commands)
+    lines = capsys.readouterr().err.splitlines()
+    assert "speechcommands train: 12/12 files (100%)" in lines[0] and "files/s" in lines[0]
+    assert "speechcommands test: 6/6 files (100%)" in lines[1]

@@ -92,8 +92,9 @@ def acquire(name: str, options: dict, raw_dir: Path) -> None:
     family(name).acquire(dict(options), Path(raw_dir))
 
 
-def prepare(name: str, options: dict, raw_dir: Path, out_path: Path) -> None:
-    """Prepare dataset ``name`` from ``raw_dir`` into the tensor file ``out_path``."""
+def prepare(name: str, options: dict, raw_dir: Path, out_path: Path) -> Dataset:
+    """Prepare dataset ``name`` from ``raw_dir`` into the tensor file ``out_path``; return the
+    prepared split as written (images not normalised), so that no caller loads it again."""
     import torch
 
     from kdpipe.io import atomic_path
@@ -102,20 +103,41 @@ def prepare(name: str, options: dict, raw_dir: Path, out_path: Path) -> None:
     for key in ("x_train", "y_train", "x_test", "y_test", "classes", "meta"):
         if key not in prepared:
             raise DataError(f"dataset {name!r}: prepare() returned no {key!r}")
+    present = torch.unique(prepared["y_train"]).numel()
+    if len(prepared["classes"]) < 2 or present < 2:
+        raise DataError(f"dataset {name!r}: {len(prepared['classes'])} class(es), {present} of "
+                        "them in the train split; a classifier needs at least two")
     with atomic_path(out_path) as tmp:
         torch.save(prepared, tmp)
+    return Dataset(**prepared)
 
 
 def load(path: Path, device: str = "cpu") -> Dataset:
+    """The prepared file ``path`` on ``device``; uint8 images become normalised float32."""
+    import pickle
+    import zipfile
+
     import torch
 
-    prepared = torch.load(path, map_location=device, weights_only=True)
-    normalize = prepared["meta"].get("normalize")
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: prepared data file is missing; run prepare_data again")
+    try:
+        prepared = torch.load(path, map_location=device, weights_only=True)
+        fields = {key: prepared[key] for key in ("x_train", "y_train", "x_test", "y_test",
+                                                 "classes", "meta")}
+    except (RuntimeError, OSError, EOFError, KeyError, TypeError, ValueError,
+            pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        raise DataError(f"{path}: damaged prepared data file ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0] if str(error) else ''}); delete it and "
+                        "run prepare_data again") from None
+    normalize = fields["meta"].get("normalize")
     if normalize:  # uint8 images, normalised here so the file stays 4x smaller
         for key in ("x_train", "x_test"):
-            x = prepared[key].float().div_(255)
+            # in place: one float copy of the images, not three (a data set can be gigabytes)
+            x = fields[key].float().div_(255)
             shape = (1, -1) + (1,) * (x.dim() - 2)
-            mean = torch.tensor(normalize["mean"], device=x.device).view(shape)
-            std = torch.tensor(normalize["std"], device=x.device).view(shape)
-            prepared[key] = (x - mean) / std
-    return Dataset(**prepared)
+            x.sub_(torch.tensor(normalize["mean"], device=x.device).view(shape))
+            x.div_(torch.tensor(normalize["std"], device=x.device).view(shape))
+            fields[key] = x
+    return Dataset(**fields)

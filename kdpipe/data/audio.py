@@ -80,8 +80,9 @@ def fix_length(samples, length: int):
     return torch.nn.functional.pad(samples, (0, length - samples.shape[0]))
 
 
-def load_clips(paths: list, seconds: float):
-    """Read WAV files into a float32 tensor [N, 1, samples] at 16 kHz, ``seconds`` long each."""
+def load_clips(paths: list, seconds: float, progress=None):
+    """Read WAV files into a float32 tensor [N, 1, samples] at 16 kHz, ``seconds`` long each;
+    ``progress`` (a kdpipe.progress.Progress) counts the files."""
     import torch
 
     length = round(seconds * SAMPLE_RATE)
@@ -89,6 +90,8 @@ def load_clips(paths: list, seconds: float):
     for i, path in enumerate(paths):
         samples, rate = read_wav(path)
         clips[i, 0] = fix_length(resample(samples, rate), length)
+        if progress is not None:
+            progress.advance()
     return clips
 
 
@@ -103,16 +106,26 @@ def log_mel(waves, n_mels: int, n_fft: int, hop_length: int, log_floor: float):
         return mel(waves).clamp_min(log_floor).log()
 
 
-def load_features(paths: list, seconds: float, options: dict, chunk: int = 512):
-    """Read WAV files into the features that ``options`` name (see the module docstring)."""
+def load_features(paths: list, seconds: float, options: dict, chunk: int = 512,
+                  label: str = "decoding audio"):
+    """Read WAV files into the features that ``options`` name (see the module docstring), into
+    one preallocated tensor; progress goes to stderr under ``label``."""
     import torch
 
-    if options["features"] == "waveform":
-        return load_clips(paths, seconds)
-    settings = {key: options[key] for key in ("n_mels", "n_fft", "hop_length", "log_floor")}
-    # Chunks of files: the waveforms of a whole data set need not be in memory at once.
-    return torch.cat([log_mel(load_clips(paths[start:start + chunk], seconds), **settings)
-                      for start in range(0, len(paths), chunk)])
+    from kdpipe.progress import Progress
+
+    with Progress(label, len(paths), "files") as progress:
+        if options["features"] == "waveform":
+            return load_clips(paths, seconds, progress)
+        settings = {key: options[key] for key in ("n_mels", "n_fft", "hop_length", "log_floor")}
+        # Chunks of files: the waveforms of a whole data set need not be in memory at once.
+        features = None
+        for start in range(0, len(paths), chunk):
+            part = log_mel(load_clips(paths[start:start + chunk], seconds, progress), **settings)
+            if features is None:
+                features = torch.empty((len(paths),) + part.shape[1:])
+            features[start:start + len(part)] = part
+        return features
 
 
 def prepared(train_paths: list, y_train: list, test_paths: list, y_test: list, classes: list,
@@ -128,8 +141,8 @@ def prepared(train_paths: list, y_train: list, test_paths: list, y_test: list, c
             "seconds": seconds}
     if options["features"] == "logmel":
         meta.update({key: options[key] for key in ("n_mels", "n_fft", "hop_length", "log_floor")})
-    return {"x_train": load_features(train_paths, seconds, options),
+    return {"x_train": load_features(train_paths, seconds, options, label=f"{family} train"),
             "y_train": torch.tensor(y_train, dtype=torch.int64),
-            "x_test": load_features(test_paths, seconds, options),
+            "x_test": load_features(test_paths, seconds, options, label=f"{family} test"),
             "y_test": torch.tensor(y_test, dtype=torch.int64),
             "classes": list(classes), "meta": meta}

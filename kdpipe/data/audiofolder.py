@@ -2,9 +2,10 @@
 
 Every subfolder of ``root`` (except hidden ones) is a class, in sorted order, and must hold
 WAV files (any rate, bit depth and channel count that kdpipe.data.audio reads). There is no
-official split: a stratified random one holds out ``test_fraction`` of every class (rounded),
-drawn with numpy's default_rng(split_seed), so that the same seed always gives the same split
-(kdpipe.data.folders reads the folders and draws the split, as for imagefolder).
+official split: a stratified random one holds out ``test_fraction`` of the clips, every class
+keeping its share (scikit-learn's train_test_split with stratify, random_state=split_seed), so
+that the same seed always gives the same split (kdpipe.data.folders reads the folders and draws
+the split, as for imagefolder).
 
 Options (``DEFAULTS``), besides the audio feature options of kdpipe.data.audio:
 - ``root``: None = raw_dir itself; or the folder of class folders (absolute, or relative to the
@@ -36,7 +37,7 @@ def prepare(options: dict, raw_dir: Path) -> dict:
     options = _checked(options)
     paths, labels, classes = class_folders(root_folder(options, raw_dir), SUFFIXES)
     train_paths, y_train, test_paths, y_test = stratified_split(
-        paths, labels, options["test_fraction"], options["split_seed"])
+        paths, labels, options["test_fraction"], options["split_seed"], FAMILY)
     for label, name in enumerate(classes):
         if label not in y_train:
             raise DataError(f"{FAMILY}: class {name} has {labels.count(label)} file(s), all of "

@@ -67,7 +67,8 @@ def _checked(classes: int, options: dict) -> dict:
 
 
 def _read_split(folder: Path, names: list[str], prefix: str, num_classes: int):
-    """Images uint8 [N, 3, 32, 32] and int64 labels [N] of the batch files ``names``."""
+    """Images uint8 [N, 3, 32, 32] and int64 labels [N] of the batch files ``names``, copied
+    into one array batch by batch (never the split twice)."""
     xs, ys = [], []
     for name in names:
         path = folder / name
@@ -81,9 +82,15 @@ def _read_split(folder: Path, names: list[str], prefix: str, num_classes: int):
             raise DataError(f"{path}: {labels.size} labels for {len(data)} images")
         if labels.size and not 0 <= labels.min() <= labels.max() < num_classes:
             raise DataError(f"{path}: labels outside 0..{num_classes - 1}")
-        xs.append(data.reshape(-1, 3, 32, 32))
+        xs.append(data)
         ys.append(labels)
-    return np.concatenate(xs), np.concatenate(ys)
+    x = np.empty((sum(map(len, xs)), 3, 32, 32), dtype=np.uint8)
+    start = 0
+    for i, data in enumerate(xs):
+        x[start:start + len(data)] = data.reshape(-1, 3, 32, 32)
+        start += len(data)
+        xs[i] = None  # free each batch once copied
+    return x, np.concatenate(ys)
 
 
 def read_batch(path: Path) -> dict:

@@ -20,9 +20,17 @@ def prepare(options: dict, raw_dir: Path) -> dict:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    from kdpipe.data import check_options
+    from kdpipe.data import DataError, check_options
 
     options = check_options("digits", DEFAULTS, options)
+    fraction = options["test_fraction"]
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise DataError(f"dataset 'digits': option 'test_fraction' is {fraction!r}; expected a "
+                        "number in (0, 1)")
+    if isinstance(options["split_seed"], bool) or not isinstance(options["split_seed"], int) \
+            or options["split_seed"] < 0:
+        raise DataError(f"dataset 'digits': option 'split_seed' is {options['split_seed']!r}; "
+                        "expected an integer >= 0")
     digits = load_digits()
     x = (digits.images / 16.0).astype("float32")[:, None]
     y = digits.target.astype("int64")

@@ -1,7 +1,10 @@
 """Acquire official archives: download once, verify the published checksum, extract.
 
 Never called by tests or training jobs: only the ``acquire`` step of a dataset, and only when
-its files are not already in place.
+its files are not already in place. Not torchvision's download_url / extract_archive: those
+write the download in place (a killed download leaves a file under the final name) and extract
+tar members wherever their paths point; here the download is renamed into place when complete
+and a member that would land outside the target folder is refused.
 """
 from __future__ import annotations
 
@@ -39,11 +42,15 @@ def fetch(url: str, dest: Path, checksum: str) -> Path:
     if dest.exists():
         verify(dest, checksum)
         return dest
+    from kdpipe.progress import Progress
+
     try:
         with atomic_path(dest) as tmp, urllib.request.urlopen(url, timeout=60) as response:
-            with open(tmp, "wb") as f:
+            size = int(response.headers.get("Content-Length") or 0) / 2**20
+            with open(tmp, "wb") as f, Progress(f"downloading {url}", size, "MiB") as progress:
                 for block in iter(lambda: response.read(1 << 20), b""):
                     f.write(block)
+                    progress.advance(len(block) / 2**20)
     except OSError as error:
         raise DataError(
             f"could not download {url} ({error}); on an offline machine download it elsewhere "

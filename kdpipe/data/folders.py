@@ -4,9 +4,9 @@
 - ``class_folders``: a researcher's own data, ``<root>/<class>/*<suffix>`` (imagefolder,
   audiofolder): class names are the folder names, sorted, and label i is the i-th name; folders
   whose names start with a dot are ignored.
-- ``stratified_split``: the test split of such data, which has no official one: ``round(
-  test_fraction * n_c)`` random samples of every class c, drawn with numpy's
-  ``default_rng(seed)``, so that a seed always gives the same split.
+- ``stratified_split``: the test split of such data, which has no official one: scikit-learn's
+  ``train_test_split`` with ``stratify`` (every class keeps its share, within one sample) and
+  ``random_state=seed``, so that a seed always gives the same split.
 """
 from __future__ import annotations
 
@@ -46,16 +46,18 @@ def class_folders(root: Path, suffixes: tuple[str, ...]) -> tuple[list[Path], li
     return paths, labels, classes
 
 
-def stratified_split(paths: list, labels, test_fraction: float, seed: int):
-    """(train paths, train labels, test paths, test labels), labels as int64 arrays: the test
-    split is round(test_fraction * n_c) random samples of every class c, in file order."""
+def stratified_split(paths: list, labels, test_fraction: float, seed: int, family: str):
+    """(train paths, train labels, test paths, test labels), labels as int64 arrays, each split
+    in file order: a stratified random split holding out ``test_fraction`` of the samples."""
     import numpy as np
+    from sklearn.model_selection import train_test_split
 
     y = np.asarray(labels, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    is_test = np.zeros(len(y), dtype=bool)
-    for label in np.unique(y):
-        members = np.flatnonzero(y == label)
-        is_test[rng.permutation(members)[:round(test_fraction * len(members))]] = True
-    return ([p for p, t in zip(paths, is_test) if not t], y[~is_test],
-            [p for p, t in zip(paths, is_test) if t], y[is_test])
+    try:
+        train, test = train_test_split(np.arange(len(y)), test_size=test_fraction, stratify=y,
+                                       random_state=seed)
+    except ValueError as error:  # too few samples of a class, or for the fraction
+        raise DataError(f"dataset {family!r}: cannot hold out test_fraction {test_fraction} "
+                        f"of every class of {len(y)} files: {error}") from None
+    train, test = np.sort(train), np.sort(test)
+    return [paths[i] for i in train], y[train], [paths[i] for i in test], y[test]

@@ -5,8 +5,8 @@ folders whose names start with a dot are ignored (kdpipe.data.folders). Options:
 - ``root`` (null): the folder of class folders; null means the raw folder of the data set itself;
 - ``test_root`` (null): a second folder laid out like ``root`` that is the test split; its class
   folders must be among those of ``root``;
-- ``test_fraction`` (0.2): without ``test_root``, the share of every class held out as test
-  images (a stratified split, rounded per class);
+- ``test_fraction`` (0.2): without ``test_root``, the share of the images held out as test
+  images (a stratified split: every class keeps its share, within one image);
 - ``split_seed`` (0): the seed of that split;
 - ``size`` (null): resize every image to ``size`` x ``size`` pixels, or to [height, width]
   (bilinear, antialiased); null keeps the files' size, which must then be the same for all;
@@ -43,10 +43,7 @@ def prepare(options: dict, raw_dir: Path) -> dict:
     paths, y, classes = class_folders(root, SUFFIXES)
     if options["test_root"] is None:
         paths_train, y_train, paths_test, y_test = stratified_split(
-            paths, y, options["test_fraction"], options["split_seed"])
-        if not paths_test:
-            raise DataError(f"{root}: test_fraction {options['test_fraction']} leaves no test "
-                            "images; raise it or add images")
+            paths, y, options["test_fraction"], options["split_seed"], "imagefolder")
     else:
         test_root = Path(options["test_root"])
         paths_train, y_train = paths, y
@@ -56,8 +53,8 @@ def prepare(options: dict, raw_dir: Path) -> dict:
             raise DataError(f"{test_root}: class folder(s) {', '.join(unknown)} are not in "
                             f"root {root}")
         y_test = np.asarray([classes.index(test_classes[i]) for i in test_labels], np.int64)
-    x_train = read_images(paths_train, options["size"], options["grey"])
-    x_test = read_images(paths_test, options["size"], options["grey"])
+    x_train = read_images(paths_train, options["size"], options["grey"], "imagefolder train")
+    x_test = read_images(paths_test, options["size"], options["grey"], "imagefolder test")
     if x_test.shape[1:] != x_train.shape[1:]:
         raise DataError(f"{paths_test[0]}: {x_test.shape[2]}x{x_test.shape[3]} pixels, but "
                         f"{paths_train[0]} is {x_train.shape[2]}x{x_train.shape[3]}: set option "
@@ -101,35 +98,46 @@ def read_image(path: Path, size=None, grey: bool = False) -> np.ndarray:
     return pixels[None] if grey else pixels.transpose(2, 0, 1)
 
 
-def read_images(paths: list[Path], size=None, grey: bool = False) -> np.ndarray:
-    """Image files as one uint8 array [N, C, H, W]; without ``size`` all must share a size."""
+def read_images(paths: list[Path], size=None, grey: bool = False,
+                label: str = "decoding images") -> np.ndarray:
+    """Image files as one uint8 array [N, C, H, W], decoded into place (never a second copy);
+    without ``size`` all must share a size. Progress goes to stderr under ``label``."""
+    from kdpipe.progress import Progress
+
     if not paths:
         raise DataError("no image files to read")
     first = read_image(paths[0], size, grey)
     x = np.empty((len(paths),) + first.shape, dtype=np.uint8)
     x[0] = first
-    for i, path in enumerate(paths[1:], start=1):
-        image = read_image(path, size, grey)
-        if image.shape != first.shape:
-            raise DataError(
-                f"{path}: {image.shape[1]}x{image.shape[2]} pixels, but {paths[0]} is "
-                f"{first.shape[1]}x{first.shape[2]}: the images of a data set must share one "
-                "size (the imagefolder family resizes them with option size)")
-        x[i] = image
+    with Progress(label, len(paths), "files") as progress:
+        progress.advance()
+        for i, path in enumerate(paths[1:], start=1):
+            image = read_image(path, size, grey)
+            if image.shape != first.shape:
+                raise DataError(
+                    f"{path}: {image.shape[1]}x{image.shape[2]} pixels, but {paths[0]} is "
+                    f"{first.shape[1]}x{first.shape[2]}: the images of a data set must share "
+                    "one size (the imagefolder family resizes them with option size)")
+            x[i] = image
+            progress.advance()
     return x
 
 
-def channel_stats(x: np.ndarray) -> dict:
+def channel_stats(x: np.ndarray, chunk: int = 4096) -> dict:
     """Per-channel mean and (population) std of uint8 images [N, C, H, W], in [0, 1] units.
 
-    Counted from a 256-bin histogram per channel: exact, and no float copy of the whole set."""
+    Counted from a 256-bin histogram per channel: exact, and no float copy of the whole set;
+    ``chunk`` images at a time, as np.bincount casts its input to 64-bit integers."""
     levels = np.arange(256) / 255
+    counts = np.zeros((x.shape[1], 256), dtype=np.int64)
+    for start in range(0, len(x), chunk):
+        for c in range(x.shape[1]):
+            counts[c] += np.bincount(x[start:start + chunk, c].ravel(), minlength=256)
     mean, std = [], []
-    for c in range(x.shape[1]):
-        counts = np.bincount(x[:, c].ravel(), minlength=256)
-        m = counts @ levels / counts.sum()
+    for row in counts:
+        m = row @ levels / row.sum()
         mean.append(float(m))
-        std.append(float(np.sqrt(counts @ (levels - m) ** 2 / counts.sum())))
+        std.append(float(np.sqrt(row @ (levels - m) ** 2 / row.sum())))
     return {"mean": mean, "std": std}
 
 

@@ -58,4 +58,5 @@ def read_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if y.size and not 1 <= y.min() <= y.max() <= 10:
         raise DataError(f"{path}: labels outside 1..10")
     y[y == 10] = 0
-    return x.transpose(3, 2, 0, 1), y
+    # copied here, so that the .mat array is freed before the next split is read
+    return np.ascontiguousarray(x.transpose(3, 2, 0, 1)), y

@@ -47,8 +47,8 @@ def prepare(options: dict, raw_dir: Path) -> dict:
         paths_train += files
         y_train += [label] * len(files)
     paths_test, y_test = read_val_annotations(root / "val", wnids)
-    x_train = read_images(paths_train)
-    x_test = read_images(paths_test)
+    x_train = read_images(paths_train, label="tinyimagenet train")
+    x_test = read_images(paths_test, label="tinyimagenet test")
     return image_dataset(x_train, np.asarray(y_train), x_test, np.asarray(y_test), wnids)
 
 

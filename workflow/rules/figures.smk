@@ -49,6 +49,7 @@ rule audit:
     params:
         spec=json.dumps(config["plots"], sort_keys=True),
         code=package_hash("audit"),
+    threads: 4  # one process per setup's figure, up to this many
     log:
         f"{R}/logs/audit.log",
     conda:
