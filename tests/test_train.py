@@ -526,3 +526,44 @@ def test_the_engine_fuses_small_models_and_trains_large_ones_alone_on_a_cpu():
     assert sorted(kinds, key=str) == sorted([Fused, Alone, Alone], key=str)
     assert [type(e) for e in build_engines(large, range(2), recipe, {}, "always")] == [Fused]
     assert [type(e) for e in build_engines(small, range(2), recipe, {}, "never")] == [Alone] * 2
+
+
+def test_fused_feature_matching_and_sample_weighted_learners_equal_their_lone_runs():
+    """fm and fm-rcd (with adapters) form one stacked group, kd-masked (sample weights) and kd
+    another; each ends as it does alone."""
+    from kdpipe.cli import stage_adapter
+    from kdpipe.train import FeatureMatch, Fused, TeacherFeatures, build_engines
+
+    x = torch.rand(16, 1, 8, 8, generator=generator(0))
+    y = torch.randint(0, 3, (16,), generator=generator(1))
+    teacher = fresh_cnn()
+    logits = torch.randn(16, 3, generator=generator(2))
+    weights = (torch.arange(16) % 2).float()
+
+    def learners():
+        made = []
+        for name in ("fm", "fm-rcd", "kd-masked", "kd"):
+            model = models.build("cnn", (1, 8, 8), 3, 0.5)
+            models.init_parameters(model, generator(3))
+            fm = None
+            if name.startswith("fm"):
+                fm = FeatureMatch("stage1", stage_adapter(model, teacher, "stage1", x[:2],
+                                                          generator(4)))
+            target = {"fm": TeacherFeatures(teacher, "stage1"),
+                      "fm-rcd": RandomLogits(16, (8, 4, 4), seed=5),
+                      "kd-masked": TeacherLogits(logits), "kd": TeacherLogits(logits)}[name]
+            made.append(Learner(name, model, target, 0.5, 2.0 if name == "kd" else 1.0,
+                                sample_weights=weights if name == "kd-masked" else None,
+                                feature_match=fm, order_seed=len(made) % 2))
+        return made
+
+    recipe = Recipe(epochs=2, batch_size=8, optimizer="sgd", lr=1e-2, momentum=0.0)
+    assert [type(e) for e in build_engines(learners(), range(4), recipe, {})] == [Fused] * 2
+    together = learners()
+    train(together, x, y, recipe)
+    for k in range(4):
+        alone = learners()[k]
+        train([alone], x, y, recipe)
+        for module, fused in zip(alone.modules(), together[k].modules()):
+            for p, q in zip(module.parameters(), fused.parameters()):
+                torch.testing.assert_close(q, p, atol=1e-5, rtol=1e-4)
