@@ -548,7 +548,9 @@ def train(learners: list, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, log=
     (``Fused``) where ``fuse`` allows (``fusion_key``); the others one after another, each by
     itself (``Alone``). Each learner's result is its own either way, to float rounding: summing
     in another order, a fused learner ends within ~1e-6 (relative) of its lone run after a few
-    steps, a difference that training may amplify as any rounding difference.
+    steps, a difference that training may amplify as any rounding difference. A fused
+    learner's own modules are brought up to date at every checkpoint, when it stops and when
+    ``train`` returns (not after every step: ``log`` should read ``history``, not the models).
     """
     start = time.perf_counter()
     n = len(x)
