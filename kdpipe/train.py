@@ -350,8 +350,10 @@ UNFUSABLE = (torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN)
 # models); larger ones are bound by arithmetic that the stacked kernels (batched matmul, grouped
 # convolution) do more slowly than the plain ones. Measured (benchmarks/bench_training.py, 4c):
 # fused faster for the digits MLP at width <= 1 (84k parameters) and CNN at width <= 1 (65k),
-# slower for the MLP at width 2 (300k) and ResNet-18 at width 0.25 (700k) and up.
+# slower for the MLP at width 2 (300k) and ResNet-18 at width 0.25 (700k) and up. Stacked 1-d
+# convolutions measured slower even for the small M5 (38k parameters at width 0.25: 0.90-0.99x).
 CPU_FUSE_MAX_PARAMETERS = 100_000
+CPU_UNFUSED = (torch.nn.Conv1d,)
 
 
 def fusion_key(learner: Learner, fuse: str = "auto"):
@@ -363,8 +365,9 @@ def fusion_key(learner: Learner, fuse: str = "auto"):
     parameters = learner.parameters()
     if fuse == "never" or any(isinstance(m, UNFUSABLE) for m in modules):
         return None
-    if (fuse == "auto" and parameters[0].device.type == "cpu"
-            and sum(p.numel() for p in parameters) > CPU_FUSE_MAX_PARAMETERS):
+    if fuse == "auto" and parameters[0].device.type == "cpu" and (
+            sum(p.numel() for p in parameters) > CPU_FUSE_MAX_PARAMETERS
+            or any(isinstance(m, CPU_UNFUSED) for m in modules)):
         return None
     fm = learner.feature_match
     return (tuple(type(m).__name__ for m in modules),

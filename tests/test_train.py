@@ -526,6 +526,13 @@ def test_the_engine_fuses_small_models_and_trains_large_ones_alone_on_a_cpu():
     assert sorted(kinds, key=str) == sorted([Fused, Alone, Alone], key=str)
     assert [type(e) for e in build_engines(large, range(2), recipe, {}, "always")] == [Fused]
     assert [type(e) for e in build_engines(small, range(2), recipe, {}, "never")] == [Alone] * 2
+    m5 = []
+    for k in range(2):
+        model = models.build("m5", (1, 1200), 3, 0.0625)
+        models.init_parameters(model, generator(k))
+        m5.append(Learner(f"m5 {k}", model, order_seed=k))
+    assert sum(p.numel() for p in m5[0].parameters()) <= CPU_FUSE_MAX_PARAMETERS
+    assert [type(e) for e in build_engines(m5, range(2), recipe, {})] == [Alone] * 2
 
 
 def test_fused_feature_matching_and_sample_weighted_learners_equal_their_lone_runs():
