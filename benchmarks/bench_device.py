@@ -22,6 +22,9 @@ def main():
                    help="epochs one student trains (default 200)")
     p.add_argument("--repeats", type=int, default=3, help="timed epochs per figure (median)")
     p.add_argument("--ks", default="1,2,8", help="students fused (default 1,2,8)")
+    p.add_argument("--fuse", default="always", choices=("always", "auto", "never"),
+                   help="train(fuse=...): always (default) stacks the K students; auto is the "
+                        "engine's own choice (on a CPU it trains these alone)")
     args = p.parse_args()
 
     import torch
@@ -40,7 +43,8 @@ def main():
     y = torch.randint(0, 10, (n,), generator=g, device=device)
     teacher = torch.randn(n, 10, generator=g, device=device)
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU, 1 thread"
-    print(f"ResNet-18 width {width:g}, {n} images {side}x{side}, batch {batch}, on {name}")
+    print(f"ResNet-18 width {width:g}, {n} images {side}x{side}, batch {batch}, on {name}, "
+          f"fuse={args.fuse}")
     print(f"{'K':>3} {'precision':9} {'s/epoch':>8} {'images/s':>10} {'students/h':>11} {'speed-up':>8}")
     for precision in ("fp32", "bf16"):
         single = None
@@ -51,8 +55,9 @@ def main():
                 models.init_parameters(model, generator(seed, device))
                 learners.append(Learner("kd", model, TeacherLogits(teacher), 0.5, order_seed=seed))
             recipe = Recipe(epochs=1, batch_size=batch, precision=precision)
-            train(learners, x, y, recipe)  # warm-up
-            seconds = statistics.median(train(learners, x, y, recipe) for _ in range(args.repeats))
+            train(learners, x, y, recipe, fuse=args.fuse)  # warm-up
+            seconds = statistics.median(train(learners, x, y, recipe, fuse=args.fuse)
+                                        for _ in range(args.repeats))
             per_student = seconds / k
             single = single or per_student
             print(f"{k:3d} {precision:9} {seconds:8.2f} {k * n / seconds:10.0f} "
