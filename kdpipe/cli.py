@@ -121,9 +121,8 @@ def train_teacher(args) -> int:
     models.init_parameters(model, generator(seed_for("teacher-init", spec["seed"]), device))
     save_state(model, out / TEACHER_INIT)
     recipe = recipe_of(spec)
-    teacher = Learner("teacher", model)
+    teacher = Learner("teacher", model, order_seed=seed_for("order", "teacher", spec["seed"]))
     seconds = train([teacher], dataset.x_train, dataset.y_train, recipe,
-                    order_seed=seed_for("order", "teacher", spec["seed"]),
                     log=EpochLog(f"{spec['setup']} teacher", recipe.epochs),
                     checkpoint=checkpoint_of(args))
     save_state(model, out / TEACHER_WEIGHTS)
@@ -193,11 +192,11 @@ def train_students(args) -> int:
         learners.append(Learner(name, copy.deepcopy(initial), target,
                                 alpha=float(m.get("alpha", 0.0)),
                                 temperature=float(m.get("temperature", 1.0)),
-                                sample_weights=weights, feature_match=feature_match))
+                                sample_weights=weights, feature_match=feature_match,
+                                order_seed=seed_for("order", "student", seed)))
     recipe = recipe_of(spec)
     label = f"{spec['setup']} w={width:g} s={seed}"
     seconds = train(learners, dataset.x_train, dataset.y_train, recipe,
-                    order_seed=seed_for("order", "student", seed),
                     log=EpochLog(label, recipe.epochs), checkpoint=checkpoint_of(args))
     for m, learner in zip(methods, learners):
         write_model_outputs(args, {**spec, **m}, dataset, Path(outputs[m["method"]]), learner.model,

@@ -1,10 +1,9 @@
 """One training loop for teachers and students. Methods differ only in their target.
 
 A ``Learner`` is a model with its distillation target: ``None`` for plain cross-entropy
-(teachers, ``siddo``), the teacher's cached train logits (``kd``) or noise logits (``rcd``).
-``train`` steps any number of learners on identical batches, so a job's ``kd`` and ``rcd``
-students share one data pass: one batch gather, one backward over the summed losses (their
-graphs are disjoint, so each model gets exactly its own gradient) and one optimizer step.
+(teachers, ``siddo``), the teacher's cached train logits (``kd``) or noise logits (``rcd``),
+and its own data order (``order_seed``). ``train`` steps any number of learners in one process;
+learners sharing an order seed see identical batches (one gather, one augmentation draw).
 
 Data lives on the device as tensors; a batch is an index into them. Every random stream is an
 explicit ``torch.Generator`` derived from named seeds, re-derived every epoch, so that a run
@@ -12,10 +11,12 @@ resumed at an epoch boundary continues exactly as an uninterrupted one.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,8 +41,9 @@ class Recipe:
     """How a model is trained. ``lr`` is the peak learning rate; ``schedule`` is ``constant``
     or ``cosine`` (per step, to zero at the end); ``augment`` names a batch augmentation of
     ``kdpipe.augment`` applied on the device, with ``augment_options``; ``stop_at_train_loss``
-    ends training after the first epoch whose mean training-batch loss is at most that value
-    (a teacher trained to a target train loss)."""
+    ends a learner's training after the first epoch whose mean training-batch loss is at most that value
+    (a teacher trained to a target train loss); ``precision`` is ``fp32`` or ``bf16`` (autocast
+    of the forward pass and loss; parameters and optimizer state stay fp32)."""
     epochs: int
     batch_size: int
     optimizer: str = "adam"
@@ -53,6 +55,7 @@ class Recipe:
     augment: str = "none"
     augment_options: dict = field(default_factory=dict)
     stop_at_train_loss: float | None = None
+    precision: str = "fp32"
 
 
 class TeacherLogits:
@@ -200,10 +203,17 @@ class FeatureMatch:
         return features if self.adapter is None else self.adapter(features)
 
 
+class TrainingDiverged(RuntimeError):
+    """A learner's mean training loss over an epoch is not finite (NaN or infinite): its logits
+    are no longer a model's output and must never be scored."""
+
+
 @dataclass
 class Learner:
     """A model and what it learns from: ``target=None`` is plain cross-entropy;
-    ``sample_weights`` (one per training sample, or per position) weight the distillation term."""
+    ``sample_weights`` (one per training sample, or per position) weight the distillation term.
+    ``order_seed`` draws the learner's batch order and augmentation; learners with one
+    ``order_seed`` see identical batches."""
     name: str
     model: torch.nn.Module
     target: object = None
@@ -212,15 +222,19 @@ class Learner:
     sample_weights: torch.Tensor | None = None
     feature_match: FeatureMatch | None = None
     history: list = field(default_factory=list)
+    order_seed: int = field(kw_only=True)
 
     def modules(self) -> list:
         """The modules trained: the model, and an fm adapter where there is one."""
         adapter = self.feature_match.adapter if self.feature_match else None
         return [self.model] + ([adapter] if adapter is not None else [])
 
+    def parameters(self) -> list:
+        return [p for m in self.modules() for p in m.parameters()]
+
 
 def make_optimizer(parameters, recipe: Recipe):
-    # fused: one kernel for all parameters of every learner, 2-3x faster than the default loop
+    # fused: one kernel for all parameters, 2-3x faster than the default loop
     if recipe.optimizer == "adam":
         return torch.optim.Adam(parameters, lr=recipe.lr, weight_decay=recipe.weight_decay,
                                 fused=True)
@@ -251,96 +265,396 @@ class Checkpoint:
     key: str
 
 
-def train(learners: list, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, order_seed: int,
-          log=None, checkpoint: Checkpoint | None = None) -> float:
-    """Train ``learners`` together on batches of (x, y) in the order drawn from ``order_seed``.
+def learner_loss(learner: Learner, index, xb, yb, epoch: int, step: int):
+    """One learner's loss on one batch, and its logits."""
+    target = None if learner.target is None else learner.target(index, xb, epoch, step)
+    if learner.feature_match is None:
+        logits = learner.model(xb)
+        weights = None if learner.sample_weights is None else learner.sample_weights[index]
+        return distillation_loss(logits, yb, target, learner.alpha, learner.temperature,
+                                 weights), logits
+    features, logits = staged_forward(learner.model, learner.feature_match.stage, xb)
+    return feature_matching_loss(logits, yb, learner.feature_match.adapt(features), target,
+                                 learner.alpha), logits
+
+
+class Alone:
+    """One learner stepped by itself: its own modules and optimizer."""
+
+    def __init__(self, learner: Learner, recipe: Recipe, optimizer_state=None):
+        self.learners, self.recipe = [learner], recipe
+        self.parameters = learner.parameters()
+        self.optimizer = make_optimizer(self.parameters, recipe)
+        for p, state in zip(self.parameters, optimizer_state or ()):
+            if state:
+                self.optimizer.state[p] = {k: v.clone() for k, v in state.items()}
+        # channels-last convolutions: cuDNN's fast layout (tensor cores) on CUDA
+        self.channels_last = (self.parameters[0].device.type == "cuda" and any(
+            isinstance(m, torch.nn.Conv2d) for m in learner.model.modules()))
+        for module in learner.modules():
+            module.train()
+            if self.channels_last:
+                module.to(memory_format=torch.channels_last)
+
+    def step(self, batches: dict, epoch: int, step: int, lr: float):
+        """Step on the learner's batch; return its loss and correct predictions, shape [1]."""
+        learner = self.learners[0]
+        index, xb, yb = batches[learner.order_seed]
+        if self.channels_last and xb.dim() == 4:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with precision_context(self.recipe, yb.device):
+            loss, logits = learner_loss(learner, index, xb, yb, epoch, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        return loss.detach().float()[None], (logits.detach().argmax(-1) == yb).sum()[None]
+
+    def optimizer_states(self) -> list:
+        """Per learner: its parameters' optimizer states, in ``Learner.parameters`` order."""
+        return [[dict(self.optimizer.state.get(p, {})) for p in self.parameters]]
+
+    def write_back(self) -> None:
+        """The learner's modules are the ones trained: nothing to copy."""
+
+
+class Trainee(torch.nn.Module):
+    """A learner's modules as one: its model and fm adapter. Returns the logits, or with
+    feature matching (logits, the matched stage's output mapped by the adapter)."""
+
+    def __init__(self, learner: Learner):
+        super().__init__()
+        fm = learner.feature_match
+        self.model, self.stage = learner.model, None if fm is None else fm.stage
+        self.adapter = None if fm is None else fm.adapter
+
+    def forward(self, x):
+        if self.stage is None:
+            return self.model(x)
+        features, logits = staged_forward(self.model, self.stage, x)
+        return logits, features if self.adapter is None else self.adapter(features)
+
+
+# vmap runs CPU flash attention model by model (no batching rule yet); measured still faster
+# fused than alone for the ViT and GPT, so the warning of every job would only be noise.
+warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet "
+                        "implemented the batching rule for aten::_scaled_dot_product")
+
+# Modules that vmap cannot batch (no batching rule for aten::lstm: it would run model by model
+# and break cuDNN); learners holding one train alone.
+UNFUSABLE = (torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN)
+
+
+# On a CPU, stacking pays where a learner's step is dominated by per-operation overhead (small
+# models); larger ones are bound by arithmetic that the stacked kernels (batched matmul, grouped
+# convolution) do more slowly than the plain ones. Measured (benchmarks/bench_training.py, 4c):
+# fused faster for the digits MLP at width <= 1 (84k parameters) and CNN at width <= 1 (65k),
+# slower for the MLP at width 2 (300k) and ResNet-18 at width 0.25 (700k) and up. Stacked 1-d
+# convolutions measured slower even for the small M5 (38k parameters at width 0.25: 0.90-0.99x).
+CPU_FUSE_MAX_PARAMETERS = 100_000
+CPU_UNFUSED = (torch.nn.Conv1d,)
+
+
+def fusion_key(learner: Learner, fuse: str = "auto"):
+    """Learners with equal keys train as one stacked computation; None: train alone.
+    ``fuse``: ``auto`` (the rule above), ``always`` (every fusable learner), ``never``."""
+    if fuse not in ("auto", "always", "never"):
+        raise ValueError(f"fuse must be auto, always or never, got {fuse!r}")
+    modules = [m for module in learner.modules() for m in module.modules()]
+    parameters = learner.parameters()
+    if fuse == "never" or any(isinstance(m, UNFUSABLE) for m in modules):
+        return None
+    if fuse == "auto" and parameters[0].device.type == "cpu" and (
+            sum(p.numel() for p in parameters) > CPU_FUSE_MAX_PARAMETERS
+            or any(isinstance(m, CPU_UNFUSED) for m in modules)):
+        return None
+    fm = learner.feature_match
+    return (tuple(type(m).__name__ for m in modules),
+            tuple((name, tuple(t.shape), t.dtype) for module in learner.modules()
+                  for name, t in module.state_dict().items()),
+            None if fm is None else (fm.stage, fm.adapter is not None))
+
+
+def stacked_distillation_loss(logits, labels, targets, alpha, temperature, sample_weights):
+    """``distillation_loss`` of K learners at once: logits [K, B, ..., C], labels [K, B, ...],
+    targets like logits or None (no learner has one), alpha and temperature [K] (a learner
+    without a target has alpha 0), sample_weights [K, B, ...] or None. Returns [K]."""
+    k, classes = logits.shape[0], logits.shape[-1]
+    logits, labels = logits.reshape(k, -1, classes), labels.reshape(k, -1)
+    log_p = F.log_softmax(logits, dim=-1)
+    ce = -log_p.gather(-1, labels[..., None]).squeeze(-1).mean(-1)
+    if targets is None:
+        return ce
+    t = temperature[:, None, None]
+    log_p = F.log_softmax(logits / t, dim=-1)
+    log_q = F.log_softmax(targets.reshape(k, -1, classes) / t, dim=-1)
+    per_sample = (log_q.exp() * (log_q - log_p)).sum(-1)
+    if sample_weights is not None:
+        per_sample = per_sample * sample_weights.reshape(k, -1)
+    return (1 - alpha) * ce + alpha * temperature ** 2 * per_sample.mean(-1)
+
+
+class Fused:
+    """K learners of one structure stepped as one computation: their parameters and buffers
+    stacked along a new first dimension (``torch.func.stack_module_state``), the model run on
+    the K batches at once by ``vmap`` over ``functional_call``, one backward of the summed
+    losses (each slice gets exactly its own learner's gradient) and one optimizer step. Adam,
+    AdamW and SGD are elementwise, so every slice keeps its own optimizer state."""
+
+    def __init__(self, learners: list, recipe: Recipe, optimizer_states: list):
+        from torch.func import functional_call, stack_module_state, vmap
+
+        self.learners, self.recipe = learners, recipe
+        self.trainees = [Trainee(learner).train() for learner in learners]
+        self.params, self.buffers = stack_module_state(self.trainees)
+        skeleton = copy.deepcopy(self.trainees[0]).to("meta")
+
+        def run(params, buffers, x):
+            return functional_call(skeleton, (params, buffers), (x,))
+
+        self.run_shared = vmap(run, in_dims=(0, 0, None))  # one batch for all: no stacking
+        self.run_each = vmap(run, in_dims=(0, 0, 0))
+        stacked = list(self.params.values())
+        self.optimizer = make_optimizer(stacked, recipe)
+        for j, p in enumerate(stacked):
+            states = [s[j] for s in optimizer_states if s is not None and s[j]]
+            if len(states) == len(learners):
+                self.optimizer.state[p] = {
+                    name: torch.stack([s[name] for s in states]) if per_slice(v, p) else v.clone()
+                    for name, v in states[0].items()}
+        device = stacked[0].device
+        self.alpha = torch.tensor([l.alpha if l.target is not None else 0.0 for l in learners],
+                                  device=device)
+        self.temperature = torch.tensor([l.temperature for l in learners], device=device)
+        self.feature_match = learners[0].feature_match is not None
+
+    def step(self, batches: dict, epoch: int, step: int, lr: float):
+        """Step every learner on its batch; return their losses and correct predictions, [K]."""
+        picked = [batches[learner.order_seed] for learner in self.learners]
+        shared = all(b is picked[0] for b in picked)
+        y = torch.stack([yb for _, _, yb in picked])
+        targets = [None if l.target is None else l.target(index, xb, epoch, step)
+                   for l, (index, xb, _) in zip(self.learners, picked)]
+        with precision_context(self.recipe, y.device):
+            if shared:
+                out = self.run_shared(self.params, self.buffers, picked[0][1])
+            else:
+                out = self.run_each(self.params, self.buffers, torch.stack([b[1] for b in picked]))
+            if self.feature_match:
+                logits, features = out
+                ce = F.cross_entropy(logits.flatten(0, -2), y.flatten(), reduction="none")
+                mse = (features - torch.stack(targets)).square().flatten(1).mean(1)
+                losses = ce.view(len(y), -1).mean(1) + self.alpha * mse
+            else:
+                logits = out
+                losses = stacked_distillation_loss(logits, y, self.stacked_targets(targets),
+                                                   self.alpha, self.temperature,
+                                                   self.sample_weights(picked))
+        self.optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        right = (logits.detach().argmax(-1) == y).flatten(1).sum(1)
+        return losses.detach().float(), right
+
+    @staticmethod
+    def stacked_targets(targets: list):
+        if all(t is None for t in targets):
+            return None
+        like = next(t for t in targets if t is not None)
+        return torch.stack([torch.zeros_like(like) if t is None else t for t in targets])
+
+    def sample_weights(self, picked: list):
+        if all(l.sample_weights is None for l in self.learners):
+            return None
+        return torch.stack([torch.ones(yb.shape, device=yb.device) if l.sample_weights is None
+                            else l.sample_weights[index]
+                            for l, (index, _, yb) in zip(self.learners, picked)])
+
+    def optimizer_states(self) -> list:
+        """Per learner: its parameters' optimizer states, in ``Learner.parameters`` order."""
+        states = [[] for _ in self.learners]
+        for p in self.params.values():
+            state = self.optimizer.state.get(p, {})
+            for k, learner_states in enumerate(states):
+                learner_states.append({name: v[k].clone() if v.shape == p.shape else v.clone()
+                                       for name, v in state.items()})
+        return states
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        """Copy each slice of the stacked state into its learner's own modules."""
+        for k, trainee in enumerate(self.trainees):
+            for name, p in trainee.named_parameters():
+                p.copy_(self.params[name][k])
+            for name, b in trainee.named_buffers():
+                b.copy_(self.buffers[name][k])
+
+
+def per_slice(value, stacked) -> bool:
+    """Whether one learner's optimizer state entry is one of the stacked parameter's slices
+    (moments, momentum), not shared by all (Adam's step count)."""
+    return value.dim() > 0 and value.shape == stacked.shape[1:]
+
+
+def precision_context(recipe: Recipe, device):
+    """bf16 autocast for ``precision: bf16``; fp32: nothing."""
+    if recipe.precision not in ("fp32", "bf16"):
+        raise ValueError(f"unknown precision {recipe.precision!r}; known: fp32, bf16")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16")
+
+
+def build_engines(learners: list, live: list, recipe: Recipe, states: dict,
+                  fuse: str = "auto") -> list:
+    """Engines stepping the ``live`` learners (indices), each given its optimizer state: one
+    ``Fused`` per group of two or more learners of one structure, ``Alone`` for the rest."""
+    groups = {}
+    for k in live:
+        key = fusion_key(learners[k], fuse)
+        groups.setdefault(k if key is None else key, []).append(k)
+    engines = []
+    for members in groups.values():
+        if len(members) == 1:
+            engines.append(Alone(learners[members[0]], recipe, states.get(members[0])))
+        else:
+            engines.append(Fused([learners[k] for k in members], recipe,
+                                 [states.get(k) for k in members]))
+    return engines
+
+
+def engine_states(engines: list) -> dict:
+    """Write every engine's state back into its learners' modules; return the optimizer states
+    by learner (by identity)."""
+    states = {}
+    for engine in engines:
+        engine.write_back()
+        for learner, state in zip(engine.learners, engine.optimizer_states()):
+            states[id(learner)] = state
+    return states
+
+
+def train(learners: list, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, log=None,
+          checkpoint: Checkpoint | None = None, fuse: str = "auto") -> float:
+    """Train ``learners`` on batches of (x, y), each in the order drawn from its ``order_seed``.
 
     Returns the seconds spent. ``log(epoch, learners)`` is called after every epoch; each
-    learner's ``history`` gets {"epoch", "loss", "accuracy"} of its training batches. With a
-    ``checkpoint``, the state is saved every ``checkpoint.every`` epochs and a run finding a
-    checkpoint of its own resumes from it, ending exactly as an uninterrupted run would.
+    learner's ``history`` gets {"epoch", "loss", "accuracy"} of its training batches. With
+    ``recipe.stop_at_train_loss``, a learner stops (keeps its state, gets no more history) after
+    the first epoch whose mean batch loss is at most that; the others go on. A non-finite epoch
+    loss raises ``TrainingDiverged``. With a ``checkpoint``, the state is saved every
+    ``checkpoint.every`` epochs and a run finding a checkpoint of its own resumes from it,
+    ending exactly as an uninterrupted run would; an unreadable one is set aside.
+
+    Learners of one structure (model and fm adapter) are stepped as one stacked computation
+    (``Fused``) where ``fuse`` allows (``fusion_key``); the others one after another, each by
+    itself (``Alone``). Each learner's result is its own either way, to float rounding: summing
+    in another order, a fused learner ends within ~1e-6 (relative) of its lone run after a few
+    steps, a difference that training may amplify as any rounding difference. A fused
+    learner's own modules are brought up to date at every checkpoint, when it stops and when
+    ``train`` returns (not after every step: ``log`` should read ``history``, not the models).
     """
     start = time.perf_counter()
-    models = [module for learner in learners for module in learner.modules()]
-    optimizer = make_optimizer([p for m in models for p in m.parameters()], recipe)
     n = len(x)
     steps_per_epoch = math.ceil(n / recipe.batch_size)
     total_steps = recipe.epochs * steps_per_epoch
-    first_epoch = resume(checkpoint, learners, optimizer, x.device)
+    first_epoch, live, states = resume(checkpoint, learners, x.device)
     if first_epoch and log is not None:
         print(f"resumed from {checkpoint.path} after epoch {first_epoch}", file=sys.stderr)
-    for model in models:
-        model.train()
+    engines = build_engines(learners, live, recipe, states, fuse)
     step = first_epoch * steps_per_epoch
     for epoch in range(first_epoch, recipe.epochs):
-        order = torch.randperm(n, generator=generator(seed_for(order_seed, epoch), x.device),
-                               device=x.device)
-        augment_stream = generator(seed_for(order_seed, "augment", epoch), x.device)
-        loss_sums = torch.zeros(len(learners), device=x.device)
-        correct = torch.zeros(len(learners), device=x.device, dtype=torch.long)
+        if not engines:
+            break
+        seeds = list(dict.fromkeys(l.order_seed for e in engines for l in e.learners))
+        orders = {s: torch.randperm(n, generator=generator(seed_for(s, epoch), x.device),
+                                    device=x.device) for s in seeds}
+        streams = {s: generator(seed_for(s, "augment", epoch), x.device) for s in seeds}
+        loss_sums = [torch.zeros(len(e.learners), device=x.device) for e in engines]
+        corrects = [torch.zeros(len(e.learners), device=x.device, dtype=torch.long)
+                    for e in engines]
         for i in range(steps_per_epoch):
-            index = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
-            xb, yb = x[index], y[index]
-            if recipe.augment != "none":
-                xb = augment(recipe.augment, xb, augment_stream, **recipe.augment_options)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(recipe, step, total_steps)
-            total = 0
-            for k, learner in enumerate(learners):
-                target = None if learner.target is None else learner.target(index, xb, epoch, i)
-                if learner.feature_match is None:
-                    logits = learner.model(xb)
-                    weights = None if learner.sample_weights is None else learner.sample_weights[index]
-                    loss = distillation_loss(logits, yb, target, learner.alpha, learner.temperature,
-                                             weights)
-                else:
-                    features, logits = staged_forward(learner.model, learner.feature_match.stage, xb)
-                    loss = feature_matching_loss(logits, yb, learner.feature_match.adapt(features),
-                                                 target, learner.alpha)
-                total = total + loss
-                loss_sums[k] += loss.detach() * len(index)
-                correct[k] += (logits.detach().argmax(-1) == yb).sum()
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
+            lr = learning_rate(recipe, step, total_steps)
+            batches = {}
+            for s in seeds:
+                index = orders[s][i * recipe.batch_size:(i + 1) * recipe.batch_size]
+                xb = x[index]
+                if recipe.augment != "none":
+                    xb = augment(recipe.augment, xb, streams[s], **recipe.augment_options)
+                batches[s] = (index, xb, y[index])
+            for engine, loss_sum, correct in zip(engines, loss_sums, corrects):
+                losses, right = engine.step(batches, epoch, i, lr)
+                loss_sum += losses * len(index)
+                correct += right
             step += 1
-        for k, learner in enumerate(learners):
-            learner.history.append({"epoch": epoch + 1, "loss": loss_sums[k].item() / n,
-                                    "accuracy": correct[k].item() / y.numel()})
+        for engine, loss_sum, correct in zip(engines, loss_sums, corrects):
+            for learner, loss, right in zip(engine.learners, loss_sum.tolist(), correct.tolist()):
+                learner.history.append({"epoch": epoch + 1, "loss": loss / n,
+                                        "accuracy": right / y.numel()})
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"training diverged: learner {learner.name!r} had a mean training loss "
+                        f"of {loss / n} in epoch {epoch + 1}; lower the learning rate "
+                        f"(recipe.lr = {recipe.lr})")
         if log is not None:
             log(epoch + 1, learners)
-        if recipe.stop_at_train_loss is not None and all(
-                learner.history[-1]["loss"] <= recipe.stop_at_train_loss for learner in learners):
-            break
-        if checkpoint and (epoch + 1) % checkpoint.every == 0 and epoch + 1 < recipe.epochs:
-            save_checkpoint(checkpoint, learners, optimizer, epoch + 1)
+        if recipe.stop_at_train_loss is not None:
+            done = [k for k in live if learners[k].history[-1]["loss"] <= recipe.stop_at_train_loss]
+            if done:
+                states = engine_states(engines)
+                live = [k for k in live if k not in done]
+                engines = build_engines(learners, live, recipe,
+                                        {k: states[id(learners[k])] for k in live}, fuse)
+        if checkpoint and (epoch + 1) % checkpoint.every == 0 and epoch + 1 < recipe.epochs \
+                and engines:
+            save_checkpoint(checkpoint, learners, engines, live, epoch + 1)
+    for engine in engines:
+        engine.write_back()
     return time.perf_counter() - start
 
 
-def save_checkpoint(checkpoint: Checkpoint, learners: list, optimizer, epochs_done: int) -> None:
+def save_checkpoint(checkpoint: Checkpoint, learners: list, engines: list, live: list,
+                    epochs_done: int) -> None:
     from kdpipe.io import atomic_path
 
+    states = engine_states(engines)
     state = {"key": checkpoint.key, "epochs_done": epochs_done,
-             "optimizer": optimizer.state_dict(),
-             "models": [[m.state_dict() for m in learner.modules()] for learner in learners],
-             "histories": [learner.history for learner in learners]}
+             "learners": [{"modules": [m.state_dict() for m in learner.modules()],
+                           "optimizer": states.get(id(learner)), "history": learner.history,
+                           "live": k in live} for k, learner in enumerate(learners)]}
     with atomic_path(checkpoint.path) as tmp:
         torch.save(state, tmp)
 
 
-def resume(checkpoint: Checkpoint | None, learners: list, optimizer, device) -> int:
-    """Load a matching checkpoint into the learners and optimizer; return the epochs done."""
+def resume(checkpoint: Checkpoint | None, learners: list, device):
+    """Load a matching checkpoint into the learners. Return the epochs done, the indices of the
+    learners still training and their optimizer states by index. A checkpoint that cannot be
+    read is renamed with a ``.damaged`` suffix (kept for inspection) and training starts over."""
+    fresh = 0, list(range(len(learners))), {}
     if checkpoint is None or not Path(checkpoint.path).exists():
-        return 0
-    state = torch.load(checkpoint.path, map_location=device, weights_only=True)
-    if state["key"] != checkpoint.key or len(state["models"]) != len(learners):
-        return 0
-    optimizer.load_state_dict(state["optimizer"])
-    for learner, states, history in zip(learners, state["models"], state["histories"]):
-        for module, weights in zip(learner.modules(), states):
+        return fresh
+    path = Path(checkpoint.path)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # truncated or corrupt: whatever torch.load raises
+        damaged = path.with_name(path.name + ".damaged")
+        path.replace(damaged)
+        print(f"warning: checkpoint {path} cannot be read ({str(error).strip()}); moved it to "
+              f"{damaged}, training starts over", file=sys.stderr)
+        return fresh
+    if (not isinstance(state, dict) or state.get("key") != checkpoint.key
+            or len(state.get("learners", ())) != len(learners)):
+        return fresh
+    live, states = [], {}
+    for k, (learner, saved) in enumerate(zip(learners, state["learners"])):
+        for module, weights in zip(learner.modules(), saved["modules"]):
             module.load_state_dict(weights)
-        learner.history[:] = history
-    return state["epochs_done"]
+        learner.history[:] = saved["history"]
+        if saved["live"]:
+            live.append(k)
+            states[k] = saved["optimizer"]
+    return state["epochs_done"], live, states
 
 
 @torch.no_grad()
