@@ -203,7 +203,8 @@ def train_teacher(spec: dict, data: Path, labels: Path, out: Path, results: Path
 
     from kdpipe import data as datasets, metrics, models
     from kdpipe.io import write_json, write_npy
-    from kdpipe.train import EpochLog, Learner, Recipe, generator, seed_for, train
+    from kdpipe.train import (EpochLog, Learner, Recipe, TrainingDiverged, generator, seed_for,
+                              train)
 
     out = Path(out)
     device = setup_torch(threads, device)
@@ -215,8 +216,11 @@ def train_teacher(spec: dict, data: Path, labels: Path, out: Path, results: Path
     saved = checkpoint(checkpoint_dir, checkpoint_every, "teacher",
                        json.dumps([spec, data_fingerprint(spec, data, labels)], sort_keys=True))
     learner = Learner("teacher", model, order_seed=seed_for("order", "teacher", spec["seed"]))
-    seconds = train([learner], dataset.x_train, dataset.y_train, recipe,
-                    log=EpochLog(f"{spec['setup']} teacher", recipe.epochs), checkpoint=saved)
+    try:
+        seconds = train([learner], dataset.x_train, dataset.y_train, recipe,
+                        log=EpochLog(f"{spec['setup']} teacher", recipe.epochs), checkpoint=saved)
+    except TrainingDiverged as error:
+        raise SystemExit(f"kdpipe train-teacher: error: {error}") from None
     save_state(model, out / TEACHER_WEIGHTS)
     train_loss, train_logits = evaluate(model, dataset.x_train, dataset.y_train,
                                         recipe.eval_batch_size, keep=True)
@@ -255,7 +259,7 @@ def train_block(spec: dict, data: Path, labels: Path, teacher_dir: Path, manifes
 
     from kdpipe import data as datasets
     from kdpipe.io import write_json
-    from kdpipe.train import EpochLog, Recipe, train
+    from kdpipe.train import EpochLog, Recipe, TrainingDiverged, train
 
     teacher = Teacher(teacher_dir)
     data_fp = data_fingerprint(spec, data, labels)
@@ -290,8 +294,11 @@ def train_block(spec: dict, data: Path, labels: Path, teacher_dir: Path, manifes
         saved = checkpoint(checkpoint_dir, checkpoint_every, "block",
                            json.dumps(sorted(p[2] for p in todo)))
         label = f"{spec['teacher_id']} w={float(spec['width']):g}"
-        seconds = train(learners, dataset.x_train, dataset.y_train, recipe,
-                        log=EpochLog(label, recipe.epochs), checkpoint=saved)
+        try:
+            seconds = train(learners, dataset.x_train, dataset.y_train, recipe,
+                            log=EpochLog(label, recipe.epochs), checkpoint=saved)
+        except TrainingDiverged as error:  # no student of the block is written: say why
+            raise SystemExit(f"kdpipe train-block: error: {error}") from None
         for (student, folder, trained, row_digest, _), learner in zip(todo, learners):
             write_student(spec, student, learner.model, dataset, folder, folder, trained,
                           row_digest, teacher_logits, y, labels, results,
@@ -396,7 +403,7 @@ def build_learners(spec: dict, students: list, dataset, teacher_dir: Path, devic
                 shape = staged_forward(teacher(), stage, dataset.x_train[:1], stop=True).shape[1:]
                 target = RandomLogits(len(dataset.y_train), shape, seed_for("noise", seed),
                                       device=device, **student.get("noise", {}))
-        learners.append(Learner(m.name, copy.deepcopy(initial), target,
+        learners.append(Learner(f"{m.name} {student['run']}", copy.deepcopy(initial), target,
                                 alpha=float(student.get("alpha", 0.0)) if m.uses_alpha else 0.0,
                                 temperature=float(student.get("temperature", 1.0)),
                                 sample_weights=weights, feature_match=feature_match,
