@@ -130,9 +130,10 @@ def pair_cost(epochs: int, repeats: int = 5) -> None:
         models.init_parameters(base, generator(1))
 
         def run(k):
-            learners = [Learner("kd", copy.deepcopy(base), TeacherLogits(teacher), 0.5),
-                        Learner("rcd", copy.deepcopy(base), RandomLogits(len(x), 10, 2), 0.5)]
-            return train(learners[:k], x, y, recipe, order_seed=3)
+            learners = [Learner("kd", copy.deepcopy(base), TeacherLogits(teacher), 0.5, order_seed=3),
+                        Learner("rcd", copy.deepcopy(base), RandomLogits(len(x), 10, 2), 0.5,
+                                order_seed=3)]
+            return train(learners[:k], x, y, recipe)
 
         run(2)  # warm-up
         one = statistics.median(run(1) for _ in range(repeats))

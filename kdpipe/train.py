@@ -1,10 +1,9 @@
 """One training loop for teachers and students. Methods differ only in their target.
 
 A ``Learner`` is a model with its distillation target: ``None`` for plain cross-entropy
-(teachers, ``siddo``), the teacher's cached train logits (``kd``) or noise logits (``rcd``).
-``train`` steps any number of learners on identical batches, so a job's ``kd`` and ``rcd``
-students share one data pass: one batch gather, one backward over the summed losses (their
-graphs are disjoint, so each model gets exactly its own gradient) and one optimizer step.
+(teachers, ``siddo``), the teacher's cached train logits (``kd``) or noise logits (``rcd``),
+and its own data order (``order_seed``). ``train`` steps any number of learners in one process;
+learners sharing an order seed see identical batches (one gather, one augmentation draw).
 
 Data lives on the device as tensors; a batch is an index into them. Every random stream is an
 explicit ``torch.Generator`` derived from named seeds, re-derived every epoch, so that a run
@@ -200,10 +199,17 @@ class FeatureMatch:
         return features if self.adapter is None else self.adapter(features)
 
 
+class TrainingDiverged(RuntimeError):
+    """A learner's mean training loss over an epoch is not finite (NaN or infinite): its logits
+    are no longer a model's output and must never be scored."""
+
+
 @dataclass
 class Learner:
     """A model and what it learns from: ``target=None`` is plain cross-entropy;
-    ``sample_weights`` (one per training sample, or per position) weight the distillation term."""
+    ``sample_weights`` (one per training sample, or per position) weight the distillation term.
+    ``order_seed`` draws the learner's batch order and augmentation; learners with one
+    ``order_seed`` see identical batches."""
     name: str
     model: torch.nn.Module
     target: object = None
@@ -212,15 +218,19 @@ class Learner:
     sample_weights: torch.Tensor | None = None
     feature_match: FeatureMatch | None = None
     history: list = field(default_factory=list)
+    order_seed: int = field(kw_only=True)
 
     def modules(self) -> list:
         """The modules trained: the model, and an fm adapter where there is one."""
         adapter = self.feature_match.adapter if self.feature_match else None
         return [self.model] + ([adapter] if adapter is not None else [])
 
+    def parameters(self) -> list:
+        return [p for m in self.modules() for p in m.parameters()]
+
 
 def make_optimizer(parameters, recipe: Recipe):
-    # fused: one kernel for all parameters of every learner, 2-3x faster than the default loop
+    # fused: one kernel for all parameters, 2-3x faster than the default loop
     if recipe.optimizer == "adam":
         return torch.optim.Adam(parameters, lr=recipe.lr, weight_decay=recipe.weight_decay,
                                 fused=True)
@@ -251,96 +261,180 @@ class Checkpoint:
     key: str
 
 
-def train(learners: list, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, order_seed: int,
-          log=None, checkpoint: Checkpoint | None = None) -> float:
-    """Train ``learners`` together on batches of (x, y) in the order drawn from ``order_seed``.
+def learner_loss(learner: Learner, index, xb, yb, epoch: int, step: int):
+    """One learner's loss on one batch, and its logits."""
+    target = None if learner.target is None else learner.target(index, xb, epoch, step)
+    if learner.feature_match is None:
+        logits = learner.model(xb)
+        weights = None if learner.sample_weights is None else learner.sample_weights[index]
+        return distillation_loss(logits, yb, target, learner.alpha, learner.temperature,
+                                 weights), logits
+    features, logits = staged_forward(learner.model, learner.feature_match.stage, xb)
+    return feature_matching_loss(logits, yb, learner.feature_match.adapt(features), target,
+                                 learner.alpha), logits
+
+
+class Alone:
+    """One learner stepped by itself: its own modules and optimizer."""
+
+    def __init__(self, learner: Learner, recipe: Recipe, optimizer_state=None):
+        self.learners, self.recipe = [learner], recipe
+        self.parameters = learner.parameters()
+        self.optimizer = make_optimizer(self.parameters, recipe)
+        for p, state in zip(self.parameters, optimizer_state or ()):
+            if state:
+                self.optimizer.state[p] = {k: v.clone() for k, v in state.items()}
+        for module in learner.modules():
+            module.train()
+
+    def step(self, batches: dict, epoch: int, step: int, lr: float):
+        """Step on the learner's batch; return its loss and correct predictions, shape [1]."""
+        learner = self.learners[0]
+        index, xb, yb = batches[learner.order_seed]
+        loss, logits = learner_loss(learner, index, xb, yb, epoch, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        return loss.detach()[None], (logits.detach().argmax(-1) == yb).sum()[None]
+
+    def optimizer_states(self) -> list:
+        """Per learner: its parameters' optimizer states, in ``Learner.parameters`` order."""
+        return [[dict(self.optimizer.state.get(p, {})) for p in self.parameters]]
+
+    def write_back(self) -> None:
+        """The learner's modules are the ones trained: nothing to copy."""
+
+
+def build_engines(learners: list, live: list, recipe: Recipe, states: dict) -> list:
+    """Engines stepping the ``live`` learners (indices), each given its optimizer state."""
+    return [Alone(learners[k], recipe, states.get(k)) for k in live]
+
+
+def engine_states(engines: list) -> dict:
+    """Write every engine's state back into its learners' modules; return the optimizer states
+    by learner (by identity)."""
+    states = {}
+    for engine in engines:
+        engine.write_back()
+        for learner, state in zip(engine.learners, engine.optimizer_states()):
+            states[id(learner)] = state
+    return states
+
+
+def train(learners: list, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, log=None,
+          checkpoint: Checkpoint | None = None) -> float:
+    """Train ``learners`` on batches of (x, y), each in the order drawn from its ``order_seed``.
 
     Returns the seconds spent. ``log(epoch, learners)`` is called after every epoch; each
-    learner's ``history`` gets {"epoch", "loss", "accuracy"} of its training batches. With a
-    ``checkpoint``, the state is saved every ``checkpoint.every`` epochs and a run finding a
-    checkpoint of its own resumes from it, ending exactly as an uninterrupted run would.
+    learner's ``history`` gets {"epoch", "loss", "accuracy"} of its training batches. With
+    ``recipe.stop_at_train_loss``, a learner stops (keeps its state, gets no more history) after
+    the first epoch whose mean batch loss is at most that; the others go on. A non-finite epoch
+    loss raises ``TrainingDiverged``. With a ``checkpoint``, the state is saved every
+    ``checkpoint.every`` epochs and a run finding a checkpoint of its own resumes from it,
+    ending exactly as an uninterrupted run would; an unreadable one is set aside.
     """
     start = time.perf_counter()
-    models = [module for learner in learners for module in learner.modules()]
-    optimizer = make_optimizer([p for m in models for p in m.parameters()], recipe)
     n = len(x)
     steps_per_epoch = math.ceil(n / recipe.batch_size)
     total_steps = recipe.epochs * steps_per_epoch
-    first_epoch = resume(checkpoint, learners, optimizer, x.device)
+    first_epoch, live, states = resume(checkpoint, learners, x.device)
     if first_epoch and log is not None:
         print(f"resumed from {checkpoint.path} after epoch {first_epoch}", file=sys.stderr)
-    for model in models:
-        model.train()
+    engines = build_engines(learners, live, recipe, states)
     step = first_epoch * steps_per_epoch
     for epoch in range(first_epoch, recipe.epochs):
-        order = torch.randperm(n, generator=generator(seed_for(order_seed, epoch), x.device),
-                               device=x.device)
-        augment_stream = generator(seed_for(order_seed, "augment", epoch), x.device)
-        loss_sums = torch.zeros(len(learners), device=x.device)
-        correct = torch.zeros(len(learners), device=x.device, dtype=torch.long)
+        if not engines:
+            break
+        seeds = list(dict.fromkeys(l.order_seed for e in engines for l in e.learners))
+        orders = {s: torch.randperm(n, generator=generator(seed_for(s, epoch), x.device),
+                                    device=x.device) for s in seeds}
+        streams = {s: generator(seed_for(s, "augment", epoch), x.device) for s in seeds}
+        loss_sums = [torch.zeros(len(e.learners), device=x.device) for e in engines]
+        corrects = [torch.zeros(len(e.learners), device=x.device, dtype=torch.long)
+                    for e in engines]
         for i in range(steps_per_epoch):
-            index = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
-            xb, yb = x[index], y[index]
-            if recipe.augment != "none":
-                xb = augment(recipe.augment, xb, augment_stream, **recipe.augment_options)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(recipe, step, total_steps)
-            total = 0
-            for k, learner in enumerate(learners):
-                target = None if learner.target is None else learner.target(index, xb, epoch, i)
-                if learner.feature_match is None:
-                    logits = learner.model(xb)
-                    weights = None if learner.sample_weights is None else learner.sample_weights[index]
-                    loss = distillation_loss(logits, yb, target, learner.alpha, learner.temperature,
-                                             weights)
-                else:
-                    features, logits = staged_forward(learner.model, learner.feature_match.stage, xb)
-                    loss = feature_matching_loss(logits, yb, learner.feature_match.adapt(features),
-                                                 target, learner.alpha)
-                total = total + loss
-                loss_sums[k] += loss.detach() * len(index)
-                correct[k] += (logits.detach().argmax(-1) == yb).sum()
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
+            lr = learning_rate(recipe, step, total_steps)
+            batches = {}
+            for s in seeds:
+                index = orders[s][i * recipe.batch_size:(i + 1) * recipe.batch_size]
+                xb = x[index]
+                if recipe.augment != "none":
+                    xb = augment(recipe.augment, xb, streams[s], **recipe.augment_options)
+                batches[s] = (index, xb, y[index])
+            for engine, loss_sum, correct in zip(engines, loss_sums, corrects):
+                losses, right = engine.step(batches, epoch, i, lr)
+                loss_sum += losses * len(index)
+                correct += right
             step += 1
-        for k, learner in enumerate(learners):
-            learner.history.append({"epoch": epoch + 1, "loss": loss_sums[k].item() / n,
-                                    "accuracy": correct[k].item() / y.numel()})
+        for engine, loss_sum, correct in zip(engines, loss_sums, corrects):
+            for learner, loss, right in zip(engine.learners, loss_sum.tolist(), correct.tolist()):
+                learner.history.append({"epoch": epoch + 1, "loss": loss / n,
+                                        "accuracy": right / y.numel()})
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"training diverged: learner {learner.name!r} had a mean training loss "
+                        f"of {loss / n} in epoch {epoch + 1}; lower the learning rate "
+                        f"(recipe.lr = {recipe.lr})")
         if log is not None:
             log(epoch + 1, learners)
-        if recipe.stop_at_train_loss is not None and all(
-                learner.history[-1]["loss"] <= recipe.stop_at_train_loss for learner in learners):
-            break
-        if checkpoint and (epoch + 1) % checkpoint.every == 0 and epoch + 1 < recipe.epochs:
-            save_checkpoint(checkpoint, learners, optimizer, epoch + 1)
+        if recipe.stop_at_train_loss is not None:
+            done = [k for k in live if learners[k].history[-1]["loss"] <= recipe.stop_at_train_loss]
+            if done:
+                states = engine_states(engines)
+                live = [k for k in live if k not in done]
+                engines = build_engines(learners, live, recipe,
+                                        {k: states[id(learners[k])] for k in live})
+        if checkpoint and (epoch + 1) % checkpoint.every == 0 and epoch + 1 < recipe.epochs \
+                and engines:
+            save_checkpoint(checkpoint, learners, engines, live, epoch + 1)
+    for engine in engines:
+        engine.write_back()
     return time.perf_counter() - start
 
 
-def save_checkpoint(checkpoint: Checkpoint, learners: list, optimizer, epochs_done: int) -> None:
+def save_checkpoint(checkpoint: Checkpoint, learners: list, engines: list, live: list,
+                    epochs_done: int) -> None:
     from kdpipe.io import atomic_path
 
+    states = engine_states(engines)
     state = {"key": checkpoint.key, "epochs_done": epochs_done,
-             "optimizer": optimizer.state_dict(),
-             "models": [[m.state_dict() for m in learner.modules()] for learner in learners],
-             "histories": [learner.history for learner in learners]}
+             "learners": [{"modules": [m.state_dict() for m in learner.modules()],
+                           "optimizer": states.get(id(learner)), "history": learner.history,
+                           "live": k in live} for k, learner in enumerate(learners)]}
     with atomic_path(checkpoint.path) as tmp:
         torch.save(state, tmp)
 
 
-def resume(checkpoint: Checkpoint | None, learners: list, optimizer, device) -> int:
-    """Load a matching checkpoint into the learners and optimizer; return the epochs done."""
+def resume(checkpoint: Checkpoint | None, learners: list, device):
+    """Load a matching checkpoint into the learners. Return the epochs done, the indices of the
+    learners still training and their optimizer states by index. A checkpoint that cannot be
+    read is renamed with a ``.damaged`` suffix (kept for inspection) and training starts over."""
+    fresh = 0, list(range(len(learners))), {}
     if checkpoint is None or not Path(checkpoint.path).exists():
-        return 0
-    state = torch.load(checkpoint.path, map_location=device, weights_only=True)
-    if state["key"] != checkpoint.key or len(state["models"]) != len(learners):
-        return 0
-    optimizer.load_state_dict(state["optimizer"])
-    for learner, states, history in zip(learners, state["models"], state["histories"]):
-        for module, weights in zip(learner.modules(), states):
+        return fresh
+    path = Path(checkpoint.path)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # truncated or corrupt: whatever torch.load raises
+        damaged = path.with_name(path.name + ".damaged")
+        path.replace(damaged)
+        print(f"warning: checkpoint {path} cannot be read ({str(error).strip()}); moved it to "
+              f"{damaged}, training starts over", file=sys.stderr)
+        return fresh
+    if (not isinstance(state, dict) or state.get("key") != checkpoint.key
+            or len(state.get("learners", ())) != len(learners)):
+        return fresh
+    live, states = [], {}
+    for k, (learner, saved) in enumerate(zip(learners, state["learners"])):
+        for module, weights in zip(learner.modules(), saved["modules"]):
             module.load_state_dict(weights)
-        learner.history[:] = history
-    return state["epochs_done"]
+        learner.history[:] = saved["history"]
+        if saved["live"]:
+            live.append(k)
+            states[k] = saved["optimizer"]
+    return state["epochs_done"], live, states
 
 
 @torch.no_grad()

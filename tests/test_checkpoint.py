@@ -25,7 +25,8 @@ def learners():
     models.init_parameters(base, generator(1))
     kd = models.build("mlp", (6,), 3, 0.1)
     kd.load_state_dict(base.state_dict())
-    return [Learner("siddo", base), Learner("rcd", kd, RandomLogits(40, 3, seed=2), 0.5, 2.0)]
+    return [Learner("siddo", base, order_seed=3),
+            Learner("rcd", kd, RandomLogits(40, 3, seed=2), 0.5, 2.0, order_seed=3)]
 
 
 def test_resumed_training_equals_uninterrupted(tmp_path):
@@ -33,7 +34,7 @@ def test_resumed_training_equals_uninterrupted(tmp_path):
     x, y = torch.randn(40, 6, generator=g), torch.randint(0, 3, (40,), generator=g)
     recipe = Recipe(epochs=5, batch_size=8, schedule="cosine")
     reference = learners()
-    train(reference, x, y, recipe, order_seed=3)
+    train(reference, x, y, recipe)
 
     checkpoint = Checkpoint(tmp_path / "state.pt", every=2, key="job")
 
@@ -42,10 +43,10 @@ def test_resumed_training_equals_uninterrupted(tmp_path):
             raise Killed
 
     with pytest.raises(Killed):
-        train(learners(), x, y, recipe, order_seed=3, log=die_in_epoch_3, checkpoint=checkpoint)
+        train(learners(), x, y, recipe, log=die_in_epoch_3, checkpoint=checkpoint)
     assert checkpoint.path.exists()
     resumed = learners()
-    train(resumed, x, y, recipe, order_seed=3, checkpoint=checkpoint)
+    train(resumed, x, y, recipe, checkpoint=checkpoint)
     for a, b in zip(reference, resumed):
         assert a.history == b.history
         for p, q in zip(a.model.parameters(), b.model.parameters()):
@@ -55,7 +56,7 @@ def test_resumed_training_equals_uninterrupted(tmp_path):
     other = Checkpoint(checkpoint.path, every=2, key="another job")
     fresh = learners()
     seen = []
-    train(fresh, x, y, recipe, order_seed=3, log=lambda e, _: seen.append(e), checkpoint=other)
+    train(fresh, x, y, recipe, log=lambda e, _: seen.append(e), checkpoint=other)
     assert seen == [1, 2, 3, 4, 5]
 
 

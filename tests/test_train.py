@@ -83,7 +83,7 @@ def test_training_is_deterministic_and_depends_on_order_seed():
     runs = []
     for order_seed in (11, 11, 12):
         model = fresh_mlp()
-        train([Learner("m", model)], x, y, recipe, order_seed)
+        train([Learner("m", model, order_seed=order_seed)], x, y, recipe)
         runs.append(torch.cat([p.flatten() for p in model.parameters()]))
     assert torch.equal(runs[0], runs[1])
     assert not torch.equal(runs[0], runs[2])
@@ -97,14 +97,15 @@ def test_learners_trained_together_equal_learners_trained_alone():
 
     def learners():
         base = fresh_mlp()
-        return [Learner("kd", copy.deepcopy(base), TeacherLogits(teacher), 0.5, 2.0),
-                Learner("rcd", copy.deepcopy(base), RandomLogits(len(x), 3, seed=9), 0.5, 2.0)]
+        return [Learner("kd", copy.deepcopy(base), TeacherLogits(teacher), 0.5, 2.0, order_seed=4),
+                Learner("rcd", copy.deepcopy(base), RandomLogits(len(x), 3, seed=9), 0.5, 2.0,
+                        order_seed=4)]
 
     together = learners()
-    train(together, x, y, recipe, order_seed=4)
+    train(together, x, y, recipe)
     for k in range(2):
         alone = learners()[k]
-        train([alone], x, y, recipe, order_seed=4)
+        train([alone], x, y, recipe)
         for p, q in zip(alone.model.parameters(), together[k].model.parameters()):
             torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
     assert together[0].history[-1]["loss"] != together[1].history[-1]["loss"]
@@ -112,9 +113,9 @@ def test_learners_trained_together_equal_learners_trained_alone():
 
 def test_history_records_every_epoch():
     x, y = toy_data()
-    learner = Learner("m", fresh_mlp())
+    learner = Learner("m", fresh_mlp(), order_seed=0)
     seen = []
-    train([learner], x, y, Recipe(epochs=4, batch_size=10), 0, log=lambda e, ls: seen.append(e))
+    train([learner], x, y, Recipe(epochs=4, batch_size=10), log=lambda e, ls: seen.append(e))
     assert seen == [1, 2, 3, 4]
     assert [h["epoch"] for h in learner.history] == [1, 2, 3, 4]
     assert all(0 <= h["accuracy"] <= 1 and h["loss"] > 0 for h in learner.history)
@@ -175,14 +176,14 @@ def test_augmentation_feeds_the_teacher_the_augmented_batch():
     y = torch.randint(0, 3, (16,), generator=g)
     teacher = models.build("cnn", (1, 8, 8), 3, 0.25)
     models.init_parameters(teacher, generator(1))
-    student = Learner("kd", fresh_cnn(), Recorder(teacher), alpha=0.5)
+    student = Learner("kd", fresh_cnn(), Recorder(teacher), alpha=0.5, order_seed=5)
     recipe = Recipe(epochs=2, batch_size=8, augment="crop_flip", augment_options={"padding": 2})
-    train([student], x, y, recipe, order_seed=5)
+    train([student], x, y, recipe)
     assert len(seen) == 4
     assert any(not torch.equal(inputs, x[index]) for index, inputs in seen)  # augmented
-    again = Learner("kd", fresh_cnn(), Recorder(teacher), alpha=0.5)
+    again = Learner("kd", fresh_cnn(), Recorder(teacher), alpha=0.5, order_seed=5)
     seen.clear()
-    train([again], x, y, recipe, order_seed=5)
+    train([again], x, y, recipe)
     for p, q in zip(student.model.parameters(), again.model.parameters()):
         assert torch.equal(p, q)  # augmentation draws come from the seeded streams
 
@@ -242,8 +243,8 @@ def test_stage_adapters_map_student_widths_to_the_teacher():
 
 def test_training_stops_at_a_target_train_loss():
     x, y = toy_data()
-    learner = Learner("m", fresh_mlp(width=1))
-    train([learner], x, y, Recipe(epochs=50, batch_size=16, lr=0.01, stop_at_train_loss=0.5), 0)
+    learner = Learner("m", fresh_mlp(width=1), order_seed=0)
+    train([learner], x, y, Recipe(epochs=50, batch_size=16, lr=0.01, stop_at_train_loss=0.5))
     assert learner.history[-1]["loss"] <= 0.5 < learner.history[-2]["loss"]
     assert len(learner.history) < 50
 
@@ -263,3 +264,105 @@ def test_downweighted_classes_scale_the_wrong_class_mass_and_renormalise():
     torch.testing.assert_close(q, F.one_hot(labels, 3).float(), atol=1e-12, rtol=0)
     loss = distillation_loss(torch.randn(2, 3), labels, drop(torch.arange(2), None, 0, 0), 0.5, 1.0)
     assert torch.isfinite(loss)
+
+
+def test_a_single_learner_trains_exactly_as_a_plain_loop_with_its_own_order():
+    """Independent reference: a hand-written Adam loop over torch.randperm batches drawn from
+    seed_for(order_seed, epoch), as kdpipe has always drawn them."""
+    x, y = toy_data()
+    learner = Learner("m", fresh_mlp(), order_seed=21)
+    train([learner], x, y, Recipe(epochs=3, batch_size=16))
+    model = fresh_mlp()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for epoch in range(3):
+        order = torch.randperm(len(x), generator=generator(seed_for(21, epoch)))
+        for i in range(0, len(x), 16):
+            index = order[i:i + 16]
+            optimizer.zero_grad()
+            F.cross_entropy(model(x[index]), y[index]).backward()
+            optimizer.step()
+    for p, q in zip(learner.model.parameters(), model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+
+
+def test_each_learner_draws_its_own_batch_order():
+    x, y = toy_data()
+    seen = {}
+
+    def recorder(name):
+        def target(index, inputs, epoch, step):
+            seen.setdefault(name, []).append(index.clone())
+            return torch.zeros(len(index), 3)
+        return target
+
+    recipe = Recipe(epochs=2, batch_size=16)
+    together = [Learner(name, fresh_mlp(), recorder(name), 0.5, order_seed=seed)
+                for name, seed in (("a", 1), ("b", 2), ("c", 1))]
+    train(together, x, y, recipe)
+    assert all(torch.equal(p, q) for p, q in zip(seen["a"], seen["c"]))  # one seed, one order
+    assert not all(torch.equal(p, q) for p, q in zip(seen["a"], seen["b"]))
+    alone = Learner("b", fresh_mlp(), recorder("b alone"), 0.5, order_seed=2)
+    train([alone], x, y, recipe)
+    assert all(torch.equal(p, q) for p, q in zip(seen["b"], seen["b alone"]))
+    for p, q in zip(alone.model.parameters(), together[1].model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+
+
+def test_stop_at_train_loss_stops_each_learner_on_its_own():
+    """Issue 8 item 8: a learner reaching the target stops; the others are not held back, nor
+    is it trained on until they too reach it."""
+    x, y = toy_data()
+    recipe = Recipe(epochs=40, batch_size=16, lr=0.01, stop_at_train_loss=0.6)
+
+    def learners():
+        return [Learner("fast", fresh_mlp(width=1), order_seed=0),
+                Learner("slow", fresh_mlp(width=0.05), order_seed=0)]
+
+    together = learners()
+    train(together, x, y, recipe)
+    fast, slow = together
+    assert fast.history[-1]["loss"] <= 0.6 < fast.history[-2]["loss"]
+    assert len(fast.history) < len(slow.history)
+    for k in range(2):
+        alone = learners()[k]
+        train([alone], x, y, recipe)
+        assert len(alone.history) == len(together[k].history)
+        for p, q in zip(alone.model.parameters(), together[k].model.parameters()):
+            torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+
+
+def test_a_non_finite_loss_stops_training_naming_learner_epoch_and_loss():
+    """Issue 9: at SGD lr 1e4 the logits became NaN and were scored as perfect agreement."""
+    from kdpipe.train import TrainingDiverged
+
+    x, y = toy_data()
+    learners = [Learner("kd", fresh_mlp(width=1), order_seed=0),
+                Learner("rcd", fresh_mlp(width=1), RandomLogits(len(x), 3, seed=1), 0.5,
+                        order_seed=0)]
+    with pytest.raises(TrainingDiverged, match=r"learner 'kd'.* (nan|inf) in epoch 1"):
+        train(learners, x, y, Recipe(epochs=3, batch_size=16, optimizer="sgd", lr=1e4))
+    assert issubclass(TrainingDiverged, RuntimeError)
+
+
+def test_a_damaged_checkpoint_is_set_aside_and_training_starts_over(tmp_path, capsys):
+    """Issue 9: a truncated checkpoint blocked its job forever, naming no file."""
+    from kdpipe.train import Checkpoint
+
+    x, y = toy_data()
+    recipe = Recipe(epochs=4, batch_size=16)
+    checkpoint = Checkpoint(tmp_path / "state.pt", every=2, key="job")
+    train([Learner("m", fresh_mlp(), order_seed=0)], x, y, recipe,
+          checkpoint=Checkpoint(checkpoint.path, every=2, key="job"), log=lambda e, _: None)
+    whole = checkpoint.path.read_bytes()
+    checkpoint.path.write_bytes(whole[:len(whole) // 2])
+    capsys.readouterr()
+    learner, seen = Learner("m", fresh_mlp(), order_seed=0), []
+    train([learner], x, y, recipe, checkpoint=checkpoint, log=lambda e, _: seen.append(e))
+    assert seen == [1, 2, 3, 4]  # from scratch
+    damaged = tmp_path / "state.pt.damaged"
+    assert damaged.read_bytes() == whole[:len(whole) // 2]
+    assert str(checkpoint.path) in capsys.readouterr().err
+    reference = Learner("m", fresh_mlp(), order_seed=0)
+    train([reference], x, y, recipe)
+    for p, q in zip(reference.model.parameters(), learner.model.parameters()):
+        assert torch.equal(p, q)
