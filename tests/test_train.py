@@ -228,7 +228,7 @@ def test_feature_matching_loss_and_staged_forward():
 
 
 def test_stage_adapters_map_student_widths_to_the_teacher():
-    from kdpipe.cli import stage_adapter
+    from kdpipe.jobs import stage_adapter
 
     x = torch.rand(2, 1, 8, 8, generator=generator(3))
     teacher = fresh_cnn()
