@@ -357,6 +357,31 @@ def test_paper_config_builds_its_whole_job_graph_without_data(tmp_path):
                     "audit": 1, "all": 1}
 
 
+HEAVY = ("torch", "numpy", "pandas", "scipy", "matplotlib", "seaborn")
+
+
+def test_parsing_the_snakefile_imports_nothing_heavy(tmp_path):
+    """A SLURM job re-parses the Snakefile: parsing must not import torch, numpy, pandas,
+    scipy, matplotlib or seaborn, nor any kdpipe module but the method registry. A wrapper
+    Snakefile records the modules that including ours adds."""
+    config = yaml.safe_load((REPO / "config/paper.yaml").read_text())
+    config.update(kd_masked={"enabled": True}, feature_matching={"enabled": True})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "Snakefile").write_text(
+        "import json, sys\n"
+        "BEFORE = set(sys.modules)\n"
+        f"include: {str(REPO / 'Snakefile')!r}\n"
+        "added = sorted(set(sys.modules) - BEFORE)\n"
+        "open('parse_modules.json', 'w').write(json.dumps(added))\n")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(tmp_path / "Snakefile"), "--directory",
+           str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), "--cores", "1", "-n"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    added = json.loads((tmp_path / "parse_modules.json").read_text())
+    assert [m for m in added if m.split(".")[0] in HEAVY] == []
+    assert [m for m in added if m.startswith("kdpipe")] == ["kdpipe", "kdpipe.methods"]
+
+
 @pytest.mark.parametrize("mode", ["samples", "classes"])
 def test_kd_masked_students_their_comparisons_and_figure(tmp_path, mode):
     """Our kd-masked and its control train beside kd and rcd, and reach the tables and fig7."""
