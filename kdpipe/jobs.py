@@ -265,11 +265,9 @@ def train_block(spec: dict, data: Path, labels: Path, teacher_dir: Path, manifes
     data_fp = data_fingerprint(spec, data, labels)
     teacher_logits = np.load(teacher.folder / TEST_LOGITS)
     y = np.load(labels)
-    plan = []  # (student, its folder, training digest, row digest, source folder of its logits)
+    plan = []  # (student, its folder, training digest, row digest, folder of its logits)
     for student in spec["students"]:
-        settings = training_settings(spec, student, data_fp, teacher)
-        trained = digest(settings)
-        row_digest = digest([trained, teacher.fingerprint])
+        trained = digest(training_settings(spec, student, data_fp, teacher))
         folder = student_folder(teacher.folder, student)
         source = folder
         if siddo_from is not None and student["method"] == "siddo":
@@ -277,19 +275,19 @@ def train_block(spec: dict, data: Path, labels: Path, teacher_dir: Path, manifes
             if not finished(source / ROW, trained, key="train_digest"):
                 raise SystemExit(f"{source} holds no finished siddo student with these settings; "
                                  f"the block of {siddo_from} trains it")
-        plan.append((student, folder, trained, row_digest, source))
-    todo = [p for p in plan if p[4] == p[1] and not finished(p[1] / ROW, p[3])]
-    to_row = [p for p in plan if not finished(p[1] / ROW, p[3])]
-    print(f"block of {len(plan)} students: {len(plan) - len(to_row)} already finished, "
+        plan.append((student, folder, trained, digest([trained, teacher.fingerprint]), source))
+    unscored = [p for p in plan if not finished(p[1] / ROW, p[3])]
+    # trained anew: a student of its own whose trained weights are not stored; the others only
+    # get a new row (a siddo student of another teacher, or one whose teacher was retrained
+    # without changing what the student depends on)
+    todo = [p for p in unscored if p[4] == p[1] and not finished(p[1] / ROW, p[2], "train_digest")]
+    print(f"block of {len(plan)} students: {len(plan) - len(unscored)} already finished, "
           f"training {len(todo)}", file=sys.stderr)
 
     recipe = Recipe(**spec["recipe"])
-    dataset = None
-    if to_row:
+    if todo:
         device = setup_torch(threads, device)
         dataset = datasets.load(data, device)
-    seconds = 0.0
-    if todo:
         learners = build_learners(spec, [p[0] for p in todo], dataset, teacher.folder, device)
         saved = checkpoint(checkpoint_dir, checkpoint_every, "block",
                            json.dumps(sorted(p[2] for p in todo)))
@@ -305,9 +303,9 @@ def train_block(spec: dict, data: Path, labels: Path, teacher_dir: Path, manifes
                           seconds / len(learners), recipe)
         if saved is not None:
             saved.path.unlink(missing_ok=True)
-    for student, folder, trained, row_digest, source in to_row:
-        if source != folder:  # a siddo student of another teacher: a row against this one
-            write_student(spec, student, None, dataset, folder, source, trained, row_digest,
+    for student, folder, trained, row_digest, source in unscored:
+        if not any(p[1] == folder for p in todo):  # stored weights' logits, scored anew
+            write_student(spec, student, None, None, folder, source, trained, row_digest,
                           teacher_logits, y, labels, results, 0.0, recipe)
     write_json(manifest, {"students": [relative(p[1] / ROW, results) for p in plan]})
 

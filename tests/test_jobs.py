@@ -41,7 +41,8 @@ def teacher(tmp_path_factory):
     return work
 
 
-def block(work: Path, width: float, seeds, epochs: int, name: str, methods=("kd", "rcd", "siddo")):
+def block(work: Path, width: float, seeds, epochs: int, name: str, methods=("kd", "rcd", "siddo"),
+          teacher="teacher"):
     students = []
     for seed in seeds:
         for m in methods:
@@ -52,7 +53,8 @@ def block(work: Path, width: float, seeds, epochs: int, name: str, methods=("kd"
     return kdpipe("train-block", "--spec", spec(width=width, students=students,
                                                 recipe={"epochs": epochs, "batch_size": 32}),
                   "--data", work / "data/digits.pt", "--labels", work / "data/digits.labels.npy",
-                  "--teacher", work / "s/teacher", "--manifest", work / f"s/teacher/blocks/{name}.json",
+                  "--teacher", work / "s" / teacher,
+                  "--manifest", work / f"s/{teacher}/blocks/{name}.json",
                   "--results", work, "--device", "cpu")
 
 
@@ -101,6 +103,33 @@ def test_a_rerun_of_a_block_trains_only_unfinished_or_changed_students(teacher):
     (work / "s/teacher/rcd/store_s1/row.json").unlink()
     assert "5 already finished, training 1" in block(work, 1.0, [0, 1], 2, "store",
                                                       methods=("kd", "rcd", "siddo"))
+
+
+def test_a_retrained_teacher_retrains_only_the_students_that_depend_on_it(teacher):
+    """At width 0.5, rcd and siddo depend on neither the teacher's init nor its weights: after the
+    teacher changes they are scored against it anew, not retrained; kd is retrained."""
+    work = teacher
+
+    def train_teacher(epochs):
+        kdpipe("train-teacher", "--spec", spec(seed=0, recipe={"epochs": epochs, "batch_size": 32}),
+               "--data", work / "data/digits.pt", "--labels", work / "data/digits.labels.npy",
+               "--out", work / "s/other", "--results", work, "--device", "cpu")
+        return json.loads((work / "s/other/row.json").read_text())
+
+    train_teacher(1)
+    assert "training 3" in block(work, 0.5, [0], 1, "retrain", teacher="other")
+    before = {m: json.loads((work / f"s/other/{m}/retrain_s0/row.json").read_text())
+              for m in ("kd", "rcd", "siddo")}
+    changed = train_teacher(3)
+    log = block(work, 0.5, [0], 1, "retrain", teacher="other")
+    assert "block of 3 students: 0 already finished, training 1" in log
+    for m in ("rcd", "siddo"):
+        after = json.loads((work / f"s/other/{m}/retrain_s0/row.json").read_text())
+        assert after["train_digest"] == before[m]["train_digest"]
+        assert after["accuracy"] == before[m]["accuracy"]  # the same student ...
+        assert after["n_teacher_incorrect"] == changed["n_teacher_incorrect"]  # ... rescored
+    kd = json.loads((work / "s/other/kd/retrain_s0/row.json").read_text())
+    assert kd["train_digest"] != before["kd"]["train_digest"]
 
 
 def test_evaluate_in_chunks_matches_the_float64_loss_and_keeps_the_logits():
