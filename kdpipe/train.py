@@ -11,10 +11,12 @@ resumed at an epoch boundary continues exactly as an uninterrupted one.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,8 +41,9 @@ class Recipe:
     """How a model is trained. ``lr`` is the peak learning rate; ``schedule`` is ``constant``
     or ``cosine`` (per step, to zero at the end); ``augment`` names a batch augmentation of
     ``kdpipe.augment`` applied on the device, with ``augment_options``; ``stop_at_train_loss``
-    ends training after the first epoch whose mean training-batch loss is at most that value
-    (a teacher trained to a target train loss)."""
+    ends a learner's training after the first epoch whose mean training-batch loss is at most that value
+    (a teacher trained to a target train loss); ``precision`` is ``fp32`` or ``bf16`` (autocast
+    of the forward pass and loss; parameters and optimizer state stay fp32)."""
     epochs: int
     batch_size: int
     optimizer: str = "adam"
@@ -52,6 +55,7 @@ class Recipe:
     augment: str = "none"
     augment_options: dict = field(default_factory=dict)
     stop_at_train_loss: float | None = None
+    precision: str = "fp32"
 
 
 class TeacherLogits:
@@ -284,20 +288,28 @@ class Alone:
         for p, state in zip(self.parameters, optimizer_state or ()):
             if state:
                 self.optimizer.state[p] = {k: v.clone() for k, v in state.items()}
+        # channels-last convolutions: cuDNN's fast layout (tensor cores) on CUDA
+        self.channels_last = (self.parameters[0].device.type == "cuda" and any(
+            isinstance(m, torch.nn.Conv2d) for m in learner.model.modules()))
         for module in learner.modules():
             module.train()
+            if self.channels_last:
+                module.to(memory_format=torch.channels_last)
 
     def step(self, batches: dict, epoch: int, step: int, lr: float):
         """Step on the learner's batch; return its loss and correct predictions, shape [1]."""
         learner = self.learners[0]
         index, xb, yb = batches[learner.order_seed]
-        loss, logits = learner_loss(learner, index, xb, yb, epoch, step)
+        if self.channels_last and xb.dim() == 4:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with precision_context(self.recipe, yb.device):
+            loss, logits = learner_loss(learner, index, xb, yb, epoch, step)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
-        return loss.detach()[None], (logits.detach().argmax(-1) == yb).sum()[None]
+        return loss.detach().float()[None], (logits.detach().argmax(-1) == yb).sum()[None]
 
     def optimizer_states(self) -> list:
         """Per learner: its parameters' optimizer states, in ``Learner.parameters`` order."""
@@ -307,9 +319,190 @@ class Alone:
         """The learner's modules are the ones trained: nothing to copy."""
 
 
+class Trainee(torch.nn.Module):
+    """A learner's modules as one: its model and fm adapter. Returns the logits, or with
+    feature matching (logits, the matched stage's output mapped by the adapter)."""
+
+    def __init__(self, learner: Learner):
+        super().__init__()
+        fm = learner.feature_match
+        self.model, self.stage = learner.model, None if fm is None else fm.stage
+        self.adapter = None if fm is None else fm.adapter
+
+    def forward(self, x):
+        if self.stage is None:
+            return self.model(x)
+        features, logits = staged_forward(self.model, self.stage, x)
+        return logits, features if self.adapter is None else self.adapter(features)
+
+
+# vmap runs CPU flash attention model by model (no batching rule yet); measured still faster
+# fused than alone for the ViT and GPT, so the warning of every job would only be noise.
+warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet "
+                        "implemented the batching rule for aten::_scaled_dot_product")
+
+# Modules that vmap cannot batch (no batching rule for aten::lstm: it would run model by model
+# and break cuDNN); learners holding one train alone.
+UNFUSABLE = (torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN)
+
+
+def fusion_key(learner: Learner):
+    """Learners with equal keys train as one stacked computation; None: train alone."""
+    modules = [m for module in learner.modules() for m in module.modules()]
+    if any(isinstance(m, UNFUSABLE) for m in modules):
+        return None
+    fm = learner.feature_match
+    return (tuple(type(m).__name__ for m in modules),
+            tuple((name, tuple(t.shape), t.dtype) for module in learner.modules()
+                  for name, t in module.state_dict().items()),
+            None if fm is None else (fm.stage, fm.adapter is not None))
+
+
+def stacked_distillation_loss(logits, labels, targets, alpha, temperature, sample_weights):
+    """``distillation_loss`` of K learners at once: logits [K, B, ..., C], labels [K, B, ...],
+    targets like logits or None (no learner has one), alpha and temperature [K] (a learner
+    without a target has alpha 0), sample_weights [K, B, ...] or None. Returns [K]."""
+    k, classes = logits.shape[0], logits.shape[-1]
+    logits, labels = logits.reshape(k, -1, classes), labels.reshape(k, -1)
+    log_p = F.log_softmax(logits, dim=-1)
+    ce = -log_p.gather(-1, labels[..., None]).squeeze(-1).mean(-1)
+    if targets is None:
+        return ce
+    t = temperature[:, None, None]
+    log_p = F.log_softmax(logits / t, dim=-1)
+    log_q = F.log_softmax(targets.reshape(k, -1, classes) / t, dim=-1)
+    per_sample = (log_q.exp() * (log_q - log_p)).sum(-1)
+    if sample_weights is not None:
+        per_sample = per_sample * sample_weights.reshape(k, -1)
+    return (1 - alpha) * ce + alpha * temperature ** 2 * per_sample.mean(-1)
+
+
+class Fused:
+    """K learners of one structure stepped as one computation: their parameters and buffers
+    stacked along a new first dimension (``torch.func.stack_module_state``), the model run on
+    the K batches at once by ``vmap`` over ``functional_call``, one backward of the summed
+    losses (each slice gets exactly its own learner's gradient) and one optimizer step. Adam,
+    AdamW and SGD are elementwise, so every slice keeps its own optimizer state."""
+
+    def __init__(self, learners: list, recipe: Recipe, optimizer_states: list):
+        from torch.func import functional_call, stack_module_state, vmap
+
+        self.learners, self.recipe = learners, recipe
+        self.trainees = [Trainee(learner).train() for learner in learners]
+        self.params, self.buffers = stack_module_state(self.trainees)
+        skeleton = copy.deepcopy(self.trainees[0]).to("meta")
+
+        def run(params, buffers, x):
+            return functional_call(skeleton, (params, buffers), (x,))
+
+        self.run_shared = vmap(run, in_dims=(0, 0, None))  # one batch for all: no stacking
+        self.run_each = vmap(run, in_dims=(0, 0, 0))
+        stacked = list(self.params.values())
+        self.optimizer = make_optimizer(stacked, recipe)
+        for j, p in enumerate(stacked):
+            states = [s[j] for s in optimizer_states if s is not None and s[j]]
+            if len(states) == len(learners):
+                self.optimizer.state[p] = {
+                    name: torch.stack([s[name] for s in states]) if per_slice(v, p) else v.clone()
+                    for name, v in states[0].items()}
+        device = stacked[0].device
+        self.alpha = torch.tensor([l.alpha if l.target is not None else 0.0 for l in learners],
+                                  device=device)
+        self.temperature = torch.tensor([l.temperature for l in learners], device=device)
+        self.feature_match = learners[0].feature_match is not None
+
+    def step(self, batches: dict, epoch: int, step: int, lr: float):
+        """Step every learner on its batch; return their losses and correct predictions, [K]."""
+        picked = [batches[learner.order_seed] for learner in self.learners]
+        shared = all(b is picked[0] for b in picked)
+        y = torch.stack([yb for _, _, yb in picked])
+        targets = [None if l.target is None else l.target(index, xb, epoch, step)
+                   for l, (index, xb, _) in zip(self.learners, picked)]
+        with precision_context(self.recipe, y.device):
+            if shared:
+                out = self.run_shared(self.params, self.buffers, picked[0][1])
+            else:
+                out = self.run_each(self.params, self.buffers, torch.stack([b[1] for b in picked]))
+            if self.feature_match:
+                logits, features = out
+                ce = F.cross_entropy(logits.flatten(0, -2), y.flatten(), reduction="none")
+                mse = (features - torch.stack(targets)).square().flatten(1).mean(1)
+                losses = ce.view(len(y), -1).mean(1) + self.alpha * mse
+            else:
+                logits = out
+                losses = stacked_distillation_loss(logits, y, self.stacked_targets(targets),
+                                                   self.alpha, self.temperature,
+                                                   self.sample_weights(picked))
+        self.optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        right = (logits.detach().argmax(-1) == y).flatten(1).sum(1)
+        return losses.detach().float(), right
+
+    @staticmethod
+    def stacked_targets(targets: list):
+        if all(t is None for t in targets):
+            return None
+        like = next(t for t in targets if t is not None)
+        return torch.stack([torch.zeros_like(like) if t is None else t for t in targets])
+
+    def sample_weights(self, picked: list):
+        if all(l.sample_weights is None for l in self.learners):
+            return None
+        return torch.stack([torch.ones(yb.shape, device=yb.device) if l.sample_weights is None
+                            else l.sample_weights[index]
+                            for l, (index, _, yb) in zip(self.learners, picked)])
+
+    def optimizer_states(self) -> list:
+        """Per learner: its parameters' optimizer states, in ``Learner.parameters`` order."""
+        states = [[] for _ in self.learners]
+        for p in self.params.values():
+            state = self.optimizer.state.get(p, {})
+            for k, learner_states in enumerate(states):
+                learner_states.append({name: v[k].clone() if v.shape == p.shape else v.clone()
+                                       for name, v in state.items()})
+        return states
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        """Copy each slice of the stacked state into its learner's own modules."""
+        for k, trainee in enumerate(self.trainees):
+            for name, p in trainee.named_parameters():
+                p.copy_(self.params[name][k])
+            for name, b in trainee.named_buffers():
+                b.copy_(self.buffers[name][k])
+
+
+def per_slice(value, stacked) -> bool:
+    """Whether one learner's optimizer state entry is one of the stacked parameter's slices
+    (moments, momentum), not shared by all (Adam's step count)."""
+    return value.dim() > 0 and value.shape == stacked.shape[1:]
+
+
+def precision_context(recipe: Recipe, device):
+    """bf16 autocast for ``precision: bf16``; fp32: nothing."""
+    if recipe.precision not in ("fp32", "bf16"):
+        raise ValueError(f"unknown precision {recipe.precision!r}; known: fp32, bf16")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16")
+
+
 def build_engines(learners: list, live: list, recipe: Recipe, states: dict) -> list:
-    """Engines stepping the ``live`` learners (indices), each given its optimizer state."""
-    return [Alone(learners[k], recipe, states.get(k)) for k in live]
+    """Engines stepping the ``live`` learners (indices), each given its optimizer state: one
+    ``Fused`` per group of two or more learners of one structure, ``Alone`` for the rest."""
+    groups = {}
+    for k in live:
+        key = fusion_key(learners[k])
+        groups.setdefault(k if key is None else key, []).append(k)
+    engines = []
+    for members in groups.values():
+        if len(members) == 1:
+            engines.append(Alone(learners[members[0]], recipe, states.get(members[0])))
+        else:
+            engines.append(Fused([learners[k] for k in members], recipe,
+                                 [states.get(k) for k in members]))
+    return engines
 
 
 def engine_states(engines: list) -> dict:
