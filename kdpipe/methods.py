@@ -85,7 +85,10 @@ def enabled(config: dict) -> list[str]:
             if m.option is None or config.get(m.option, {}).get("enabled", False)]
 
 
-def figure_stems(setups: list[str], temperatures: list[float], methods=ORDER) -> list[str]:
+ALWAYS = tuple(m.name for m in REGISTRY if m.option is None)  # trained in every study
+
+
+def figure_stems(setups: list[str], temperatures: list[float], methods=ALWAYS) -> list[str]:
     """File names without extension of every figure kdpipe.plots.make_figures writes for these
     setups, temperatures and trained methods."""
     stems = []

@@ -41,6 +41,7 @@ def test_figure_stems_follow_the_trained_methods():
     assert stems == ["fig1_functional_a", "fig2_payoff_a", "fig3_accuracy_a", "fig4_width_a",
                      "fig5_teacher_loss", "fig8_fm_a"]
     assert "fig6_temperature_a" in methods.figure_stems(["a"], [1, 4])
+    assert methods.figure_stems(["a"], [1]) == stems[:-1]  # by default: kd, rcd, siddo only
 
 
 def test_importing_the_registry_imports_only_the_standard_library():
