@@ -157,6 +157,16 @@ def shared_siddo(wildcards):
     return [f"{R}/{wildcards.setup}/{owner}/blocks/{wildcards.block}.json"]
 
 
+def block_spec(wildcards):
+    width, students = BLOCKS[wildcards.setup][wildcards.block]
+    return training_spec(wildcards, width=float(width), students=students)
+
+
+def siddo_args(wildcards):
+    shared = shared_siddo(wildcards)
+    return f"--siddo-from {Path(shared[0]).parent.parent}" if shared else ""
+
+
 def teacher_rows():
     return [f"{R}/{setup}/{teacher}/row.json" for setup, teacher in SETUP_TEACHERS]
 

@@ -7,16 +7,6 @@
 # is the block's manifest, which lists its students' rows for the collect step.
 
 
-def block_spec(wildcards):
-    width, students = BLOCKS[wildcards.setup][wildcards.block]
-    return training_spec(wildcards, width=float(width), students=students)
-
-
-def siddo_args(wildcards):
-    shared = shared_siddo(wildcards)
-    return f"--siddo-from {Path(shared[0]).parent.parent}" if shared else ""
-
-
 rule train_block:
     input:
         data=data_file,
