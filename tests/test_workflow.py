@@ -456,17 +456,19 @@ def test_teachers_of_different_train_loss_each_get_their_students(tmp_path):
     assert (t["stats"].groupby("teacher_id").n2.max() == 2).all()  # siddo matched per teacher
     assert (tmp_path / "results/digits-mlp/early/kd/a0.5_T1_w1_s0/row.json").exists()
     assert (tmp_path / "results/figures/fig5_teacher_loss.png").stat().st_size > 0
+    # the config file lists "early" first (yaml.safe_dump sorts keys): it trains the siddo students
     logs = tmp_path / "results/logs/train_block/digits-mlp"
-    assert trained_students([logs / "teacher/w1_s0-1.log"]) == 6  # kd, rcd, siddo x 2 seeds
-    assert trained_students([logs / "early/w1_s0-1.log"]) == 4  # kd, rcd x 2 seeds
+    assert trained_students([logs / "early/w1_s0-1.log"]) == 6  # kd, rcd, siddo x 2 seeds
+    assert trained_students([logs / "teacher/w1_s0-1.log"]) == 4  # kd, rcd x 2 seeds
     siddo = students[students.method == "siddo"].set_index(["teacher_id", "seed"])
     for seed in (0, 1):
-        mine, shared = siddo.loc[("digits-mlp/teacher", seed)], siddo.loc[("digits-mlp/early", seed)]
-        assert shared.logits_path == mine.logits_path == f"digits-mlp/teacher/siddo/w1_s{seed}/logits.npy"
+        mine, shared = siddo.loc[("digits-mlp/early", seed)], siddo.loc[("digits-mlp/teacher", seed)]
+        assert shared.logits_path == mine.logits_path == f"digits-mlp/early/siddo/w1_s{seed}/logits.npy"
         assert shared.accuracy == mine.accuracy and shared.train_loss == mine.train_loss
         # ... scored against each one's own teacher
-        early_teacher = np.load(tmp_path / "results" / teachers.loc["digits-mlp/early", "logits_path"])
+        own = np.load(tmp_path / "results" / teachers.loc["digits-mlp/teacher", "logits_path"])
         student = np.load(tmp_path / "results" / shared.logits_path)
-        assert shared.prediction_agreement == np.mean(student.argmax(1) == early_teacher.argmax(1))
-        assert shared.n_teacher_incorrect == teachers.loc["digits-mlp/early", "n_teacher_incorrect"]
-    assert not (tmp_path / "results/digits-mlp/early/siddo/w1_s0/logits.npy").exists()
+        assert shared.prediction_agreement == np.mean(student.argmax(1) == own.argmax(1))
+        assert shared.n_teacher_incorrect == teachers.loc["digits-mlp/teacher", "n_teacher_incorrect"]
+        assert shared.n_teacher_incorrect != mine.n_teacher_incorrect
+    assert not (tmp_path / "results/digits-mlp/teacher/siddo/w1_s0/logits.npy").exists()
