@@ -80,7 +80,7 @@ def throughput(work: Path, students: int, epochs: int) -> None:
                           ("kdpipe, one block job of kd+rcd pairs", ours)):
         print(f"   {name:60s} {seconds:6.1f} s  {samples / seconds:9.0f} samples/s"
               f"  {reference / seconds:5.1f}x")
-    print(f"2a. kd+rcd pair job against a kd-only job (median of 3)")
+    print("2a. kd+rcd pair job against a kd-only job (median of 3)")
     print(f"   mlp: one student {one_job:5.2f} s, pair {pair_job:5.2f} s, "
           f"ratio {pair_job / one_job:4.2f}x")
 
