@@ -34,9 +34,10 @@ import numpy as np
 import pandas as pd
 
 from kdpipe.io import atomic_path
+from kdpipe.methods import ALWAYS
 from kdpipe.tables import of_teachers, primary_teachers, write_table
 
-METHODS = ("kd", "rcd", "siddo")  # the order and colours of kdpipe.plots
+METHODS = ALWAYS  # kd, rcd, siddo, in the order and colours of kdpipe.plots
 ERROR_COLUMNS = {"setup": "str", "teacher_id": "str", "true_class": "int64", "predicted_class": "int64",
                  "count": "int64", "share_of_errors": "float64", "mean_confidence": "float64"}
 COPIED_COLUMNS = {"setup": "str", "teacher_id": "str", "method": "str", "alpha": "float64",
