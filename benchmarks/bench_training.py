@@ -11,6 +11,10 @@
    block jobs (loading data and teacher logits, evaluating, writing).
 3. The default study (config/config.yaml, `snakemake --cores 2`): wall time against the sum of
    its models' training times.
+4. The training engine in one process (`--engine` runs 4 and 5 only): 8 digits-MLP students in
+   one `train` call against one after another; kd+rcd+siddo against one student; per
+   architecture and width, 4 students stacked against one after another.
+5. The default study's FLOPs (torch.utils.flop_counter) against this machine's matmul rate.
 """
 import argparse
 import copy
@@ -137,13 +141,181 @@ def default_study(cores: int) -> None:
           f"  (outside training: {1 - training / (wall * cores):.0%})")
 
 
+# --- 4. the fused engine ------------------------------------------------------------------------
+
+# architecture: (input shape, widths, samples, batch size) of the per-architecture comparison;
+# mlp and cnn run on digits, the others on synthetic data of their inputs' kind
+ENGINE_CASES = {
+    "mlp": ((1, 8, 8), (0.5, 1, 2), None, 32),
+    "cnn": ((1, 8, 8), (0.5, 1, 2), None, 32),
+    "resnet18": ((3, 16, 16), (0.25, 0.5), 128, 32),
+    "vgg19": ((3, 32, 32), (0.25, 0.5), 128, 32),
+    "vit": ((3, 16, 16), (0.25, 0.5), 128, 32),
+    "m5": ((1, 4000), (0.25, 0.5), 128, 32),
+    "logmel_cnn": ((1, 32, 32), (0.25, 0.5), 128, 32),
+    "char_lstm": ((32,), (0.25, 0.5), 128, 32),
+    "char_gpt": ((32,), (0.25, 0.5), 128, 32),
+}
+
+
+def engine_data(arch: str):
+    import torch
+
+    from kdpipe.train import generator
+
+    shape, _, n, _ = ENGINE_CASES[arch]
+    if n is None:
+        x, y = digits()
+        return x, y, 10
+    g = generator(0)
+    if arch.startswith("char"):
+        return (torch.randint(0, 65, (n, *shape), generator=g),
+                torch.randint(0, 65, (n, *shape), generator=g), 65)
+    return torch.randn(n, *shape, generator=g), torch.randint(0, 10, (n,), generator=g), 10
+
+
+def digits():
+    from kdpipe import data as kdata
+
+    prepared = kdata.family("digits").prepare({}, Path("."))
+    return prepared["x_train"], prepared["y_train"]
+
+
+def kd_students(arch, shape, width, classes, x, y, seeds, methods=("kd",)):
+    """For every seed, students of ``methods`` from that seed's init and data order."""
+    import torch
+
+    from kdpipe import models
+    from kdpipe.train import Learner, RandomLogits, TeacherLogits, generator
+
+    teacher = torch.randn(*y.shape, classes, generator=generator(99))
+    learners = []
+    for seed in seeds:
+        base = models.build(arch, shape, classes, width)
+        models.init_parameters(base, generator(seed))
+        for method in methods:
+            target = {"kd": TeacherLogits(teacher), "siddo": None,
+                      "rcd": RandomLogits(len(x), (*y.shape[1:], classes), seed)}[method]
+            learners.append(Learner(method, copy.deepcopy(base), target,
+                                    0.0 if target is None else 0.5, order_seed=seed))
+    return learners
+
+
+def fused_and_sequential(learners_of, x, y, recipe, repeats: int, fuse="auto"):
+    """Median seconds: all learners in one ``train`` call (fused as ``fuse`` says), and the same
+    learners one ``train`` call after another."""
+    from kdpipe.train import train
+
+    def fused():
+        return train(learners_of(), x, y, recipe, fuse=fuse)
+
+    def sequential():
+        return sum(train([learner], x, y, recipe) for learner in learners_of())
+
+    fused()  # warm-up
+    return (statistics.median(fused() for _ in range(repeats)),
+            statistics.median(sequential() for _ in range(repeats)))
+
+
+def engine(epochs: int, repeats: int) -> None:
+    import torch
+
+    from kdpipe.train import Recipe, build_engines
+
+    torch.set_num_threads(1)
+    x, y = digits()
+    recipe = Recipe(epochs=epochs, batch_size=32)
+    print(f"4a. 8 digits-MLP kd students (width 1, seeds 0-7), {epochs} epochs, one thread, "
+          f"median of {repeats}")
+    fused, sequential = fused_and_sequential(
+        lambda: kd_students("mlp", (1, 8, 8), 1.0, 10, x, y, range(8)), x, y, recipe, repeats)
+    print(f"   one after another {sequential:6.2f} s, fused {fused:6.2f} s, "
+          f"speed-up {sequential / fused:4.1f}x")
+
+    one = statistics.median(
+        fused_and_sequential(lambda: kd_students("mlp", (1, 8, 8), 1.0, 10, x, y, [0]), x, y,
+                             recipe, repeats)[0] for _ in range(1))
+    triple, _ = fused_and_sequential(
+        lambda: kd_students("mlp", (1, 8, 8), 1.0, 10, x, y, [0], ("kd", "rcd", "siddo")),
+        x, y, recipe, repeats)
+    print(f"4b. kd+rcd+siddo of one seed fused against one kd student (digits MLP): "
+          f"{triple:5.2f} s / {one:5.2f} s = {triple / one:4.2f}x")
+
+    print(f"4c. 4 students stacked (fuse=always) against one after another, per architecture "
+          f"and width (1 epoch of {ENGINE_CASES['resnet18'][2]} synthetic samples unless digits; "
+          f"median of {repeats}); 'engine' is what fuse=auto, the default, does here")
+    for arch, (shape, widths, _, batch) in ENGINE_CASES.items():
+        ax, ay, classes = engine_data(arch)
+        arch_recipe = Recipe(epochs=1 if arch not in ("mlp", "cnn") else epochs, batch_size=batch)
+        for width in widths:
+            def learners_of():
+                return kd_students(arch, shape, width, classes, ax, ay, range(4))
+            kinds = {type(e).__name__ for e in build_engines(learners_of(), range(4),
+                                                            arch_recipe, {})}
+            fused, sequential = fused_and_sequential(learners_of, ax, ay, arch_recipe, repeats,
+                                                     "always")
+            params = sum(p.numel() for p in learners_of()[0].parameters())
+            print(f"   {arch:10s} width {width:<4g} {params / 1e3:7.0f}k parameters, engine "
+                  f"{'+'.join(sorted(kinds)):6s} "
+                  f"sequential {sequential:6.2f} s  fused {fused:6.2f} s  "
+                  f"speed-up {sequential / fused:4.2f}x", flush=True)
+
+
+def arithmetic_floor(epochs: int) -> None:
+    """The default study's training FLOPs (torch.utils.flop_counter, forward and backward of
+    every student and teacher), this machine's rate on a large matmul, and the time the engine
+    takes for one (width, seed) group of seven students, scaled to the study, against that
+    floor."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from kdpipe.train import Recipe, train
+
+    torch.set_num_threads(1)
+    x, y = digits()
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(5):
+        a @ b
+    rate = 5 * 2 * 2048 ** 3 / (time.perf_counter() - start)
+    study_epochs, seeds, methods = 30, 8, 7  # config/config.yaml: kd, rcd x 3 alphas, siddo
+    print(f"5. arithmetic floor: one thread does {rate / 1e9:.1f} GFLOP/s on a 2048^2 matmul")
+    total_flops = total_seconds = 0.0
+    for arch, lr in (("mlp", 1e-3), ("cnn", 2e-3)):
+        for width in (0.5, 1, 2):
+            recipe = Recipe(epochs=1, batch_size=32, lr=lr)
+            with FlopCounterMode(display=False) as counter:
+                train(kd_students(arch, (1, 8, 8), width, 10, x, y, [0]), x, y, recipe)
+            per_student = counter.get_total_flops() * study_epochs
+            flops = per_student * seeds * methods + (per_student if width == 1 else 0)
+            group = kd_students(arch, (1, 8, 8), width, 10, x, y, [0],
+                                ("kd", "kd", "kd", "rcd", "rcd", "rcd", "siddo"))
+            seconds = train(group, x, y, Recipe(epochs=epochs, batch_size=32, lr=lr))
+            seconds *= study_epochs / epochs * seeds
+            total_flops += flops
+            total_seconds += seconds
+            print(f"   digits-{arch} width {width:<3g}: {flops / 1e12:6.3f} TFLOP, floor "
+                  f"{flops / rate:6.1f} s, training {seconds:6.1f} s "
+                  f"({seconds / (flops / rate):5.1f}x the floor)", flush=True)
+    print(f"   study: {total_flops / 1e12:.2f} TFLOP, floor {total_flops / rate:.0f} s on one "
+          f"thread, training {total_seconds:.0f} s ({total_seconds * rate / total_flops:.1f}x)")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--students", type=int, default=8, help="students in measurement 1")
     p.add_argument("--epochs", type=int, default=30, help="epochs per student")
     p.add_argument("--cores", type=int, default=2, help="snakemake --cores for the default study")
     p.add_argument("--no-study", action="store_true", help="skip measurement 3")
+    p.add_argument("--engine", action="store_true",
+                   help="only measurements 4-5 (the training engine, in one process)")
+    p.add_argument("--repeats", type=int, default=3, help="repeats of measurement 4 (median)")
     args = p.parse_args()
+    if args.engine:
+        engine(args.epochs, args.repeats)
+        arithmetic_floor(args.epochs)
+        return
     with tempfile.TemporaryDirectory() as work:
         throughput(Path(work), args.students, args.epochs)
     pair_cost(args.epochs)

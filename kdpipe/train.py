@@ -346,10 +346,28 @@ warnings.filterwarnings("ignore", message="There is a performance drop because w
 UNFUSABLE = (torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN)
 
 
-def fusion_key(learner: Learner):
-    """Learners with equal keys train as one stacked computation; None: train alone."""
+# On a CPU, stacking pays where a learner's step is dominated by per-operation overhead (small
+# models); larger ones are bound by arithmetic that the stacked kernels (batched matmul, grouped
+# convolution) do more slowly than the plain ones. Measured (benchmarks/bench_training.py, 4c):
+# fused faster for the digits MLP at width <= 1 (84k parameters) and CNN at width <= 1 (65k),
+# slower for the MLP at width 2 (300k) and ResNet-18 at width 0.25 (700k) and up. Stacked 1-d
+# convolutions measured slower even for the small M5 (38k parameters at width 0.25: 0.90-0.99x).
+CPU_FUSE_MAX_PARAMETERS = 100_000
+CPU_UNFUSED = (torch.nn.Conv1d,)
+
+
+def fusion_key(learner: Learner, fuse: str = "auto"):
+    """Learners with equal keys train as one stacked computation; None: train alone.
+    ``fuse``: ``auto`` (the rule above), ``always`` (every fusable learner), ``never``."""
+    if fuse not in ("auto", "always", "never"):
+        raise ValueError(f"fuse must be auto, always or never, got {fuse!r}")
     modules = [m for module in learner.modules() for m in module.modules()]
-    if any(isinstance(m, UNFUSABLE) for m in modules):
+    parameters = learner.parameters()
+    if fuse == "never" or any(isinstance(m, UNFUSABLE) for m in modules):
+        return None
+    if fuse == "auto" and parameters[0].device.type == "cpu" and (
+            sum(p.numel() for p in parameters) > CPU_FUSE_MAX_PARAMETERS
+            or any(isinstance(m, CPU_UNFUSED) for m in modules)):
         return None
     fm = learner.feature_match
     return (tuple(type(m).__name__ for m in modules),
@@ -488,12 +506,13 @@ def precision_context(recipe: Recipe, device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16")
 
 
-def build_engines(learners: list, live: list, recipe: Recipe, states: dict) -> list:
+def build_engines(learners: list, live: list, recipe: Recipe, states: dict,
+                  fuse: str = "auto") -> list:
     """Engines stepping the ``live`` learners (indices), each given its optimizer state: one
     ``Fused`` per group of two or more learners of one structure, ``Alone`` for the rest."""
     groups = {}
     for k in live:
-        key = fusion_key(learners[k])
+        key = fusion_key(learners[k], fuse)
         groups.setdefault(k if key is None else key, []).append(k)
     engines = []
     for members in groups.values():
@@ -517,7 +536,7 @@ def engine_states(engines: list) -> dict:
 
 
 def train(learners: list, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, log=None,
-          checkpoint: Checkpoint | None = None) -> float:
+          checkpoint: Checkpoint | None = None, fuse: str = "auto") -> float:
     """Train ``learners`` on batches of (x, y), each in the order drawn from its ``order_seed``.
 
     Returns the seconds spent. ``log(epoch, learners)`` is called after every epoch; each
@@ -527,6 +546,14 @@ def train(learners: list, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, log=
     loss raises ``TrainingDiverged``. With a ``checkpoint``, the state is saved every
     ``checkpoint.every`` epochs and a run finding a checkpoint of its own resumes from it,
     ending exactly as an uninterrupted run would; an unreadable one is set aside.
+
+    Learners of one structure (model and fm adapter) are stepped as one stacked computation
+    (``Fused``) where ``fuse`` allows (``fusion_key``); the others one after another, each by
+    itself (``Alone``). Each learner's result is its own either way, to float rounding: summing
+    in another order, a fused learner ends within ~1e-6 (relative) of its lone run after a few
+    steps, a difference that training may amplify as any rounding difference. A fused
+    learner's own modules are brought up to date at every checkpoint, when it stops and when
+    ``train`` returns (not after every step: ``log`` should read ``history``, not the models).
     """
     start = time.perf_counter()
     n = len(x)
@@ -535,7 +562,7 @@ def train(learners: list, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, log=
     first_epoch, live, states = resume(checkpoint, learners, x.device)
     if first_epoch and log is not None:
         print(f"resumed from {checkpoint.path} after epoch {first_epoch}", file=sys.stderr)
-    engines = build_engines(learners, live, recipe, states)
+    engines = build_engines(learners, live, recipe, states, fuse)
     step = first_epoch * steps_per_epoch
     for epoch in range(first_epoch, recipe.epochs):
         if not engines:
@@ -578,7 +605,7 @@ def train(learners: list, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, log=
                 states = engine_states(engines)
                 live = [k for k in live if k not in done]
                 engines = build_engines(learners, live, recipe,
-                                        {k: states[id(learners[k])] for k in live})
+                                        {k: states[id(learners[k])] for k in live}, fuse)
         if checkpoint and (epoch + 1) % checkpoint.every == 0 and epoch + 1 < recipe.epochs \
                 and engines:
             save_checkpoint(checkpoint, learners, engines, live, epoch + 1)

@@ -412,11 +412,11 @@ def test_a_student_trained_fused_ends_where_it_ends_trained_alone(arch):
 
     x, y = fusion_data(arch)
     recipe = Recipe(epochs=2, batch_size=8, optimizer="sgd", lr=1e-3, momentum=0.0)
-    engines = build_engines(fusion_learners(arch, x, y), [0, 1, 2], recipe, {})
+    engines = build_engines(fusion_learners(arch, x, y), [0, 1, 2], recipe, {}, "always")
     expected = Alone if arch == "char_lstm" else Fused  # vmap has no LSTM batching rule
     assert [type(e) for e in engines] == [expected] * (3 if expected is Alone else 1)
     together = fusion_learners(arch, x, y)
-    train(together, x, y, recipe)
+    train(together, x, y, recipe, fuse="always")
     for k in range(3):
         alone = fusion_learners(arch, x, y)[k]
         train([alone], x, y, recipe)
@@ -433,7 +433,7 @@ def test_fused_training_is_identical_run_to_run_and_keeps_adam_state_per_learner
     runs = []
     for _ in range(2):
         learners = fusion_learners("cnn", x, y)
-        train(learners, x, y, recipe)
+        train(learners, x, y, recipe, fuse="always")
         runs.append(learners)
     for a, b in zip(*runs):
         assert a.history == b.history
@@ -486,7 +486,7 @@ def test_a_fused_learner_that_reaches_the_target_loss_stops_and_the_others_go_on
         return [Learner(f"m{s}", fresh_mlp(width=0.5, seed=s), order_seed=s) for s in (1, 2, 3)]
 
     together = learners()
-    train(together, x, y, recipe)
+    train(together, x, y, recipe, fuse="always")
     lengths = [len(l.history) for l in together]
     assert len(set(lengths)) > 1 and min(lengths) < 30
     for k in range(3):
@@ -504,10 +504,73 @@ def test_a_fused_learner_that_reaches_the_target_loss_stops_and_the_others_go_on
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(learners(), x, y, recipe, log=die, checkpoint=checkpoint)
+        train(learners(), x, y, recipe, log=die, checkpoint=checkpoint, fuse="always")
     resumed = learners()
-    train(resumed, x, y, recipe, checkpoint=checkpoint)
+    train(resumed, x, y, recipe, checkpoint=checkpoint, fuse="always")
     for a, b in zip(together, resumed):
         assert a.history == b.history
         for p, q in zip(a.model.parameters(), b.model.parameters()):
             assert torch.equal(p, q)
+
+
+def test_the_engine_fuses_small_models_and_trains_large_ones_alone_on_a_cpu():
+    from kdpipe.train import CPU_FUSE_MAX_PARAMETERS, Alone, Fused, build_engines
+
+    x, y = toy_data()
+    small = [Learner(f"s{k}", fresh_mlp(width=0.5), order_seed=k) for k in range(2)]
+    large = [Learner(f"l{k}", fresh_mlp(width=2), order_seed=k) for k in range(2)]
+    assert sum(p.numel() for p in small[0].parameters()) <= CPU_FUSE_MAX_PARAMETERS
+    assert sum(p.numel() for p in large[0].parameters()) > CPU_FUSE_MAX_PARAMETERS
+    recipe = Recipe(epochs=1, batch_size=16)
+    kinds = [type(e) for e in build_engines(small + large, range(4), recipe, {})]
+    assert sorted(kinds, key=str) == sorted([Fused, Alone, Alone], key=str)
+    assert [type(e) for e in build_engines(large, range(2), recipe, {}, "always")] == [Fused]
+    assert [type(e) for e in build_engines(small, range(2), recipe, {}, "never")] == [Alone] * 2
+    m5 = []
+    for k in range(2):
+        model = models.build("m5", (1, 1200), 3, 0.0625)
+        models.init_parameters(model, generator(k))
+        m5.append(Learner(f"m5 {k}", model, order_seed=k))
+    assert sum(p.numel() for p in m5[0].parameters()) <= CPU_FUSE_MAX_PARAMETERS
+    assert [type(e) for e in build_engines(m5, range(2), recipe, {})] == [Alone] * 2
+
+
+def test_fused_feature_matching_and_sample_weighted_learners_equal_their_lone_runs():
+    """fm and fm-rcd (with adapters) form one stacked group, kd-masked (sample weights) and kd
+    another; each ends as it does alone."""
+    from kdpipe.cli import stage_adapter
+    from kdpipe.train import FeatureMatch, Fused, TeacherFeatures, build_engines
+
+    x = torch.rand(16, 1, 8, 8, generator=generator(0))
+    y = torch.randint(0, 3, (16,), generator=generator(1))
+    teacher = fresh_cnn()
+    logits = torch.randn(16, 3, generator=generator(2))
+    weights = (torch.arange(16) % 2).float()
+
+    def learners():
+        made = []
+        for name in ("fm", "fm-rcd", "kd-masked", "kd"):
+            model = models.build("cnn", (1, 8, 8), 3, 0.5)
+            models.init_parameters(model, generator(3))
+            fm = None
+            if name.startswith("fm"):
+                fm = FeatureMatch("stage1", stage_adapter(model, teacher, "stage1", x[:2],
+                                                          generator(4)))
+            target = {"fm": TeacherFeatures(teacher, "stage1"),
+                      "fm-rcd": RandomLogits(16, (8, 4, 4), seed=5),
+                      "kd-masked": TeacherLogits(logits), "kd": TeacherLogits(logits)}[name]
+            made.append(Learner(name, model, target, 0.5, 2.0 if name == "kd" else 1.0,
+                                sample_weights=weights if name == "kd-masked" else None,
+                                feature_match=fm, order_seed=len(made) % 2))
+        return made
+
+    recipe = Recipe(epochs=2, batch_size=8, optimizer="sgd", lr=1e-2, momentum=0.0)
+    assert [type(e) for e in build_engines(learners(), range(4), recipe, {})] == [Fused] * 2
+    together = learners()
+    train(together, x, y, recipe)
+    for k in range(4):
+        alone = learners()[k]
+        train([alone], x, y, recipe)
+        for module, fused in zip(alone.modules(), together[k].modules()):
+            for p, q in zip(module.parameters(), fused.parameters()):
+                torch.testing.assert_close(q, p, atol=1e-5, rtol=1e-4)

@@ -1,0 +1,64 @@
+"""Students per hour of ResNet-18 on CIFAR-shaped synthetic data, on whatever device is present:
+K = 1, 2 and 8 students trained fused (one ``train`` call), in fp32 and bf16 autocast.
+
+    python benchmarks/bench_device.py           # the device's own size: 32x32, width 1, batch 128
+    python benchmarks/bench_device.py --quick   # tiny (16x16, width 0.125): runnable on a CPU
+
+Each student has its own init and data order, as in the study. A figure is the median of
+``--repeats`` timed epochs after one warm-up epoch (which also builds cuDNN plans); students per
+hour assume ``--epochs-per-student`` epochs of ``--samples`` images each. The speed-up is against
+K = 1 at the same precision, measured in the same run.
+"""
+import argparse
+import statistics
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes, for a CPU")
+    p.add_argument("--samples", type=int, help="training images per epoch (default 4096; quick 256)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--epochs-per-student", type=int, default=200,
+                   help="epochs one student trains (default 200)")
+    p.add_argument("--repeats", type=int, default=3, help="timed epochs per figure (median)")
+    p.add_argument("--ks", default="1,2,8", help="students fused (default 1,2,8)")
+    args = p.parse_args()
+
+    import torch
+
+    from kdpipe import models
+    from kdpipe.train import Learner, Recipe, TeacherLogits, generator, train
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(1)
+    side, width = (16, 0.125) if args.quick else (32, 1.0)
+    n = args.samples or (256 if args.quick else 4096)
+    batch = min(args.batch_size, n)
+    g = generator(0, device)
+    x = torch.randn(n, 3, side, side, generator=g, device=device)
+    y = torch.randint(0, 10, (n,), generator=g, device=device)
+    teacher = torch.randn(n, 10, generator=g, device=device)
+    name = torch.cuda.get_device_name() if device == "cuda" else "CPU, 1 thread"
+    print(f"ResNet-18 width {width:g}, {n} images {side}x{side}, batch {batch}, on {name}")
+    print(f"{'K':>3} {'precision':9} {'s/epoch':>8} {'images/s':>10} {'students/h':>11} {'speed-up':>8}")
+    for precision in ("fp32", "bf16"):
+        single = None
+        for k in (int(v) for v in args.ks.split(",")):
+            learners = []
+            for seed in range(k):
+                model = models.build("resnet18", (3, side, side), 10, width).to(device)
+                models.init_parameters(model, generator(seed, device))
+                learners.append(Learner("kd", model, TeacherLogits(teacher), 0.5, order_seed=seed))
+            recipe = Recipe(epochs=1, batch_size=batch, precision=precision)
+            train(learners, x, y, recipe)  # warm-up
+            seconds = statistics.median(train(learners, x, y, recipe) for _ in range(args.repeats))
+            per_student = seconds / k
+            single = single or per_student
+            print(f"{k:3d} {precision:9} {seconds:8.2f} {k * n / seconds:10.0f} "
+                  f"{3600 / (per_student * args.epochs_per_student):11.1f} "
+                  f"{single / per_student:7.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
