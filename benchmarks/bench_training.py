@@ -3,12 +3,12 @@
     python benchmarks/bench_training.py            # all three measurements (~10 min on 2 cores)
     python benchmarks/bench_training.py --no-study # skip the default-study run
 
-1. Student throughput on the digits MLP: kdpipe's `train-students` jobs (kd+rcd pairs, data as
-   tensors, cached teacher logits, forked from a fork server) against the reference loop of the
+1. Student throughput on the digits MLP: one kdpipe `train-block` job training every student
+   (data as tensors, cached teacher logits, learners fused) against the reference loop of the
    usual tutorial kind (benchmarks/reference_kd.py: DataLoader, teacher forward every step, one
-   student per process), both run as the separate commands a workflow would run.
+   student per process), both run as the commands a workflow would run.
 2. The kd+rcd pair against one student: in one process (the training loop alone), and as whole
-   jobs through the fork server (loading data and teacher logits, evaluating, writing).
+   block jobs (loading data and teacher logits, evaluating, writing).
 3. The default study (config/config.yaml, `snakemake --cores 2`): wall time against the sum of
    its models' training times.
 4. The training engine in one process (`--engine` runs 4 and 5 only): 8 digits-MLP students in
@@ -20,6 +20,7 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -29,8 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
-ENV = {**os.environ, "PATH": f"{Path(PYTHON).parent}{os.pathsep}{os.environ['PATH']}",
-       "KDPIPE_SERVER": ""}
+ENV = {**os.environ, "PATH": f"{Path(PYTHON).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
 def kdpipe(*args, env=ENV):
@@ -53,20 +53,15 @@ def prepare(work: Path, epochs: int):
     return data, labels
 
 
-def students_job(work, data, labels, seed, recipe, methods, env):
-    outputs = [arg for m in methods for arg in ("--out", f"{m}={work}/{m}{seed}")]
-    methods = [{"method": m, "alpha": 0.5, "temperature": 1.0} for m in methods]
-    kdpipe("train-students", "--spec", spec(width=1.0, seed=seed, recipe=recipe, methods=methods),
-           "--data", data, "--labels", labels, "--teacher", work / "teacher", *outputs,
-           "--results", work, "--device", "cpu", env=env)
-
-
-def fork_server_env():
-    from kdpipe import server
-    from kdpipe.cli import PRELOAD
-
-    socket_path = tempfile.mkdtemp(dir="/tmp") + "/bench.sock"
-    return server.start(socket_path, PRELOAD), socket_path
+def block_job(work, data, labels, seeds, recipe, methods):
+    """One train-block job training ``methods`` for each seed (a fresh store each time)."""
+    students = [{"method": m, "seed": seed, "run": f"bench{len(seeds)}_s{seed}", "alpha": 0.5,
+                 "temperature": 1.0} for seed in seeds for m in methods]
+    for m in methods:
+        shutil.rmtree(work / "teacher" / m, ignore_errors=True)
+    kdpipe("train-block", "--spec", spec(width=1.0, recipe=recipe, students=students),
+           "--data", data, "--labels", labels, "--teacher", work / "teacher",
+           "--manifest", work / "teacher/blocks/bench.json", "--results", work, "--device", "cpu")
 
 
 def throughput(work: Path, students: int, epochs: int) -> None:
@@ -79,33 +74,17 @@ def throughput(work: Path, students: int, epochs: int) -> None:
         subprocess.run([PYTHON, str(REPO / "benchmarks/reference_kd.py"), work / "teacher/init.pt",
                         str(epochs), "0.5", str(seed)], check=True, env=ENV)
     reference = time.perf_counter() - start
-
-    def ours(env):
-        start = time.perf_counter()
-        for seed in range(students // 2):
-            students_job(work, data, labels, seed, recipe, ("kd", "rcd"), env)
-        return time.perf_counter() - start
-
-    from kdpipe import server
-
-    proc, socket_path = fork_server_env()
-    try:
-        forked = ours({**ENV, "KDPIPE_SERVER": socket_path})
-        one_job = statistics.median(timed(students_job, work, data, labels, 0, recipe, ("kd",),
-                                          {**ENV, "KDPIPE_SERVER": socket_path}) for _ in range(3))
-        pair_job = statistics.median(timed(students_job, work, data, labels, 0, recipe,
-                                           ("kd", "rcd"), {**ENV, "KDPIPE_SERVER": socket_path})
-                                     for _ in range(3))
-    finally:
-        server.stop(proc, socket_path)
-    plain = ours(ENV)
+    ours = timed(block_job, work, data, labels, range(students // 2), recipe, ("kd", "rcd"))
+    one_job = statistics.median(timed(block_job, work, data, labels, [0], recipe, ("kd",))
+                                for _ in range(3))
+    pair_job = statistics.median(timed(block_job, work, data, labels, [0], recipe, ("kd", "rcd"))
+                                 for _ in range(3))
     print(f"1. student throughput, digits MLP, {students} students x {epochs} epochs")
     for name, seconds in (("reference (DataLoader, teacher forward, 1 student/process)", reference),
-                          ("kdpipe, kd+rcd pairs, no fork server", plain),
-                          ("kdpipe, kd+rcd pairs, fork server (as the workflow runs)", forked)):
+                          ("kdpipe, one block job of kd+rcd pairs", ours)):
         print(f"   {name:60s} {seconds:6.1f} s  {samples / seconds:9.0f} samples/s"
               f"  {reference / seconds:5.1f}x")
-    print(f"2a. kd+rcd pair job against a kd-only job, through the fork server (median of 3)")
+    print("2a. kd+rcd pair job against a kd-only job (median of 3)")
     print(f"   mlp: one student {one_job:5.2f} s, pair {pair_job:5.2f} s, "
           f"ratio {pair_job / one_job:4.2f}x")
 

@@ -46,7 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
-METHODS = ("kd", "rcd", "siddo")  # the order and colours of kdpipe.plots
+from kdpipe.methods import ALWAYS
+
+METHODS = ALWAYS  # kd, rcd, siddo, in the order and colours of kdpipe.plots
 ERROR_COLUMNS = {"setup": "str", "teacher_id": "str", "true_class": "int64", "predicted_class": "int64",
                  "count": "int64", "share_of_errors": "float64", "mean_confidence": "float64",
                  "teacher_accuracy": "float64", "chance_accuracy": "float64", "at_chance": "bool"}

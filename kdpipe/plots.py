@@ -28,11 +28,12 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from kdpipe.io import atomic_path
+from kdpipe.methods import ALWAYS, ORDER, figure_stems
 from kdpipe.metrics import FUNCTIONAL_METRICS, HIGHER_IS_CLOSER
 from kdpipe.stats import COMPARISONS, asymmetry
 from kdpipe.tables import of_teachers, primary_teachers
 
-METHODS = ("kd", "rcd", "siddo")
+METHODS = ALWAYS  # kd, rcd, siddo
 MASKED_METHODS = ("kd", "kd-masked", "rcd-masked")  # figure 7: our kd-masked against kd
 TABLES = ("models", "stats", "asymmetry", "scaling")
 DEFAULT_OPTIONS = {
@@ -60,29 +61,9 @@ PAYOFF = (("correct_agreement", "slope_correct", "delta_correct"),
           ("incorrect_agreement", "slope_incorrect", "delta_incorrect"))
 
 
-def figure_stems(setups: list[str], temperatures: list[float], masked: bool = False,
-                 fm: bool = False) -> list[str]:
-    """File names without extension of every figure make_figures writes for these setups and T
-    (``masked``, ``fm``: kd-masked, fm students were trained)."""
-    stems = []
-    for setup in setups:
-        stems += [f"fig1_functional_{setup}", f"fig2_payoff_{setup}", f"fig3_accuracy_{setup}",
-                  f"fig4_width_{setup}"]
-    stems.append("fig5_teacher_loss")
-    if len(set(temperatures)) > 1:
-        stems += [f"fig6_temperature_{setup}" for setup in setups]
-    if masked:
-        stems += [f"fig7_masked_{setup}" for setup in setups]
-    if fm:
-        stems += [f"fig8_fm_{setup}" for setup in setups]
-    return stems
-
-
 def method_colors(palette: str = "colorblind") -> dict:
-    """The colour of each method: the first colours of a seaborn palette, in METHODS order, then
-    kd-masked and rcd-masked."""
-    methods = METHODS + ("kd-masked", "rcd-masked", "fm", "fm-rcd")
-    return dict(zip(methods, sns.color_palette(palette, len(methods))))
+    """The colour of each method: the first colours of a seaborn palette, in registry order."""
+    return dict(zip(ORDER, sns.color_palette(palette, len(ORDER))))
 
 
 def make_figures(tables_dir, out_dir, options: dict | None = None) -> list[Path]:
@@ -132,7 +113,7 @@ def make_figures(tables_dir, out_dir, options: dict | None = None) -> list[Path]
     paths = []
     with sns.axes_style(options["style"]), sns.plotting_context(options["context"]):
         trained = set(students["method"])
-        for stem in figure_stems(setups, temperatures, "kd-masked" in trained, "fm" in trained):
+        for stem in figure_stems(setups, temperatures, trained):
             fig = draw[stem]()
             for fmt in options["formats"]:
                 path = out_dir / f"{stem}.{fmt}"

@@ -15,32 +15,13 @@ import numpy as np
 import pandas as pd
 from scipy.stats import false_discovery_control, mannwhitneyu, wilcoxon
 
+from kdpipe.methods import COMPARISONS_OF, DISTILLED
 from kdpipe.metrics import FUNCTIONAL_METRICS, HIGHER_IS_CLOSER, PERFORMANCE_METRICS
 
 # One teacher's students at one (alpha, temperature, width): the unit every test compares.
 GROUP = ["setup", "teacher_id", "alpha", "temperature", "width"]
-# (name, first method, second method); median_1 and the effect size refer to the first.
-COMPARISONS = (
-    ("kd_vs_siddo", "kd", "siddo"),
-    ("kd_vs_rcd", "kd", "rcd"),
-    ("rcd_vs_siddo", "rcd", "siddo"),
-)
-# Our addition: only in groups where kd-masked students were trained.
-MASKED_COMPARISONS = (
-    ("kd-masked_vs_siddo", "kd-masked", "siddo"),
-    ("kd-masked_vs_rcd-masked", "kd-masked", "rcd-masked"),
-    ("rcd-masked_vs_siddo", "rcd-masked", "siddo"),
-    ("kd-masked_vs_kd", "kd-masked", "kd"),
-)
-# Feature-map matching: only in groups where fm students were trained (no temperature).
-FM_COMPARISONS = (
-    ("fm_vs_siddo", "fm", "siddo"),
-    ("fm_vs_fm-rcd", "fm", "fm-rcd"),
-    ("fm-rcd_vs_siddo", "fm-rcd", "siddo"),
-)
-# The comparisons of each distillation method, asked for where that method has rows.
-COMPARISONS_OF = {"kd": COMPARISONS, "kd-masked": MASKED_COMPARISONS, "fm": FM_COMPARISONS}
-DISTILLED = ("kd", "rcd", "kd-masked", "rcd-masked", "fm", "fm-rcd")  # every method but siddo
+# (name, first method, second method) of each distillation method: kdpipe.methods
+COMPARISONS = COMPARISONS_OF["kd"]
 # scaling fits: every trained width, or only the widths whose students start from fresh weights
 SCALING_WIDTHS = ("all", "fresh-init")
 
@@ -170,7 +151,7 @@ def _seed_pairs(first: pd.DataFrame, second: pd.DataFrame) -> tuple[np.ndarray, 
 def compare_methods(models: pd.DataFrame, metrics=FUNCTIONAL_METRICS + PERFORMANCE_METRICS,
                     level: float = 0.05, correction: str = "none") -> pd.DataFrame:
     """Mann-Whitney tests over seeds of kd vs siddo, kd vs rcd and rcd vs siddo (and, where
-    kd-masked or fm students were trained, the MASKED_COMPARISONS and FM_COMPARISONS), with the
+    kd-masked or fm students were trained, theirs: kdpipe.methods.COMPARISONS_OF), with the
     Wilcoxon signed-rank test paired by seed beside each (wilcoxon_paired: n_pairs, p_paired,
     p_paired_note).
 

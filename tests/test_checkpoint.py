@@ -1,6 +1,7 @@
 """A killed training job resumes from its checkpoint and ends exactly as an uninterrupted one."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -78,13 +79,15 @@ def test_sigterm_mid_training_then_rerun_gives_the_same_metrics(tmp_path):
     kdpipe("train-teacher", "--spec", json.dumps({**base, "seed": 0,
                                                   "recipe": {"epochs": 2, "batch_size": 64}}),
            *common, "--out", tmp_path / "teacher")
-    spec = json.dumps({**base, "width": 0.5, "seed": 1, "recipe": {"epochs": 40, "batch_size": 16},
-                       "methods": [{"method": "kd", "alpha": 0.5, "temperature": 1.0},
-                                   {"method": "rcd", "alpha": 0.5, "temperature": 1.0}]})
+    pair = {"seed": 1, "run": "s1", "alpha": 0.5, "temperature": 1.0}
+    spec = json.dumps({**base, "width": 0.5, "recipe": {"epochs": 40, "batch_size": 16},
+                       "students": [{"method": "kd", **pair}, {"method": "rcd", **pair}]})
 
-    def students(out, **run):
-        return kdpipe("train-students", "--spec", spec, *common, "--teacher", tmp_path / "teacher",
-                      "--out", f"kd={out}/kd", "--out", f"rcd={out}/rcd",
+    def students(out, **run):  # a block job, its students stored below a copy of the teacher
+        if not out.exists():
+            shutil.copytree(tmp_path / "teacher", out)
+        return kdpipe("train-block", "--spec", spec, *common, "--teacher", out,
+                      "--manifest", out / "blocks/block.json",
                       "--checkpoint-dir", tmp_path / "checkpoints", "--checkpoint-every", "1",
                       **run)
 
@@ -99,13 +102,13 @@ def test_sigterm_mid_training_then_rerun_gives_the_same_metrics(tmp_path):
         time.sleep(0.01)
     job.send_signal(signal.SIGTERM)
     assert job.wait(timeout=60) != 0
-    assert not (tmp_path / "resumed/kd/row.json").exists()
+    assert not (tmp_path / "resumed/kd/s1/row.json").exists()
     assert list((tmp_path / "checkpoints").iterdir())
 
     students(tmp_path / "resumed", stderr=open(tmp_path / "resumed.log", "w"))
     assert "resumed from" in (tmp_path / "resumed.log").read_text()
     for method in ("kd", "rcd"):
-        row = json.loads((tmp_path / "uninterrupted" / method / "row.json").read_text())
-        again = json.loads((tmp_path / "resumed" / method / "row.json").read_text())
+        row = json.loads((tmp_path / "uninterrupted" / method / "s1/row.json").read_text())
+        again = json.loads((tmp_path / "resumed" / method / "s1/row.json").read_text())
         assert {k: v for k, v in row.items() if k != "logits_path"} == \
                {k: v for k, v in again.items() if k != "logits_path"}

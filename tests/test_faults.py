@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import ENV, REPO, planned_jobs, snakemake, tables, write_config
-from kdpipe import cli, io
+from kdpipe import io, jobs
 from kdpipe.io import ResultError
 from kdpipe.tables import collect_rows
 
@@ -163,8 +163,8 @@ def test_other_write_errors_pass_unchanged(tmp_path):
 def test_an_absent_cuda_device_is_named():
     with pytest.raises(SystemExit, match=r"config device is 'cuda:99', but torch finds \d+ CUDA "
                                          r"device\(s\) here .*set device: auto or cpu"):
-        cli.setup_torch(1, "cuda:99")
-    assert cli.setup_torch(1, "cpu") == "cpu"
+        jobs.setup_torch(1, "cuda:99")
+    assert jobs.setup_torch(1, "cpu") == "cpu"
 
 
 # --- config: what the workflow plans -----------------------------------------------------------

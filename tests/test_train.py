@@ -228,7 +228,7 @@ def test_feature_matching_loss_and_staged_forward():
 
 
 def test_stage_adapters_map_student_widths_to_the_teacher():
-    from kdpipe.cli import stage_adapter
+    from kdpipe.jobs import stage_adapter
 
     x = torch.rand(2, 1, 8, 8, generator=generator(3))
     teacher = fresh_cnn()
@@ -559,7 +559,7 @@ def test_the_engine_fuses_small_models_and_trains_large_ones_alone_on_a_cpu():
 def test_fused_feature_matching_and_sample_weighted_learners_equal_their_lone_runs():
     """fm and fm-rcd (with adapters) form one stacked group, kd-masked (sample weights) and kd
     another; each ends as it does alone."""
-    from kdpipe.cli import stage_adapter
+    from kdpipe.jobs import stage_adapter
     from kdpipe.train import FeatureMatch, Fused, TeacherFeatures, build_engines
 
     x = torch.rand(16, 1, 8, 8, generator=generator(0))

@@ -75,37 +75,108 @@ SETUPS = list(config["setups"])
 wildcard_constraints:
     setup="|".join(map(re.escape, SETUPS)),
     dataset="[^/]+",
-    alpha="[0-9.e+-]+",
-    temperature="[0-9.e+-]+",
-    width="[0-9.e+-]+",
-    seed="[0-9]+",
     teacher="[A-Za-z][A-Za-z0-9_.]*",
-    variant="|-masked",
+    block="[A-Za-z0-9_.+-]+",
 
-PAIR = "a{alpha}_T{temperature}_w{width}_s{seed}"
-SIDDO = "w{width}_s{seed}"
-FM_RUN = "a{alpha}_w{width}_s{seed}"
+
+from kdpipe import methods  # the method registry: standard library only, cheap to import
+
 # every (setup, teacher): a teacher's files are in results/<setup>/<teacher>/, its students below
 SETUP_TEACHERS = [(setup, teacher) for setup in SETUPS
                   for teacher in config["setups"][setup]["teachers"]]
 TEACHER = f"{R}/{{setup}}/{{teacher}}"
+METHODS = methods.enabled(config)
 
 
-VARIANTS = [""] + (["-masked"] if config["kd_masked"]["enabled"] else [])
+def run_name(method, alpha, temperature, width, seed):
+    """A student's folder below its method's: what it depends on among alpha, T, width, seed."""
+    m = methods.method(method)
+    return "".join([f"a{alpha}_" if m.uses_alpha else "",
+                    f"T{temperature}_" if m.uses_temperature else "", f"w{width}_s{seed}"])
 
 
-def student_rows():
-    methods = [f"{m}{v}" for v in VARIANTS for m in ("kd", "rcd")]
-    rows = []
-    for setup, teacher in SETUP_TEACHERS:
-        folder = f"{R}/{setup}/{teacher}"
-        rows += expand(f"{folder}/{{method}}/{PAIR}/row.json", method=methods, alpha=ALPHAS,
-                       temperature=TEMPERATURES, width=WIDTHS, seed=SEEDS)
-        rows += expand(f"{folder}/siddo/{SIDDO}/row.json", width=WIDTHS, seed=SEEDS)
-        if config["feature_matching"]["enabled"]:
-            rows += expand(f"{folder}/{{method}}/{FM_RUN}/row.json", method=["fm", "fm-rcd"],
-                           alpha=ALPHAS, width=WIDTHS, seed=SEEDS)
-    return rows
+def students_of(setup, width, seed):
+    """Every student of one (setup, width, seed), grouped by the (alpha, T) it depends on
+    (None for what does not depend on it): {(alpha, T): [student, ...]}."""
+    options = {"noise": config["rcd"], "stage": config["setups"][setup].get("fm_stage"),
+               "masked": {k: config["kd_masked"][k] for k in ("mode", "incorrect_weight")}}
+    groups = {}
+    for name in METHODS:
+        m = methods.method(name)
+        extra = {**({"noise": options["noise"]} if m.uses_noise else {}),
+                 **(options["masked"] if m.masked else {}),
+                 **({"stage": options["stage"]} if m.loss == "stage-mse" else {})}
+        alphas = ALPHAS if m.uses_alpha else [None]
+        temperatures = TEMPERATURES if m.uses_temperature else [None]
+        for alpha in alphas:
+            for temperature in temperatures:
+                student = {"method": name, "seed": int(seed),
+                           "run": run_name(name, alpha, temperature, width, seed), **extra}
+                if alpha is not None:
+                    student["alpha"] = float(alpha)
+                if temperature is not None:
+                    student["temperature"] = float(temperature)
+                groups.setdefault((alpha, temperature), []).append(student)
+    return groups
+
+
+def setup_blocks(setup):
+    """The setup's training jobs, the same for each of its teachers: block name -> (width,
+    students). Packed: every student of `block.seeds` seeds at a time (a setup's block_seeds
+    overrides it) per width; split_runs: one job per (alpha, T, width, seed) as in PROTOCOL's
+    design, siddo one per (width, seed)."""
+    blocks = {}
+    seeds_per_job = config["setups"][setup].get("block_seeds", config["block"]["seeds"])
+    for width in WIDTHS:
+        if config["block"]["split_runs"]:
+            for seed in SEEDS:
+                for (alpha, temperature), students in students_of(setup, width, seed).items():
+                    name = run_name(students[0]["method"], alpha, temperature, width, seed)
+                    blocks[f"{students[0]['method']}_{name}" if alpha is None or
+                           temperature is None else name] = (width, students)
+            continue
+        for first in range(0, len(SEEDS), seeds_per_job):
+            chunk = SEEDS[first:first + seeds_per_job]
+            students = [s for seed in chunk
+                        for group in students_of(setup, width, seed).values() for s in group]
+            blocks[f"w{width}_s{chunk[0]}-{chunk[-1]}"] = (width, students)
+    return blocks
+
+
+BLOCKS = {setup: setup_blocks(setup) for setup in SETUPS}
+
+
+def block_manifests():
+    return [f"{R}/{setup}/{teacher}/blocks/{block}.json" for setup, teacher in SETUP_TEACHERS
+            for block in BLOCKS[setup]]
+
+
+def siddo_owner(wildcards):
+    """The teacher of this setup whose siddo students this teacher shares: the first, in config
+    order, with the same teacher seed (siddo depends on theta0, not on the trained teacher)."""
+    seed = teacher_seed(wildcards)
+    teachers = config["setups"][wildcards.setup]["teachers"]
+    return next(t for t in teachers if teacher_seed(wildcards, t) == seed)
+
+
+def shared_siddo(wildcards):
+    """The owner's manifest of this block where this teacher references the owner's siddo
+    students, else nothing."""
+    owner = siddo_owner(wildcards)
+    _, students = BLOCKS[wildcards.setup][wildcards.block]
+    if owner == wildcards.teacher or not any(s["method"] == "siddo" for s in students):
+        return []
+    return [f"{R}/{wildcards.setup}/{owner}/blocks/{wildcards.block}.json"]
+
+
+def block_spec(wildcards):
+    width, students = BLOCKS[wildcards.setup][wildcards.block]
+    return training_spec(wildcards, width=float(width), students=students)
+
+
+def siddo_args(wildcards):
+    shared = shared_siddo(wildcards)
+    return f"--siddo-from {Path(shared[0]).parent.parent}" if shared else ""
 
 
 def teacher_rows():
@@ -129,7 +200,8 @@ def training_spec(wildcards, recipe=None, **extra):
     setup = setup_of(wildcards)
     spec = {"setup": wildcards.setup, "dataset": setup["dataset"], "arch": setup["arch"],
             "teacher_id": f"{wildcards.setup}/{wildcards.teacher}",
-            "recipe": recipe or setup["recipe"], **extra}
+            "data": config["datasets"][setup["dataset"]], "recipe": recipe or setup["recipe"],
+            **extra}
     return json.dumps(spec, sort_keys=True)
 
 
@@ -139,9 +211,9 @@ def teacher_recipe(wildcards):
     return {**setup["recipe"], **setup["teachers"][wildcards.teacher].get("recipe", {})}
 
 
-def teacher_seed(wildcards):
+def teacher_seed(wildcards, teacher=None):
     setup = setup_of(wildcards)
-    return setup["teachers"][wildcards.teacher].get("seed", setup["teacher_seed"])
+    return setup["teachers"][teacher or wildcards.teacher].get("seed", setup["teacher_seed"])
 
 
 def package_hash(module):
@@ -158,8 +230,8 @@ TRAINING_RESOURCES = {
 }
 
 
-# Student jobs form one Snakemake group: a cluster run packs `--group-components students=K`
-# of them into one allocation (slurm/profile.yaml sets K); local runs ignore groups.
+# Block jobs form one Snakemake group: a cluster run may pack `--group-components students=K`
+# of them into one allocation (see slurm/profile.yaml); local runs ignore groups.
 STUDENTS = "students"
 
 
@@ -169,30 +241,3 @@ def cpu_args():
 
 # Not params: where and how often to checkpoint does not change results (no rerun trigger).
 CHECKPOINTS = f"--checkpoint-dir {R}/checkpoints --checkpoint-every {config['checkpoint_every']}"
-
-
-onstart:
-    if config["fork_server"] and workflow.local_exec:
-        import os, tempfile
-        from kdpipe import server
-        from kdpipe.cli import PRELOAD
-
-        socket_path = os.path.join(tempfile.mkdtemp(prefix="kdpipe-"), "server.sock")
-        workflow.globals["FORK_SERVER"] = (server.start(socket_path, PRELOAD), socket_path)
-        os.environ["KDPIPE_SERVER"] = socket_path
-
-
-def stop_fork_server():
-    running = workflow.globals.get("FORK_SERVER")
-    if running:
-        from kdpipe import server
-
-        server.stop(*running)
-
-
-onsuccess:
-    stop_fork_server()
-
-
-onerror:
-    stop_fork_server()

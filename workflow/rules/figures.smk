@@ -1,5 +1,4 @@
-from kdpipe.audit import audit_stems
-from kdpipe.plots import figure_stems
+from kdpipe.methods import figure_stems
 
 def figure_file(stem, ext):
     """A figure's path; the first format of each figure also goes into `snakemake --report`,
@@ -12,8 +11,7 @@ def figure_file(stem, ext):
     return report(path, caption=str(caption), category="Figures", subcategory=setup)
 
 
-STEMS = figure_stems(SETUPS, config["temperatures"], masked=config["kd_masked"]["enabled"],
-                     fm=config["feature_matching"]["enabled"])
+STEMS = figure_stems(SETUPS, config["temperatures"], METHODS)
 FIGURES = [figure_file(stem, ext) for stem in STEMS for ext in config["plots"]["formats"]]
 
 
@@ -36,7 +34,7 @@ rule figures:
 
 AUDIT_TABLES = expand(f"{R}/tables/{{name}}.{{ext}}", name=["teacher_errors", "copied_errors"],
                       ext=["parquet", "csv"])
-AUDIT_FIGURES = [figure_file(stem, ext) for stem in audit_stems(SETUPS)
+AUDIT_FIGURES = [figure_file(stem, ext) for stem in [f"audit_{setup}" for setup in SETUPS]
                  for ext in config["plots"]["formats"]]
 
 

@@ -5,17 +5,20 @@ TABLES = expand(f"{R}/tables/{{name}}.{{ext}}", name=TABLE_NAMES, ext=["parquet"
 rule collect:
     input:
         teachers=teacher_rows(),
-        students=student_rows(),
+        blocks=block_manifests(),
     output:
         models=f"{R}/tables/models.parquet",
         csv=f"{R}/tables/models.csv",
         rows=temp(f"{R}/tables/models.rows.txt"),
+        manifests=temp(f"{R}/tables/models.blocks.txt"),
     log:
         f"{R}/logs/collect.log",
     run:
-        # The row list goes through a file: thousands of paths exceed a shell argument's limit.
-        Path(output.rows).write_text("\n".join(input.teachers + input.students) + "\n")
-        shell("python -m kdpipe collect --rows-file {output.rows:q} --results {R:q}"
+        # The lists go through files: thousands of paths exceed a shell argument's limit.
+        Path(output.rows).write_text("\n".join(input.teachers) + "\n")
+        Path(output.manifests).write_text("\n".join(input.blocks) + "\n")
+        shell("python -m kdpipe collect --rows-file {output.rows:q}"
+              " --manifests-file {output.manifests:q} --results {R:q}"
               " --out {output.models:q} 2> {log:q}")
 
 

@@ -1,0 +1,473 @@
+"""The training jobs: a teacher, and a block of students that share (setup, teacher, width).
+
+A block trains every student of its spec that is not already finished, all in one call of
+``kdpipe.train.train`` (which fuses learners of one architecture into one computation), then
+evaluates and writes each student into its own folder ``<teacher>/<method>/<run>/``. Those folders
+are not Snakemake outputs (their number depends on the config, and Snakemake would delete them
+before a rerun): they are the store of finished students. A student's row.json, written last,
+carries a digest of everything its result depends on; a rerun of the block skips each student
+whose row has the expected digest, so that adding an alpha, a temperature, a seed or a method
+trains only the new students, and a changed recipe or retrained teacher retrains what depends on
+it. The block's declared output is a manifest listing its students' rows.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from kdpipe.methods import method
+
+TEACHER_INIT, TEACHER_WEIGHTS = "init.pt", "model.pt"
+TEST_LOGITS, TRAIN_LOGITS, ROW, TIMING = "logits.npy", "train_logits.npy", "row.json", "timing.json"
+
+
+def digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def relative(path, results) -> str:
+    return os.path.relpath(Path(path).resolve(), Path(results).resolve())
+
+
+def setup_torch(threads: int, device: str) -> str:
+    import torch
+
+    torch.set_num_threads(threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    found = {"cuda": torch.cuda.device_count(), "mps": int(torch.backends.mps.is_available())}
+    kind, _, index = device.partition(":")
+    if kind != "cpu" and int(index or 0) >= found[kind]:
+        raise SystemExit(f"kdpipe: error: config device is {device!r}, but torch finds "
+                         f"{found[kind]} {kind.upper()} device(s) here (torch {torch.__version__}, "
+                         f"CUDA build: {torch.version.cuda}); set device: auto or cpu")
+    return device
+
+
+# --- fingerprints: what a result depends on, without hashing gigabytes --------------------------
+
+def data_fingerprint(spec: dict, data: Path, labels: Path) -> str:
+    """The dataset's config (its prepare step is deterministic in it), the prepared file's size and
+    the test labels' bytes: a re-prepared or edited dataset changes it."""
+    return digest([spec.get("data"), os.stat(data).st_size,
+                   hashlib.sha256(Path(labels).read_bytes()).hexdigest()])
+
+
+def weights_fingerprint(path: Path) -> str:
+    """A digest of a saved state dict's tensors (not of the file: torch.save's bytes may differ
+    for equal weights)."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    h = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().contiguous().reshape(-1)
+        h.update(f"{key}:{tensor.dtype}:{tuple(state[key].shape)}".encode())
+        h.update(tensor.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+class Teacher:
+    """A teacher's folder, its fingerprints (computed once) and loaded pieces (loaded once)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self._cache = {}
+
+    def _once(self, key, make):
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    @property
+    def init_fingerprint(self) -> str:
+        return self._once("init", lambda: weights_fingerprint(self.folder / TEACHER_INIT))
+
+    @property
+    def fingerprint(self) -> str:
+        return self._once("all", lambda: digest(
+            [self.init_fingerprint, weights_fingerprint(self.folder / TEACHER_WEIGHTS)]))
+
+
+def training_settings(spec: dict, student: dict, data_fp: str, teacher: Teacher) -> dict:
+    """Everything a student's trained weights depend on. siddo does not depend on the teacher
+    except through theta0 at width 1: teachers sharing a seed share their siddo students."""
+    m = method(student["method"])
+    settings = {"method": m.name, "seed": student["seed"], "width": float(spec["width"]),
+                "arch": spec["arch"], "recipe": spec["recipe"], "data": data_fp,
+                "options": {k: v for k, v in student.items()
+                            if k not in ("method", "seed", "run", "alpha", "temperature")}}
+    if m.uses_alpha:
+        settings["alpha"] = float(student["alpha"])
+    if m.uses_temperature:
+        settings["temperature"] = float(student["temperature"])
+    if m.uses_teacher or m.masked or m.target.endswith("stage"):
+        settings["teacher"] = teacher.fingerprint
+    elif float(spec["width"]) == 1.0:
+        settings["init"] = teacher.init_fingerprint
+    return settings
+
+
+def finished(row_path: Path, expected: str, key="digest") -> bool:
+    """A student is finished when its row.json (written last) has the expected digest."""
+    try:
+        return json.loads(Path(row_path).read_text()).get(key) == expected
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+def evaluate(model, x, y, batch_size: int, keep: bool = False):
+    """Mean cross-entropy of ``model`` on (x, y), in chunks of ``batch_size`` inputs (per-sample
+    losses in float32, their sum in float64), so that memory does not grow with the data; with
+    ``keep``, also the logits flattened to [samples, classes] float32 (a teacher's train logits).
+    Returns (loss, logits or None)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    total, count, kept = 0.0, 0, []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            logits = model(x[i:i + batch_size]).float()
+            logits = logits.reshape(-1, logits.shape[-1])
+            labels = y[i:i + batch_size].reshape(-1)
+            total += float(F.cross_entropy(logits, labels, reduction="sum").double())
+            count += len(labels)
+            if keep:
+                kept.append(logits.cpu().numpy())
+    return total / count, (np.concatenate(kept) if keep else None)
+
+
+def test_logits(model, dataset, batch_size: int):
+    from kdpipe.train import predict
+
+    logits = predict(model, dataset.x_test, batch_size)
+    return logits.reshape(-1, logits.shape[-1]).float().cpu().numpy()
+
+
+def chance_warning(n_correct: int, labels) -> str | None:
+    """A warning when a teacher is no better than the best constant guess (the most frequent test
+    label): kdpipe.audit's one-sided binomial test, which also flags it in the audit."""
+    from kdpipe.audit import at_chance, chance_accuracy
+
+    chance = chance_accuracy(labels)
+    if at_chance(n_correct, len(labels), chance):
+        return (f"WARNING: the teacher's test accuracy {n_correct / len(labels):.4f} is at chance "
+                f"(the most frequent class is {chance:.4f} of the test set); its students measure "
+                "nothing")
+    return None
+
+
+def base_row(spec: dict, role: str, results: Path, logits: Path, labels: Path) -> dict:
+    return {"setup": spec["setup"], "dataset": spec["dataset"], "arch": spec["arch"], "role": role,
+            "teacher_id": spec["teacher_id"], "logits_path": relative(logits, results),
+            "labels_path": relative(labels, results)}
+
+
+def save_state(model, path: Path) -> None:
+    import torch
+
+    from kdpipe.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(model.state_dict(), tmp)
+
+
+def checkpoint(folder, every: int, name: str, key: str):
+    """Periodic training state outside the job's outputs (Snakemake deletes those before a
+    rerun), named by ``key`` so that changed work never resumes an old run."""
+    from kdpipe.train import Checkpoint
+
+    if folder is None or every <= 0:
+        return None
+    return Checkpoint(Path(folder) / f"{name}-{digest(key)[:20]}.pt", every, key)
+
+
+# --- the teacher ----------------------------------------------------------------------------------
+
+def train_teacher(spec: dict, data: Path, labels: Path, out: Path, results: Path, threads: int,
+                  device: str, checkpoint_dir=None, checkpoint_every: int = 0) -> None:
+    import numpy as np
+
+    from kdpipe import data as datasets, metrics, models
+    from kdpipe.io import write_json, write_npy
+    from kdpipe.train import (EpochLog, Learner, Recipe, TrainingDiverged, generator, seed_for,
+                              train)
+
+    out = Path(out)
+    device = setup_torch(threads, device)
+    dataset = datasets.load(data, device)
+    model = models.build(spec["arch"], dataset.input_shape, dataset.num_classes, 1.0).to(device)
+    models.init_parameters(model, generator(seed_for("teacher-init", spec["seed"]), device))
+    save_state(model, out / TEACHER_INIT)
+    recipe = Recipe(**spec["recipe"])
+    saved = checkpoint(checkpoint_dir, checkpoint_every, "teacher",
+                       json.dumps([spec, data_fingerprint(spec, data, labels)], sort_keys=True))
+    learner = Learner("teacher", model, order_seed=seed_for("order", "teacher", spec["seed"]))
+    try:
+        seconds = train([learner], dataset.x_train, dataset.y_train, recipe,
+                        log=EpochLog(f"{spec['setup']} teacher", recipe.epochs), checkpoint=saved)
+    except TrainingDiverged as error:
+        raise SystemExit(f"kdpipe train-teacher: error: {error}") from None
+    save_state(model, out / TEACHER_WEIGHTS)
+    train_loss, train_logits = evaluate(model, dataset.x_train, dataset.y_train,
+                                        recipe.eval_batch_size, keep=True)
+    write_npy(out / TRAIN_LOGITS, train_logits)
+    logits = test_logits(model, dataset, recipe.eval_batch_size)
+    write_npy(out / TEST_LOGITS, logits)
+    y = np.load(labels)
+    correct = int((logits.argmax(-1) == y).sum())
+    row = base_row(spec, "teacher", results, out / TEST_LOGITS, labels)
+    row.update(method="", alpha=None, temperature=None, width=1.0, seed=int(spec["seed"]),
+               train_loss=train_loss, accuracy=metrics.accuracy(logits, y),
+               loss=metrics.cross_entropy(logits, y), n_teacher_correct=correct,
+               n_teacher_incorrect=len(y) - correct)
+    warning = chance_warning(correct, y)
+    if warning:
+        print(warning, file=sys.stderr)
+    write_json(out / TIMING, {"train_seconds": seconds})
+    write_json(out / ROW, row)
+    if saved is not None:
+        saved.path.unlink(missing_ok=True)
+
+
+# --- a block of students --------------------------------------------------------------------------
+
+def student_folder(teacher_dir: Path, student: dict) -> Path:
+    return Path(teacher_dir) / student["method"] / student["run"]
+
+
+def train_block(spec: dict, data: Path, labels: Path, teacher_dir: Path, manifest: Path,
+                results: Path, threads: int, device: str, checkpoint_dir=None,
+                checkpoint_every: int = 0, siddo_from=None) -> None:
+    """Train the students of ``spec["students"]`` that are not finished, write each one's folder,
+    then the manifest. ``siddo_from``: another teacher's folder (same setup and teacher seed)
+    whose siddo students this teacher's rows reference instead of training them again."""
+    import numpy as np
+
+    from kdpipe import data as datasets
+    from kdpipe.io import write_json
+    from kdpipe.train import EpochLog, Recipe, TrainingDiverged, train
+
+    teacher = Teacher(teacher_dir)
+    data_fp = data_fingerprint(spec, data, labels)
+    teacher_logits = np.load(teacher.folder / TEST_LOGITS)
+    y = np.load(labels)
+    plan = []  # (student, its folder, training digest, row digest, folder of its logits)
+    for student in spec["students"]:
+        trained = digest(training_settings(spec, student, data_fp, teacher))
+        folder = student_folder(teacher.folder, student)
+        source = folder
+        if siddo_from is not None and student["method"] == "siddo":
+            source = student_folder(siddo_from, student)
+            if not finished(source / ROW, trained, key="train_digest"):
+                raise SystemExit(f"{source} holds no finished siddo student with these settings; "
+                                 f"the block of {siddo_from} trains it")
+        plan.append((student, folder, trained, digest([trained, teacher.fingerprint]), source))
+    unscored = [p for p in plan if not finished(p[1] / ROW, p[3])]
+    # trained anew: a student of its own whose trained weights are not stored; the others only
+    # get a new row (a siddo student of another teacher, or one whose teacher was retrained
+    # without changing what the student depends on)
+    todo = [p for p in unscored if p[4] == p[1] and not finished(p[1] / ROW, p[2], "train_digest")]
+    print(f"block of {len(plan)} students: {len(plan) - len(unscored)} already finished, "
+          f"training {len(todo)}", file=sys.stderr)
+
+    recipe = Recipe(**spec["recipe"])
+    if todo:
+        device = setup_torch(threads, device)
+        dataset = datasets.load(data, device)
+        learners = build_learners(spec, [p[0] for p in todo], dataset, teacher.folder, device)
+        saved = checkpoint(checkpoint_dir, checkpoint_every, "block",
+                           json.dumps(sorted(p[2] for p in todo)))
+        label = f"{spec['teacher_id']} w={float(spec['width']):g}"
+        try:
+            seconds = train(learners, dataset.x_train, dataset.y_train, recipe,
+                            log=EpochLog(label, recipe.epochs), checkpoint=saved)
+        except TrainingDiverged as error:  # no student of the block is written: say why
+            raise SystemExit(f"kdpipe train-block: error: {error}") from None
+        for (student, folder, trained, row_digest, _), learner in zip(todo, learners):
+            write_student(spec, student, learner.model, dataset, folder, folder, trained,
+                          row_digest, teacher_logits, y, labels, results,
+                          seconds / len(learners), recipe)
+        if saved is not None:
+            saved.path.unlink(missing_ok=True)
+    for student, folder, trained, row_digest, source in unscored:
+        if not any(p[1] == folder for p in todo):  # stored weights' logits, scored anew
+            write_student(spec, student, None, None, folder, source, trained, row_digest,
+                          teacher_logits, y, labels, results, 0.0, recipe)
+    write_json(manifest, {"students": [relative(p[1] / ROW, results) for p in plan]})
+
+
+def write_student(spec, student, model, dataset, folder: Path, source: Path, trained: str,
+                  row_digest: str, teacher_logits, y, labels: Path, results: Path,
+                  seconds: float, recipe) -> None:
+    """The student's test logits and row (metrics against this block's teacher), row.json last.
+    Without a model, the logits and train loss are those of ``source``'s finished student."""
+    import numpy as np
+
+    from kdpipe import metrics
+    from kdpipe.audit import copied_by_class
+    from kdpipe.io import write_json, write_npy
+
+    if model is not None:
+        train_loss, _ = evaluate(model, dataset.x_train, dataset.y_train, recipe.eval_batch_size)
+        logits = test_logits(model, dataset, recipe.eval_batch_size)
+        write_npy(folder / TEST_LOGITS, logits)
+        write_json(folder / TIMING, {"train_seconds": seconds})
+    else:
+        train_loss = json.loads((source / ROW).read_text())["train_loss"]
+        logits = np.load(source / TEST_LOGITS)
+    m = method(student["method"])
+    row = base_row(spec, "student", results, source / TEST_LOGITS, labels)
+    row.update(method=m.name, alpha=float(student["alpha"]) if m.uses_alpha else 0.0,
+               temperature=float(student["temperature"]) if m.uses_temperature else None,
+               width=float(spec["width"]), seed=int(student["seed"]), train_loss=train_loss,
+               train_digest=trained, digest=row_digest)
+    row.update(metrics.student_metrics(logits, teacher_logits, y))
+    row["copied_by_class"] = copied_by_class(logits, teacher_logits, y)
+    write_json(folder / ROW, row)
+
+
+def initial_model(spec: dict, seed: int, dataset, teacher_dir: Path, device: str):
+    """A student's initial weights: the teacher's theta0 at width 1, else drawn from (width,
+    seed); the same for every method of that (width, seed)."""
+    import torch
+
+    from kdpipe import models
+    from kdpipe.train import generator, seed_for
+
+    width = float(spec["width"])
+    model = models.build(spec["arch"], dataset.input_shape, dataset.num_classes, width).to(device)
+    if width == 1.0:
+        model.load_state_dict(torch.load(Path(teacher_dir) / TEACHER_INIT, map_location=device,
+                                         weights_only=True))
+    else:
+        models.init_parameters(model, generator(seed_for("init", width, seed), device))
+    return model
+
+
+def build_learners(spec: dict, students: list, dataset, teacher_dir: Path, device: str) -> list:
+    """One Learner per student, in order; the teacher's pieces are loaded once per block."""
+    from kdpipe.train import (DownweightedClasses, FeatureMatch, Learner, RandomLogits,
+                              TeacherFeatures, generator, seed_for, staged_forward)
+
+    cache = {}
+
+    def once(key, make):
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
+
+    teacher = lambda: once("teacher", lambda: load_teacher(spec, dataset, teacher_dir, device))
+    learners = []
+    for student in students:
+        m, seed, width = method(student["method"]), int(student["seed"]), float(spec["width"])
+        initial = once(("init", seed), lambda: initial_model(spec, seed, dataset, teacher_dir,
+                                                              device))
+        target = weights = feature_match = None
+        if m.target == "teacher":
+            target = once("target", lambda: teacher_target(spec, dataset, teacher_dir, device))
+        elif m.target == "noise":
+            shape = (*dataset.y_train.shape[1:], dataset.num_classes)
+            target = RandomLogits(len(dataset.y_train), shape, seed_for("noise", seed),
+                                  device=device, **student.get("noise", {}))
+        if m.masked:
+            if student.get("mode", "samples") == "samples":
+                weights = once(("weights", student["incorrect_weight"]), lambda: masked_weights(
+                    dataset, teacher_dir, student["incorrect_weight"], device))
+            else:  # "classes": down-weight the target's mass on the wrong classes instead
+                target = DownweightedClasses(target, dataset.y_train, student["incorrect_weight"],
+                                             float(student.get("temperature", 1.0)),
+                                             dataset.num_classes)
+        if m.loss == "stage-mse":
+            stage = student.get("stage") or last_stage(teacher())
+            adapter = stage_adapter(initial, teacher(), stage, dataset.x_train[:2],
+                                    generator(seed_for("adapter", width, seed), device))
+            feature_match = FeatureMatch(stage, adapter)
+            if m.target == "teacher-stage":
+                target = TeacherFeatures(teacher(), stage)
+            else:
+                shape = staged_forward(teacher(), stage, dataset.x_train[:1], stop=True).shape[1:]
+                target = RandomLogits(len(dataset.y_train), shape, seed_for("noise", seed),
+                                      device=device, **student.get("noise", {}))
+        learners.append(Learner(f"{m.name} {student['run']}", copy.deepcopy(initial), target,
+                                alpha=float(student.get("alpha", 0.0)) if m.uses_alpha else 0.0,
+                                temperature=float(student.get("temperature", 1.0)),
+                                sample_weights=weights, feature_match=feature_match,
+                                order_seed=seed_for("order", "student", seed)))
+    return learners
+
+
+def masked_weights(dataset, teacher_dir: Path, incorrect_weight: float, device: str):
+    """Per training sample: 1 where the teacher's (un-augmented) prediction is right, else
+    ``incorrect_weight`` (0: the KD term is dropped on the teacher's errors)."""
+    import numpy as np
+    import torch
+
+    logits = torch.from_numpy(np.load(Path(teacher_dir) / TRAIN_LOGITS)).to(device)
+    right = logits.argmax(-1).view(dataset.y_train.shape) == dataset.y_train
+    return torch.where(right, 1.0, float(incorrect_weight))
+
+
+def teacher_target(spec, dataset, teacher_dir: Path, device: str):
+    """The teacher's cached train logits, or, where batches are augmented, the teacher itself."""
+    import numpy as np
+    import torch
+
+    from kdpipe.train import TeacherLogits, TeacherModel
+
+    if spec["recipe"].get("augment", "none") == "none":
+        logits = torch.from_numpy(np.load(Path(teacher_dir) / TRAIN_LOGITS)).to(device)
+        return TeacherLogits(logits.view(*dataset.y_train.shape, -1))
+    return TeacherModel(load_teacher(spec, dataset, teacher_dir, device))
+
+
+def load_teacher(spec, dataset, teacher_dir: Path, device: str):
+    import torch
+
+    from kdpipe import models
+
+    teacher = models.build(spec["arch"], dataset.input_shape, dataset.num_classes, 1.0).to(device)
+    teacher.load_state_dict(torch.load(Path(teacher_dir) / TEACHER_WEIGHTS, map_location=device,
+                                       weights_only=True))
+    return teacher.eval()
+
+
+def last_stage(model) -> str:
+    """The default stage to match: the last one before the classifier head."""
+    return [name for name, _ in model.named_children() if name != "head"][-1]
+
+
+def stage_adapter(student, teacher, stage: str, x, generator):
+    """FitNets' regressor from the student's output of ``stage`` to the teacher's: None where the
+    shapes agree (width 1), else a 1x1 convolution (channels differ) or a linear map (the last,
+    feature dimension differs), drawn from ``generator``."""
+    import torch
+    from torch import nn
+
+    from kdpipe import models
+    from kdpipe.train import staged_forward
+
+    with torch.no_grad():
+        mine = staged_forward(student, stage, x, stop=True).shape
+        theirs = staged_forward(teacher, stage, x, stop=True).shape
+    if mine == theirs:
+        return None
+    differ = [d for d in range(len(mine)) if mine[d] != theirs[d]]
+    if differ == [len(mine) - 1]:
+        adapter = nn.Linear(mine[-1], theirs[-1])
+    elif differ == [1] and len(mine) in (3, 4):
+        adapter = (nn.Conv1d if len(mine) == 3 else nn.Conv2d)(mine[1], theirs[1], 1)
+    else:
+        raise ValueError(f"stage {stage!r}: cannot map student output {tuple(mine)} to the "
+                         f"teacher's {tuple(theirs)}")
+    adapter = adapter.to(x.device)
+    models.init_parameters(adapter, generator)
+    return adapter

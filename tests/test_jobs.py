@@ -1,0 +1,192 @@
+"""The training jobs at the command line (kdpipe/jobs.py): initial weights, the store of finished
+students, chunked evaluation, the copied errors per class, the chance-level teacher warning."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kdpipe import jobs, metrics, models
+from kdpipe.train import generator, seed_for
+
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def kdpipe(*args):
+    result = subprocess.run([sys.executable, "-m", "kdpipe", *map(str, args)], env=ENV,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stderr
+
+
+def spec(**extra):
+    return json.dumps({"setup": "s", "dataset": "digits", "arch": "mlp", "teacher_id": "s/teacher",
+                       "data": {"family": "digits"}, **extra})
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    work = tmp_path_factory.mktemp("jobs")
+    data, labels = work / "data/digits.pt", work / "data/digits.labels.npy"
+    kdpipe("prepare-data", "--spec", json.dumps({"family": "digits", "options": {}}),
+           "--raw-dir", work, "--out", data, "--labels-out", labels)
+    log = kdpipe("train-teacher", "--spec", spec(seed=0, recipe={"epochs": 2, "batch_size": 32}),
+                 "--data", data, "--labels", labels, "--out", work / "s/teacher", "--results", work,
+                 "--device", "cpu")
+    assert "WARNING" not in log  # a trained teacher is well above chance
+    return work
+
+
+def block(work: Path, width: float, seeds, epochs: int, name: str, methods=("kd", "rcd", "siddo"),
+          teacher="teacher"):
+    students = []
+    for seed in seeds:
+        for m in methods:
+            student = {"method": m, "seed": seed, "run": f"{name}_s{seed}"}
+            if m != "siddo":
+                student.update(alpha=0.5, temperature=1.0)
+            students.append(student)
+    return kdpipe("train-block", "--spec", spec(width=width, students=students,
+                                                recipe={"epochs": epochs, "batch_size": 32}),
+                  "--data", work / "data/digits.pt", "--labels", work / "data/digits.labels.npy",
+                  "--teacher", work / "s" / teacher,
+                  "--manifest", work / f"s/{teacher}/blocks/{name}.json",
+                  "--results", work, "--device", "cpu")
+
+
+def outputs_of(model, work: Path):
+    x_test = torch.load(work / "data/digits.pt", weights_only=True)["x_test"]
+    with torch.no_grad():
+        return model.eval()(x_test).numpy()
+
+
+def test_students_start_from_theta0_at_width_1_and_share_drawn_weights_elsewhere(teacher):
+    """With 0 epochs a student's saved test logits are those of its initial weights: at width 1,
+    of the teacher's saved init.pt; at width 0.5, of the weights drawn from (width, seed), the
+    same for kd, rcd and siddo."""
+    work = teacher
+    block(work, 1.0, [3], 0, "init_w1")
+    block(work, 0.5, [3], 0, "init_w0.5")
+    theta0 = models.build("mlp", (1, 8, 8), 10, 1.0)
+    theta0.load_state_dict(torch.load(work / "s/teacher/init.pt", weights_only=True))
+    drawn = models.build("mlp", (1, 8, 8), 10, 0.5)
+    models.init_parameters(drawn, generator(seed_for("init", 0.5, 3)))
+    for run, model in (("init_w1_s3", theta0), ("init_w0.5_s3", drawn)):
+        expected = outputs_of(model, work)
+        for method in ("kd", "rcd", "siddo"):
+            saved = np.load(work / f"s/teacher/{method}/{run}/logits.npy")
+            np.testing.assert_allclose(saved, expected, rtol=1e-5, atol=1e-6, err_msg=method)
+    # the teacher itself moved away from theta0: the comparison can tell weights apart
+    assert not np.allclose(np.load(work / "s/teacher/logits.npy"), outputs_of(theta0, work),
+                           atol=1e-3)
+
+
+def test_a_rerun_of_a_block_trains_only_unfinished_or_changed_students(teacher):
+    work = teacher
+    log = block(work, 1.0, [0], 1, "store", methods=("kd", "siddo"))
+    assert "training 2" in log
+    row = work / "s/teacher/kd/store_s0/row.json"
+    first = json.loads(row.read_text())
+    log = block(work, 1.0, [0, 1], 1, "store", methods=("kd", "rcd", "siddo"))
+    assert "block of 6 students: 2 already finished, training 4" in log
+    assert json.loads(row.read_text()) == first  # untouched
+    manifest = json.loads((work / "s/teacher/blocks/store.json").read_text())
+    assert len(manifest["students"]) == 6
+    assert all((work / r).exists() for r in manifest["students"])
+    log = block(work, 1.0, [0, 1], 2, "store", methods=("kd", "rcd", "siddo"))  # new recipe
+    assert "0 already finished, training 6" in log
+    # a half-written student (no row.json: it is written last) is trained again
+    (work / "s/teacher/rcd/store_s1/row.json").unlink()
+    assert "5 already finished, training 1" in block(work, 1.0, [0, 1], 2, "store",
+                                                      methods=("kd", "rcd", "siddo"))
+
+
+def test_a_retrained_teacher_retrains_only_the_students_that_depend_on_it(teacher):
+    """At width 0.5, rcd and siddo depend on neither the teacher's init nor its weights: after the
+    teacher changes they are scored against it anew, not retrained; kd is retrained."""
+    work = teacher
+
+    def train_teacher(epochs):
+        kdpipe("train-teacher", "--spec", spec(seed=0, recipe={"epochs": epochs, "batch_size": 32}),
+               "--data", work / "data/digits.pt", "--labels", work / "data/digits.labels.npy",
+               "--out", work / "s/other", "--results", work, "--device", "cpu")
+        return json.loads((work / "s/other/row.json").read_text())
+
+    train_teacher(1)
+    assert "training 3" in block(work, 0.5, [0], 1, "retrain", teacher="other")
+    before = {m: json.loads((work / f"s/other/{m}/retrain_s0/row.json").read_text())
+              for m in ("kd", "rcd", "siddo")}
+    changed = train_teacher(3)
+    log = block(work, 0.5, [0], 1, "retrain", teacher="other")
+    assert "block of 3 students: 0 already finished, training 1" in log
+    for m in ("rcd", "siddo"):
+        after = json.loads((work / f"s/other/{m}/retrain_s0/row.json").read_text())
+        assert after["train_digest"] == before[m]["train_digest"]
+        assert after["accuracy"] == before[m]["accuracy"]  # the same student ...
+        assert after["n_teacher_incorrect"] == changed["n_teacher_incorrect"]  # ... rescored
+    kd = json.loads((work / "s/other/kd/retrain_s0/row.json").read_text())
+    assert kd["train_digest"] != before["kd"]["train_digest"]
+
+
+def test_evaluate_in_chunks_matches_the_float64_loss_and_keeps_the_logits():
+    g = torch.Generator().manual_seed(0)
+    model = torch.nn.Linear(5, 7)
+    x = torch.randn(1000, 5, generator=g)
+    y = torch.randint(0, 7, (1000,), generator=g)
+    loss, kept = jobs.evaluate(model, x, y, batch_size=64, keep=True)
+    with torch.no_grad():
+        logits = model(x).numpy()
+    assert kept.shape == (1000, 7) and kept.dtype == np.float32
+    np.testing.assert_allclose(kept, logits, rtol=1e-6)
+    # independent: scipy-free float64 reference by hand
+    z = logits.astype(np.float64)
+    z = z - z.max(1, keepdims=True)
+    reference = -np.mean(z[np.arange(1000), y.numpy()] - np.log(np.exp(z).sum(1)))
+    assert loss == pytest.approx(reference, rel=1e-6)
+    assert jobs.evaluate(model, x, y, batch_size=64)[1] is None
+
+
+MEMORY_PROBE = """
+import resource, torch
+from kdpipe import jobs
+
+class Sequence(torch.nn.Module):  # [B, L] tokens -> [B, L, 65] logits, like a char model
+    def forward(self, x):
+        return torch.nn.functional.one_hot(x, 65).float()
+
+x = torch.randint(0, 65, (4000, 256))
+jobs.evaluate(Sequence(), x[:64], x[:64], batch_size=64)  # warm up the allocator
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+jobs.evaluate(Sequence(), x, x, batch_size=64)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def test_evaluate_memory_does_not_grow_with_the_train_set():
+    """A Shakespeare-like train set of 1M positions x 65 classes: 266 MB of float32 logits, 532
+    MB in float64; evaluating in chunks raises the process's peak memory by far less."""
+    result = subprocess.run([sys.executable, "-c", MEMORY_PROBE], env=ENV, capture_output=True,
+                            text=True, check=True)
+    growth = int(result.stdout.split()[-1])
+    assert growth < 4000 * 256 * 65 * 4 / 5, f"peak memory grew by {growth / 1e6:.0f} MB"
+
+
+def test_a_teacher_at_chance_is_flagged():
+    labels = np.repeat(np.arange(10), 100)
+    assert "at chance" in jobs.chance_warning(110, labels)
+    assert jobs.chance_warning(500, labels) is None
+    skewed = np.array([0] * 900 + [1] * 100)  # always guessing 0 already scores 0.9
+    assert "at chance" in jobs.chance_warning(900, skewed)
+
+
+def test_a_teacher_trained_to_nothing_gets_a_warning_in_its_log(teacher, tmp_path):
+    work = teacher
+    log = kdpipe("train-teacher", "--spec", spec(seed=0, recipe={"epochs": 1, "batch_size": 32,
+                                                               "lr": 1e-9}),
+                 "--data", work / "data/digits.pt", "--labels", work / "data/digits.labels.npy",
+                 "--out", tmp_path / "t", "--results", work, "--device", "cpu")
+    assert "WARNING: the teacher's test accuracy" in log
