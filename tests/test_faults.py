@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from conftest import ENV, REPO, planned_jobs, snakemake, tables, write_config
 from kdpipe import io, jobs
@@ -170,7 +169,7 @@ def test_an_absent_cuda_device_is_named():
 # --- config: what the workflow plans -----------------------------------------------------------
 
 # The paper study's job graph; update here when the workflow's jobs change.
-PAPER_JOBS = {"prepare_data": 9, "train_teacher": 14, "train_kd_rcd": 1680, "train_siddo": 560,
+PAPER_JOBS = {"prepare_data": 9, "train_teacher": 14, "train_block": 524,
               "collect": 1, "statistics": 1, "figures": 1, "audit": 1, "all": 1}
 
 
@@ -197,17 +196,17 @@ def test_without_a_configfile_the_default_study_runs(tmp_path):
                              "--directory", str(workdir), "-n"],
                             capture_output=True, text=True, env=ENV, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert re.search(r"train_kd_rcd\s+144\n", result.stdout)  # 2 setups x 3 alphas x 3 widths x 8
+    assert re.search(r"train_block\s+24\n", result.stdout)  # 2 setups x 3 widths x 4 blocks of seeds
 
 
 @pytest.mark.slow
 def test_numbers_that_print_alike_get_their_own_paths_and_values(tmp_path):
     """%g made a0.5 of both 0.5 and 0.5000001: one student trained for two alphas."""
     write_config(tmp_path, alphas=[0.5, 0.5000001], widths=[1], seeds=[0])
-    assert planned_jobs(tmp_path)["train_kd_rcd"] == 2
     dry_run = snakemake(tmp_path, "-n", "-p").stdout
-    assert "kd/a0.5000001_T1_w1_s0/" in dry_run and "kd/a0.5_T1_w1_s0/" in dry_run
-    assert '{"alpha": 0.5000001, "method": "kd"' in dry_run  # the job trains at that alpha
+    # the block trains both, each in its own folder, at its own alpha
+    assert '{"alpha": 0.5, "method": "kd", "run": "a0.5_T1_w1_s0"' in dry_run
+    assert '{"alpha": 0.5000001, "method": "kd", "run": "a0.5000001_T1_w1_s0"' in dry_run
 
 
 @pytest.mark.slow
@@ -245,10 +244,7 @@ def finished(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("faults")
     scratch = workdir / "tmp"
     scratch.mkdir()
-    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
-    # the fork server keeps a socket folder in /tmp while it runs (and is being removed)
-    no_server = {"fork_server": False} if "fork_server" in schema["properties"] else {}
-    write_config(workdir, widths=[1], seeds=[0, 1], **no_server,
+    write_config(workdir, widths=[1], seeds=[0, 1],
                  setups={"digits-mlp": {"dataset": "digits", "arch": "mlp",
                                         "recipe": {"epochs": 2, "batch_size": 32}}},
                  plots={"formats": ["png"], "dpi": 40}, stats={"bootstrap": 10})

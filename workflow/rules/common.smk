@@ -21,33 +21,49 @@ def validate_config(config, schema_path):
             for key, sub in properties.items():
                 if "default" in sub:
                     instance.setdefault(key, json.loads(json.dumps(sub["default"])))
-        yield from validator_class.VALIDATORS["properties"](validator, properties, instance, schema)
+        yield from validator_class.VALIDATORS["properties"](
+            validator, properties, instance, schema
+        )
 
-    filling = jsonschema.validators.extend(validator_class, {"properties": fill_defaults})
+    filling = jsonschema.validators.extend(
+        validator_class, {"properties": fill_defaults}
+    )
     error = jsonschema.exceptions.best_match(filling(schema).iter_errors(config))
     if error is not None:
-        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+        key = "".join(
+            f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path
+        )
         key = key.lstrip(".") or "(top level)"
         raise WorkflowError(
-            f"config error at {key}: {error.message} (value: {json.dumps(error.instance)})")
+            f"config error at {key}: {error.message} (value: {json.dumps(error.instance)})"
+        )
     masked = config["kd_masked"]
-    if masked["enabled"] and masked["mode"] == "classes" and masked["incorrect_weight"] == 0:
+    if (
+        masked["enabled"]
+        and masked["mode"] == "classes"
+        and masked["incorrect_weight"] == 0
+    ):
         raise WorkflowError(
             "config error at kd_masked.incorrect_weight: 0 with mode classes makes the KD target "
             "one-hot on the label, so kd-masked and rcd-masked would be plain cross-entropy like "
-            "siddo; use a weight > 0 or mode samples")
+            "siddo; use a weight > 0 or mode samples"
+        )
     recipe_validator = filling(schema["definitions"]["recipe"])
     for name, setup in config["setups"].items():
         if setup["dataset"] not in config["datasets"]:
             raise WorkflowError(
                 f"config error at setups.{name}.dataset: unknown dataset {setup['dataset']!r}; "
-                f"defined in datasets: {', '.join(config['datasets'])}")
+                f"defined in datasets: {', '.join(config['datasets'])}"
+            )
         for teacher, overrides in setup["teachers"].items():
             recipe = {**setup["recipe"], **overrides.get("recipe", {})}
-            error = jsonschema.exceptions.best_match(recipe_validator.iter_errors(recipe))
+            error = jsonschema.exceptions.best_match(
+                recipe_validator.iter_errors(recipe)
+            )
             if error is not None:
                 raise WorkflowError(
-                    f"config error at setups.{name}.teachers.{teacher}.recipe: {error.message}")
+                    f"config error at setups.{name}.teachers.{teacher}.recipe: {error.message}"
+                )
 
 
 validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -55,7 +71,9 @@ validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
 R = config["results"]
 # importing torch._dynamo (every optimizer does) creates a compile cache folder, by default in
 # /tmp: keep it with Snakemake's own state so that a run leaves nothing behind in /tmp
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.abspath(".snakemake/torchinductor"))
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR", os.path.abspath(".snakemake/torchinductor")
+)
 CONDA_ENV = "../../envs/kdpipe.yaml"  # used only under --sdm conda
 
 
@@ -72,6 +90,7 @@ WIDTHS = [num(w) for w in config["widths"]]
 SEEDS = [str(s) for s in config["seeds"]]
 SETUPS = list(config["setups"])
 
+
 wildcard_constraints:
     setup="|".join(map(re.escape, SETUPS)),
     dataset="[^/]+",
@@ -79,11 +98,15 @@ wildcard_constraints:
     block="[A-Za-z0-9_.+-]+",
 
 
-from kdpipe import methods  # the method registry: standard library only, cheap to import
+# the method registry: standard library only, cheap to import at parse time
+from kdpipe import methods
 
 # every (setup, teacher): a teacher's files are in results/<setup>/<teacher>/, its students below
-SETUP_TEACHERS = [(setup, teacher) for setup in SETUPS
-                  for teacher in config["setups"][setup]["teachers"]]
+SETUP_TEACHERS = [
+    (setup, teacher)
+    for setup in SETUPS
+    for teacher in config["setups"][setup]["teachers"]
+]
 TEACHER = f"{R}/{{setup}}/{{teacher}}"
 METHODS = methods.enabled(config)
 
@@ -91,27 +114,41 @@ METHODS = methods.enabled(config)
 def run_name(method, alpha, temperature, width, seed):
     """A student's folder below its method's: what it depends on among alpha, T, width, seed."""
     m = methods.method(method)
-    return "".join([f"a{alpha}_" if m.uses_alpha else "",
-                    f"T{temperature}_" if m.uses_temperature else "", f"w{width}_s{seed}"])
+    return "".join(
+        [
+            f"a{alpha}_" if m.uses_alpha else "",
+            f"T{temperature}_" if m.uses_temperature else "",
+            f"w{width}_s{seed}",
+        ]
+    )
 
 
 def students_of(setup, width, seed):
     """Every student of one (setup, width, seed), grouped by the (alpha, T) it depends on
     (None for what does not depend on it): {(alpha, T): [student, ...]}."""
-    options = {"noise": config["rcd"], "stage": config["setups"][setup].get("fm_stage"),
-               "masked": {k: config["kd_masked"][k] for k in ("mode", "incorrect_weight")}}
+    options = {
+        "noise": config["rcd"],
+        "stage": config["setups"][setup].get("fm_stage"),
+        "masked": {k: config["kd_masked"][k] for k in ("mode", "incorrect_weight")},
+    }
     groups = {}
     for name in METHODS:
         m = methods.method(name)
-        extra = {**({"noise": options["noise"]} if m.uses_noise else {}),
-                 **(options["masked"] if m.masked else {}),
-                 **({"stage": options["stage"]} if m.loss == "stage-mse" else {})}
+        extra = {
+            **({"noise": options["noise"]} if m.uses_noise else {}),
+            **(options["masked"] if m.masked else {}),
+            **({"stage": options["stage"]} if m.loss == "stage-mse" else {}),
+        }
         alphas = ALPHAS if m.uses_alpha else [None]
         temperatures = TEMPERATURES if m.uses_temperature else [None]
         for alpha in alphas:
             for temperature in temperatures:
-                student = {"method": name, "seed": int(seed),
-                           "run": run_name(name, alpha, temperature, width, seed), **extra}
+                student = {
+                    "method": name,
+                    "seed": int(seed),
+                    "run": run_name(name, alpha, temperature, width, seed),
+                    **extra,
+                }
                 if alpha is not None:
                     student["alpha"] = float(alpha)
                 if temperature is not None:
@@ -130,15 +167,28 @@ def setup_blocks(setup):
     for width in WIDTHS:
         if config["block"]["split_runs"]:
             for seed in SEEDS:
-                for (alpha, temperature), students in students_of(setup, width, seed).items():
-                    name = run_name(students[0]["method"], alpha, temperature, width, seed)
-                    blocks[f"{students[0]['method']}_{name}" if alpha is None or
-                           temperature is None else name] = (width, students)
+                for (alpha, temperature), students in students_of(
+                    setup, width, seed
+                ).items():
+                    name = run_name(
+                        students[0]["method"], alpha, temperature, width, seed
+                    )
+                    blocks[
+                        (
+                            f"{students[0]['method']}_{name}"
+                            if alpha is None or temperature is None
+                            else name
+                        )
+                    ] = (width, students)
             continue
         for first in range(0, len(SEEDS), seeds_per_job):
-            chunk = SEEDS[first:first + seeds_per_job]
-            students = [s for seed in chunk
-                        for group in students_of(setup, width, seed).values() for s in group]
+            chunk = SEEDS[first : first + seeds_per_job]
+            students = [
+                s
+                for seed in chunk
+                for group in students_of(setup, width, seed).values()
+                for s in group
+            ]
             blocks[f"w{width}_s{chunk[0]}-{chunk[-1]}"] = (width, students)
     return blocks
 
@@ -147,13 +197,17 @@ BLOCKS = {setup: setup_blocks(setup) for setup in SETUPS}
 
 
 def block_manifests():
-    return [f"{R}/{setup}/{teacher}/blocks/{block}.json" for setup, teacher in SETUP_TEACHERS
-            for block in BLOCKS[setup]]
+    return [
+        f"{R}/{setup}/{teacher}/blocks/{block}.json"
+        for setup, teacher in SETUP_TEACHERS
+        for block in BLOCKS[setup]
+    ]
 
 
 def siddo_owner(wildcards):
     """The teacher of this setup whose siddo students this teacher shares: the first, in config
-    order, with the same teacher seed (siddo depends on theta0, not on the trained teacher)."""
+    order, with the same teacher seed (siddo depends on theta0, not on the trained teacher).
+    """
     seed = teacher_seed(wildcards)
     teachers = config["setups"][wildcards.setup]["teachers"]
     return next(t for t in teachers if teacher_seed(wildcards, t) == seed)
@@ -198,10 +252,15 @@ def labels_file(wildcards):
 def training_spec(wildcards, recipe=None, **extra):
     """What a training job depends on, as JSON: its params, hence its rerun trigger."""
     setup = setup_of(wildcards)
-    spec = {"setup": wildcards.setup, "dataset": setup["dataset"], "arch": setup["arch"],
-            "teacher_id": f"{wildcards.setup}/{wildcards.teacher}",
-            "data": config["datasets"][setup["dataset"]], "recipe": recipe or setup["recipe"],
-            **extra}
+    spec = {
+        "setup": wildcards.setup,
+        "dataset": setup["dataset"],
+        "arch": setup["arch"],
+        "teacher_id": f"{wildcards.setup}/{wildcards.teacher}",
+        "data": dataset_spec(setup["dataset"]),
+        "recipe": recipe or setup["recipe"],
+        **extra,
+    }
     return json.dumps(spec, sort_keys=True)
 
 
@@ -213,7 +272,9 @@ def teacher_recipe(wildcards):
 
 def teacher_seed(wildcards, teacher=None):
     setup = setup_of(wildcards)
-    return setup["teachers"][teacher or wildcards.teacher].get("seed", setup["teacher_seed"])
+    return setup["teachers"][teacher or wildcards.teacher].get(
+        "seed", setup["teacher_seed"]
+    )
 
 
 def package_hash(module):
@@ -236,8 +297,31 @@ STUDENTS = "students"
 
 
 def cpu_args():
-    return f"--threads {config['threads']} --device {config['device']} --results {R}"
+    """How a training job runs: threads, device, results folder and checkpoints. A params value,
+    so editing one of them reruns the training jobs: block jobs find their students finished and
+    only rewrite their manifests, teachers retrain."""
+    return (
+        f"--threads {config['threads']} --device {config['device']} --results {R}"
+        f" --checkpoint-dir {R}/checkpoints --checkpoint-every {config['checkpoint_every']}"
+    )
 
 
-# Not params: where and how often to checkpoint does not change results (no rerun trigger).
-CHECKPOINTS = f"--checkpoint-dir {R}/checkpoints --checkpoint-every {config['checkpoint_every']}"
+def dataset_spec(name):
+    """What prepare-data reads of a dataset's entry: its resources are the cluster's business."""
+    return {key: config["datasets"][name][key] for key in ("family", "options")}
+
+
+def write_lines(path, lines):
+    """A list of paths as a file: thousands of them exceed a shell argument's limit."""
+    Path(path).write_text("".join(f"{line}\n" for line in lines))
+
+
+def figure_file(stem, ext):
+    """A figure's path; the first format of each figure also goes into `snakemake --report`,
+    with its caption (workflow/report/figN.rst), grouped by setup."""
+    path = f"{R}/figures/{stem}.{ext}"
+    if ext != config["plots"]["formats"][0]:
+        return path
+    setup = next((s for s in SETUPS if stem.endswith(f"_{s}")), "all setups")
+    caption = Path(workflow.basedir, "workflow/report", f"{stem.split('_')[0]}.rst")
+    return report(path, caption=str(caption), category="Figures", subcategory=setup)

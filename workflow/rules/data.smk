@@ -1,22 +1,17 @@
-def dataset_spec(name):
-    """What prepare-data reads of a dataset's entry: its resources are the cluster's business."""
-    return {key: config["datasets"][name][key] for key in ("family", "options")}
-
-
 rule prepare_data:
     output:
         data=f"{R}/data/{{dataset}}.pt",
         labels=f"{R}/data/{{dataset}}.labels.npy",
-    params:
-        spec=lambda w: json.dumps(dataset_spec(w.dataset), sort_keys=True),
-        raw=lambda w: f"{config['data_dir']}/{w.dataset}",
-    resources:
-        mem_mb=lambda w: config["datasets"][w.dataset]["resources"]["mem_mb"],
-        runtime=lambda w: config["datasets"][w.dataset]["resources"]["runtime"],
     log:
         f"{R}/logs/prepare_data/{{dataset}}.log",
     conda:
         CONDA_ENV
+    resources:
+        mem_mb=lambda w: config["datasets"][w.dataset]["resources"]["mem_mb"],
+        runtime=lambda w: config["datasets"][w.dataset]["resources"]["runtime"],
+    params:
+        spec=lambda w: json.dumps(dataset_spec(w.dataset), sort_keys=True),
+        raw=lambda w: f"{config['data_dir']}/{w.dataset}",
     shell:
         "python -m kdpipe prepare-data --spec {params.spec:q} --raw-dir {params.raw:q}"
         " --out {output.data:q} --labels-out {output.labels:q} 2> {log:q}"

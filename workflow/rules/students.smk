@@ -15,20 +15,20 @@ rule train_block:
         shared_siddo=shared_siddo,
     output:
         manifest=f"{TEACHER}/blocks/{{block}}.json",
+    log:
+        f"{R}/logs/train_block/{{setup}}/{{teacher}}/{{block}}.log",
+    group:
+        STUDENTS
+    conda:
+        CONDA_ENV
+    threads: config["threads"]
+    resources:
+        **TRAINING_RESOURCES,
     params:
         spec=block_spec,
         siddo=siddo_args,
         args=cpu_args(),
-    threads: config["threads"]
-    resources:
-        **TRAINING_RESOURCES,
-    group:
-        STUDENTS
-    log:
-        f"{R}/logs/train_block/{{setup}}/{{teacher}}/{{block}}.log",
-    conda:
-        CONDA_ENV
     shell:
         "python -m kdpipe train-block --spec {params.spec:q} --data {input.data:q}"
         " --labels {input.labels:q} --teacher $(dirname {input.teacher:q})"
-        " --manifest {output.manifest:q} {params.siddo} {params.args} {CHECKPOINTS} 2> {log:q}"
+        " --manifest {output.manifest:q} {params.siddo} {params.args} 2> {log:q}"

@@ -1,5 +1,7 @@
 TABLE_NAMES = ["models", "stats", "claims", "asymmetry", "scaling"]
-TABLES = expand(f"{R}/tables/{{name}}.{{ext}}", name=TABLE_NAMES, ext=["parquet", "csv"])
+TABLES = expand(
+    f"{R}/tables/{{name}}.{{ext}}", name=TABLE_NAMES, ext=["parquet", "csv"]
+)
 
 
 rule collect:
@@ -13,29 +15,39 @@ rule collect:
         manifests=temp(f"{R}/tables/models.blocks.txt"),
     log:
         f"{R}/logs/collect.log",
+    params:
+        results=lambda w, output: Path(output.models).parent.parent,
     run:
-        # The lists go through files: thousands of paths exceed a shell argument's limit.
-        Path(output.rows).write_text("\n".join(input.teachers) + "\n")
-        Path(output.manifests).write_text("\n".join(input.blocks) + "\n")
-        shell("python -m kdpipe collect --rows-file {output.rows:q}"
-              " --manifests-file {output.manifests:q} --results {R:q}"
-              " --out {output.models:q} 2> {log:q}")
+        write_lines(output.rows, input.teachers)
+        write_lines(output.manifests, input.blocks)
+        shell(
+            "python -m kdpipe collect --rows-file {output.rows:q}"
+            " --manifests-file {output.manifests:q} --results {params.results:q}"
+            " --out {output.models:q} 2> {log:q}"
+        )
 
 
 rule statistics:
     input:
         models=f"{R}/tables/models.parquet",
     output:
-        expand(f"{R}/tables/{{name}}.{{ext}}", name=["claims", "asymmetry", "scaling"],
-               ext=["parquet", "csv"]),
+        expand(
+            f"{R}/tables/{{name}}.{{ext}}",
+            name=["claims", "asymmetry", "scaling"],
+            ext=["parquet", "csv"],
+        ),
         f"{R}/tables/stats.parquet",
-        report(f"{R}/tables/stats.csv", caption="../report/stats.rst", category="Mann-Whitney tests"),
-    params:
-        spec=json.dumps(config["stats"], sort_keys=True),
-        code=package_hash("stats"),
+        report(
+            f"{R}/tables/stats.csv",
+            caption="../report/stats.rst",
+            category="Mann-Whitney tests",
+        ),
     log:
         f"{R}/logs/statistics.log",
     conda:
         CONDA_ENV
+    params:
+        spec=json.dumps(config["stats"], sort_keys=True),
+        code=package_hash("stats"),
     shell:
         "python -m kdpipe stats --spec {params.spec:q} --out $(dirname {input.models:q}) 2> {log:q}"
