@@ -71,10 +71,11 @@ def collect(args) -> int:
     def lines(path):
         return [line for line in Path(path).read_text().splitlines() if line.strip()]
 
-    rows = lines(args.rows_file)
+    rows, manifests = lines(args.rows_file), {}
     for manifest in lines(args.manifests_file) if args.manifests_file else []:
-        rows += [args.results / row for row in json.loads(Path(manifest).read_text())["students"]]
-    table = collect_rows(rows, args.results)
+        for row in json.loads(Path(manifest).read_text())["students"]:
+            manifests[args.results / row] = manifest
+    table = collect_rows(rows + list(manifests), args.results, manifests)
     write_table(table, Path(args.out))
     print(f"collected {len(table)} models into {args.out}", file=sys.stderr)
     return 0

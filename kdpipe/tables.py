@@ -34,28 +34,35 @@ IDENTITY = ("setup", "teacher_id", "logits_path", "labels_path")
 SPLITS = {"correct_agreement": "n_teacher_correct", "incorrect_agreement": "n_teacher_incorrect"}
 
 
-def remedy(row_path) -> str:
+def remedy(row_path, manifest=None) -> str:
+    """What to do about a model's lost or damaged files. A student's folder is not an output of
+    its block job (its manifest is), so the manifest goes too: the block reruns and trains only
+    the students it does not find."""
     folder = Path(row_path).parent
-    return (f"remove the folder {folder} and run the workflow again: the job that trains this "
-            "model reruns")
+    if manifest is None:
+        return (f"remove the folder {folder} and run the workflow again: the job that trains "
+                "this model reruns")
+    return (f"remove the folder {folder} and its block's manifest {manifest}, and run the "
+            "workflow again: the block reruns and trains only the models it lacks")
 
 
-def read_row(path) -> dict:
+def read_row(path, manifest=None) -> dict:
     path = Path(path)
     if not path.exists():
-        raise ResultError(f"model row {path} is missing; {remedy(path)}")
+        raise ResultError(f"model row {path} is missing; {remedy(path, manifest)}")
     try:
         row = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ResultError(f"model row {path} is damaged ({error}); {remedy(path)}") from None
+        raise ResultError(f"model row {path} is damaged ({error}); "
+                          f"{remedy(path, manifest)}") from None
     if not isinstance(row, dict) or row.get("role") not in ALWAYS_FINITE \
             or not all(isinstance(row.get(key), str) for key in IDENTITY):
         raise ResultError(f"model row {path} is damaged (it lacks the role or one of "
-                          f"{', '.join(IDENTITY)}); {remedy(path)}")
+                          f"{', '.join(IDENTITY)}); {remedy(path, manifest)}")
     return row
 
 
-def check_metrics(row: dict, path) -> None:
+def check_metrics(row: dict, path, manifest=None) -> None:
     """Refuse a metric that is NaN or infinite where it must be a number."""
     must = list(ALWAYS_FINITE[row["role"]])
     must += [metric for metric, subset in SPLITS.items()
@@ -64,7 +71,7 @@ def check_metrics(row: dict, path) -> None:
            if not isinstance(row.get(key), (int, float)) or not math.isfinite(row[key])]
     if bad:
         raise ResultError(f"model row {path} has metrics that must be numbers: {', '.join(bad)}; "
-                          f"{remedy(path)}")
+                          f"{remedy(path, manifest)}")
 
 
 def read_labels(path: Path) -> np.ndarray:
@@ -81,7 +88,7 @@ def read_labels(path: Path) -> np.ndarray:
     return labels
 
 
-def check_logits(path: Path, n_labels: int, n_classes, row_path) -> int:
+def check_logits(path: Path, n_labels: int, n_classes, row_path, manifest=None) -> int:
     """Check a model's test logits: float32 [N, C] (N test labels, C classes), all finite.
     Returns C."""
     problem = None
@@ -99,27 +106,30 @@ def check_logits(path: Path, n_labels: int, n_classes, row_path) -> int:
         elif not all(np.isfinite(logits[i:i + 65536]).all() for i in range(0, n_labels, 65536)):
             problem = "not finite everywhere (NaN or infinity)"
     if problem is not None:
-        raise ResultError(f"test logits {path} of {row_path} are {problem}; {remedy(row_path)}")
+        raise ResultError(f"test logits {path} of {row_path} are {problem}; "
+                          f"{remedy(row_path, manifest)}")
     return logits.shape[1]
 
 
-def collect_rows(row_files: list, results) -> pd.DataFrame:
+def collect_rows(row_files: list, results, manifests: dict | None = None) -> pd.DataFrame:
     """Read every row.json into one table, sorted so that the same study gives the same bytes.
 
     Each row and the files it lists are checked first: a missing or damaged row, labels or logits
     file (not float32 [N, C] for the N test labels and the teacher's C classes, or not finite) or
     a metric that is NaN where it must be a number raises ResultError naming the file and the
-    remedy."""
+    remedy. ``manifests`` maps a student's row file to the manifest of the block that wrote it.
+    """
     results = Path(results)
-    rows = {path: read_row(path) for path in row_files}
+    manifests = manifests or {}
+    rows = {path: read_row(path, manifests.get(path)) for path in row_files}
     labels, classes = {}, {}  # labels_path -> N; teacher_id -> C
     # teachers first: their logits give the number of classes their students must have
     for path, row in sorted(rows.items(), key=lambda item: item[1]["role"] != "teacher"):
-        check_metrics(row, path)
+        check_metrics(row, path, manifests.get(path))
         if row["labels_path"] not in labels:
             labels[row["labels_path"]] = len(read_labels(results / row["labels_path"]))
         n_classes = check_logits(results / row["logits_path"], labels[row["labels_path"]],
-                                 classes.get(row["teacher_id"]), path)
+                                 classes.get(row["teacher_id"]), path, manifests.get(path))
         classes.setdefault(row["teacher_id"], n_classes)
     table = pd.DataFrame(list(rows.values()), columns=list(MODEL_COLUMNS))
     table = table.astype({k: v for k, v in MODEL_COLUMNS.items() if v != "string"})

@@ -274,9 +274,14 @@ def test_a_lost_student_file_stops_collect_with_the_remedy_which_works(finished,
     console = result.stdout + result.stderr
     assert result.returncode != 0
     # the job's log on the console (show-failed-logs): the file, and what to do
-    assert re.search(r"kdpipe collect: error: test logits \S+/kd/a0.5_T1_w1_s1/logits.npy of "
-                     r"\S+row.json are missing; remove the folder", console), console[-3000:]
+    found = re.search(r"kdpipe collect: error: test logits \S+/kd/a0.5_T1_w1_s1/logits.npy of "
+                      r"\S+row.json are missing; remove the folder \S+ and its block's manifest "
+                      r"(\S+), and run", console)
+    assert found, console[-3000:]
     shutil.rmtree(folder)
+    (workdir / found.group(1)).unlink()
     snakemake(workdir)
+    # the student is retrained alone, not stacked with the others of its block: the same result
+    # to float rounding (kdpipe.train)
     for name, table in tables(workdir).items():
-        pd.testing.assert_frame_equal(table, tables(original)[name], check_exact=True, obj=name)
+        pd.testing.assert_frame_equal(table, tables(original)[name], rtol=1e-4, obj=name)
