@@ -285,3 +285,20 @@ def test_a_lost_student_file_stops_collect_with_the_remedy_which_works(finished,
     # to float rounding (kdpipe.train)
     for name, table in tables(workdir).items():
         pd.testing.assert_frame_equal(table, tables(original)[name], rtol=1e-4, obj=name)
+
+
+# --- training that diverges --------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_diverging_run_stops_naming_learner_epoch_and_loss_and_scores_nothing(tmp_path):
+    """SGD at lr 1e4 once made every logit NaN, scored as perfect agreement."""
+    write_config(tmp_path, widths=[1], seeds=[0],
+                 setups={"digits-mlp": {"dataset": "digits", "arch": "mlp",
+                                        "recipe": {"epochs": 2, "batch_size": 32,
+                                                   "optimizer": "sgd", "lr": 1.0e4}}})
+    result = snakemake(tmp_path, check=False)
+    console = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert re.search(r"training diverged: learner '\w+' had a mean training loss of \S+ in "
+                     r"epoch \d", console), console[-3000:]
+    assert not (tmp_path / "results/tables/models.parquet").exists()
