@@ -45,7 +45,7 @@ rule audit:
         f"{R}/logs/audit.log",
     conda:
         CONDA_ENV
-    threads: 4  # one process per setup's figure, up to this many
+    threads: 2  # one process per setup's figure, up to this many (a SLURM node has at least 2 CPUs)
     params:
         spec=json.dumps(config["plots"], sort_keys=True),
         code=package_hash("audit"),
