@@ -21,7 +21,7 @@ from scipy.spatial.distance import jensenshannon
 from scipy.special import logsumexp
 from scipy.stats import kendalltau
 
-from conftest import REPO, planned_jobs, snakemake, tables, write_config
+from conftest import ENV, REPO, planned_jobs, snakemake, tables, write_config
 from kdpipe.tables import MODEL_COLUMNS
 
 pytestmark = pytest.mark.slow  # every test runs Snakemake
