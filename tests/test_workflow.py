@@ -364,7 +364,9 @@ def test_kd_masked_students_their_comparisons_and_figure(tmp_path, mode):
     # a teacher trained briefly still errs on its training data: something to mask
     setups = {"digits-mlp": {"dataset": "digits", "arch": "mlp",
                              "recipe": {"epochs": 2, "batch_size": 32}}}
-    write_config(tmp_path, widths=[1], setups=setups, kd_masked={"enabled": True, "mode": mode})
+    # classes mode with weight 0 would be siddo: the config refuses it
+    masked = {"enabled": True, "mode": mode, "incorrect_weight": 0.0 if mode == "samples" else 0.25}
+    write_config(tmp_path, widths=[1], setups=setups, kd_masked=masked)
     snakemake(tmp_path)
     t = tables(tmp_path)
     models = t["models"]
