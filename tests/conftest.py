@@ -1,14 +1,22 @@
-"""Shared fixtures and the helpers that run the real workflow (tests/test_workflow.py and
-others import them: `from conftest import snakemake`)."""
+"""Shared fixtures and helpers, imported by the test files (`from conftest import snakemake`):
+the real workflow, a kdpipe step in its own process, the config schema, the training toy data and
+the audit's hand-worked study."""
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
+
+from kdpipe import models
+from kdpipe.metrics import accuracy, cross_entropy, student_metrics
+from kdpipe.train import generator
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,3 +86,118 @@ def tables(workdir: Path) -> dict:
     folder = workdir / "results" / "tables"
     return {name: pd.read_parquet(folder / f"{name}.parquet")
             for name in ("models", "stats", "asymmetry", "scaling")}
+
+
+# --- a kdpipe step in its own process ----------------------------------------------------------
+
+def kdpipe_step(*args) -> str:
+    """Run `python -m kdpipe <args>` as a workflow job would; return its log (stderr)."""
+    result = subprocess.run([sys.executable, "-m", "kdpipe", *map(str, args)], env=ENV,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stderr
+
+
+def job_spec(**extra) -> str:
+    """The --spec of a training job on digits in setup 's', whose teacher is 's/teacher'."""
+    return json.dumps({"setup": "s", "dataset": "digits", "arch": "mlp", "teacher_id": "s/teacher",
+                       "data": {"family": "digits"}, **extra})
+
+
+def prepare_digits(work: Path) -> tuple[Path, Path]:
+    """Prepare digits as the data step does: work/data/digits.pt and its test labels."""
+    data, labels = work / "data/digits.pt", work / "data/digits.labels.npy"
+    kdpipe_step("prepare-data", "--spec", json.dumps({"family": "digits", "options": {}}),
+                "--raw-dir", work, "--out", data, "--labels-out", labels)
+    return data, labels
+
+
+# --- the config schema -------------------------------------------------------------------------
+
+SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+
+
+def schema_errors(**changes) -> list[str]:
+    """The schema's messages on the tiny config with ``changes``."""
+    validator = jsonschema.validators.validator_for(SCHEMA)(SCHEMA)
+    return [error.message for error in validator.iter_errors({**TINY, **changes})]
+
+
+# --- training on toy data ----------------------------------------------------------------------
+
+def toy_data(n=64, d=6, c=3, seed=0):
+    g = generator(seed)
+    x = torch.randn(n, d, generator=g)
+    y = torch.randint(0, c, (n,), generator=g)
+    return x, y
+
+
+def fresh_mlp(width=0.1, seed=1, d=6, c=3):
+    model = models.build("mlp", (d,), c, width)
+    models.init_parameters(model, generator(seed))
+    return model
+
+
+# --- the audit's hand-worked study -------------------------------------------------------------
+
+C = 4
+LABELS = np.repeat(np.arange(C), 5)  # 20 test samples, 5 per class
+# The teacher's predictions: 0->1 three times, 2->3 twice, 1->0 and 3->2 once; 7 errors.
+TEACHER = np.array([0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 2, 2, 2, 3, 3, 3, 3, 3, 3, 2])
+# Its max probability: 0.9 where right; on the errors, chosen so that each pair's mean is round.
+TEACHER_CONFIDENCE = np.full(20, 0.9)
+TEACHER_CONFIDENCE[[2, 3, 4, 9, 13, 14, 19]] = [0.5, 0.6, 0.7, 0.8, 0.4, 0.6, 0.95]
+
+COPY_ALL = TEACHER
+COPY_NONE = LABELS
+PARTIAL = TEACHER.copy()
+PARTIAL[4] = 0  # right instead of the teacher's 0->1: class 0 copies 2 of 3
+PARTIAL[13] = 0  # wrong, but not the teacher's 3: class 2 copies 1 of 2
+PARTIAL_COPIED = [2, 1, 1, 1]  # per true class; 5 of the 7 errors
+# per true class, the teacher's errors each student copies, counted by hand (what row.json holds)
+COPIED_BY_HAND = {id(COPY_ALL): [3, 1, 2, 1], id(COPY_NONE): [0, 0, 0, 0], id(PARTIAL): PARTIAL_COPIED}
+# (method, alpha, temperature, width, seed, predictions) of the errant teacher's students
+STUDENTS = [
+    ("kd", 0.1, 1.0, 1.0, 0, COPY_ALL), ("kd", 0.1, 1.0, 1.0, 1, PARTIAL), ("kd", 0.1, 1.0, 1.0, 2, COPY_ALL),
+    ("kd", 0.5, 1.0, 1.0, 0, COPY_NONE), ("kd", 0.1, 1.0, 2.0, 0, COPY_NONE),
+    ("rcd", 0.1, 1.0, 1.0, 0, PARTIAL), ("rcd", 0.1, 1.0, 1.0, 1, COPY_NONE),
+    ("siddo", 0.0, float("nan"), 1.0, 0, COPY_NONE), ("siddo", 0.0, float("nan"), 1.0, 1, PARTIAL),
+]
+
+
+def logits_for(predicted, confidence):
+    """float32 logits whose softmax puts ``confidence`` on the predicted class, the rest evenly."""
+    p = np.repeat(((1 - np.asarray(confidence)) / (C - 1))[:, None], C, axis=1)
+    p[np.arange(len(p)), predicted] = confidence
+    return np.log(p).astype(np.float32)
+
+
+def write_audit_study(results):
+    """Two setups: 'errant' (the teacher above, 9 students) and 'perfect' (a teacher with no
+    errors, one student), each student's row with the copied_by_class a training job stores.
+    Returns the models table, written to results/tables/models.parquet."""
+    np.save(results / "labels.npy", LABELS)
+    rows = []
+
+    def add(path, logits, **row):
+        np.save(results / path, logits)
+        rows.append({"dataset": "toy", "arch": "mlp", "logits_path": path, "labels_path": "labels.npy", **row})
+
+    for setup, teacher_predictions in (("errant", TEACHER), ("perfect", LABELS)):
+        (results / setup).mkdir()
+        teacher = logits_for(teacher_predictions, TEACHER_CONFIDENCE)
+        right = int((teacher_predictions == LABELS).sum())
+        add(f"{setup}/teacher.npy", teacher, setup=setup, role="teacher", teacher_id=f"{setup}/teacher",
+            method="", alpha=np.nan, temperature=np.nan, width=1.0, seed=0, accuracy=accuracy(teacher, LABELS),
+            loss=cross_entropy(teacher, LABELS), n_teacher_correct=right, n_teacher_incorrect=len(LABELS) - right)
+        students = STUDENTS if setup == "errant" else [("siddo", 0.0, np.nan, 1.0, 0, PARTIAL)]
+        for i, (method, alpha, temperature, width, seed, predictions) in enumerate(students):
+            student = logits_for(predictions, np.full(len(LABELS), 0.7))
+            add(f"{setup}/student{i}.npy", student, setup=setup, role="student", teacher_id=f"{setup}/teacher",
+                method=method, alpha=alpha, temperature=temperature, width=width, seed=seed,
+                copied_by_class=COPIED_BY_HAND[id(predictions)] if setup == "errant" else [0] * C,
+                **student_metrics(student, teacher, LABELS))
+    models = pd.DataFrame(rows)
+    (results / "tables").mkdir()
+    models.to_parquet(results / "tables" / "models.parquet", index=False)
+    return models

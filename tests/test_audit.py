@@ -3,16 +3,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import (C, COPIED_BY_HAND, COPY_ALL, COPY_NONE, LABELS, PARTIAL, PARTIAL_COPIED, STUDENTS,
+                      TEACHER, TEACHER_CONFIDENCE, logits_for, write_audit_study)
 from kdpipe import audit
-from kdpipe.metrics import accuracy, cross_entropy, student_metrics
 
-C = 4
-LABELS = np.repeat(np.arange(C), 5)  # 20 test samples, 5 per class
-# The teacher's predictions: 0->1 three times, 2->3 twice, 1->0 and 3->2 once; 7 errors.
-TEACHER = np.array([0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 2, 2, 2, 3, 3, 3, 3, 3, 3, 2])
-# Its max probability: 0.9 where right; on the errors, chosen so that each pair's mean is round.
-TEACHER_CONFIDENCE = np.full(20, 0.9)
-TEACHER_CONFIDENCE[[2, 3, 4, 9, 13, 14, 19]] = [0.5, 0.6, 0.7, 0.8, 0.4, 0.6, 0.95]
+# Hand counts of conftest's TEACHER: 0->1 three times, 2->3 twice, 1->0 and 3->2 once.
 EXPECTED_CONFUSION = np.array([[2, 3, 0, 0],
                                [1, 4, 0, 0],
                                [0, 0, 3, 2],
@@ -20,65 +15,11 @@ EXPECTED_CONFUSION = np.array([[2, 3, 0, 0],
 # (true, predicted, count, mean confidence) in the table's order: count descending, then by pair
 EXPECTED_PAIRS = [(0, 1, 3, 0.6), (2, 3, 2, 0.5), (1, 0, 1, 0.8), (3, 2, 1, 0.95)]
 
-COPY_ALL = TEACHER
-COPY_NONE = LABELS
-PARTIAL = TEACHER.copy()
-PARTIAL[4] = 0  # right instead of the teacher's 0->1: class 0 copies 2 of 3
-PARTIAL[13] = 0  # wrong, but not the teacher's 3: class 2 copies 1 of 2
-PARTIAL_COPIED = [2, 1, 1, 1]  # per true class; 5 of the 7 errors
-# per true class, the teacher's errors each student copies, counted by hand (what row.json holds)
-COPIED_BY_HAND = {id(COPY_ALL): [3, 1, 2, 1], id(COPY_NONE): [0, 0, 0, 0], id(PARTIAL): PARTIAL_COPIED}
-# (method, alpha, temperature, width, seed, predictions) of the errant teacher's students
-STUDENTS = [
-    ("kd", 0.1, 1.0, 1.0, 0, COPY_ALL), ("kd", 0.1, 1.0, 1.0, 1, PARTIAL), ("kd", 0.1, 1.0, 1.0, 2, COPY_ALL),
-    ("kd", 0.5, 1.0, 1.0, 0, COPY_NONE), ("kd", 0.1, 1.0, 2.0, 0, COPY_NONE),
-    ("rcd", 0.1, 1.0, 1.0, 0, PARTIAL), ("rcd", 0.1, 1.0, 1.0, 1, COPY_NONE),
-    ("siddo", 0.0, float("nan"), 1.0, 0, COPY_NONE), ("siddo", 0.0, float("nan"), 1.0, 1, PARTIAL),
-]
-
-
-def logits_for(predicted, confidence):
-    """float32 logits whose softmax puts ``confidence`` on the predicted class, the rest evenly."""
-    p = np.repeat(((1 - np.asarray(confidence)) / (C - 1))[:, None], C, axis=1)
-    p[np.arange(len(p)), predicted] = confidence
-    return np.log(p).astype(np.float32)
-
-
-def write_study(results):
-    """Two setups: 'errant' (the teacher above, 9 students) and 'perfect' (a teacher with no
-    errors, one student), each student's row with the copied_by_class a training job stores.
-    Returns the models table, written to results/tables/models.parquet."""
-    np.save(results / "labels.npy", LABELS)
-    rows = []
-
-    def add(path, logits, **row):
-        np.save(results / path, logits)
-        rows.append({"dataset": "toy", "arch": "mlp", "logits_path": path, "labels_path": "labels.npy", **row})
-
-    for setup, teacher_predictions in (("errant", TEACHER), ("perfect", LABELS)):
-        (results / setup).mkdir()
-        teacher = logits_for(teacher_predictions, TEACHER_CONFIDENCE)
-        right = int((teacher_predictions == LABELS).sum())
-        add(f"{setup}/teacher.npy", teacher, setup=setup, role="teacher", teacher_id=f"{setup}/teacher",
-            method="", alpha=np.nan, temperature=np.nan, width=1.0, seed=0, accuracy=accuracy(teacher, LABELS),
-            loss=cross_entropy(teacher, LABELS), n_teacher_correct=right, n_teacher_incorrect=len(LABELS) - right)
-        students = STUDENTS if setup == "errant" else [("siddo", 0.0, np.nan, 1.0, 0, PARTIAL)]
-        for i, (method, alpha, temperature, width, seed, predictions) in enumerate(students):
-            student = logits_for(predictions, np.full(len(LABELS), 0.7))
-            add(f"{setup}/student{i}.npy", student, setup=setup, role="student", teacher_id=f"{setup}/teacher",
-                method=method, alpha=alpha, temperature=temperature, width=width, seed=seed,
-                copied_by_class=COPIED_BY_HAND[id(predictions)] if setup == "errant" else [0] * C,
-                **student_metrics(student, teacher, LABELS))
-    models = pd.DataFrame(rows)
-    (results / "tables").mkdir()
-    models.to_parquet(results / "tables" / "models.parquet", index=False)
-    return models
-
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
-    return results, write_study(results)
+    return results, write_audit_study(results)
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +171,7 @@ def audit_tables(results):
 
 def test_the_audit_reads_no_student_logits(tmp_path):
     """A study copied without its student logits (a laptop) gets the same audit tables."""
-    models = write_study(tmp_path)
+    models = write_audit_study(tmp_path)
     with_logits = audit_tables(tmp_path)
     for path in models.loc[models["role"] == "student", "logits_path"]:
         (tmp_path / path).unlink()
@@ -243,7 +184,7 @@ def test_the_audit_reads_no_student_logits(tmp_path):
 
 
 def test_tables_without_the_column_are_counted_from_the_student_logits(tmp_path):
-    models = write_study(tmp_path)
+    models = write_audit_study(tmp_path)
     expected = audit_tables(tmp_path)
     models.drop(columns="copied_by_class").to_parquet(tmp_path / "tables" / "models.parquet", index=False)
     for table, reference in zip(audit_tables(tmp_path), expected):
@@ -255,7 +196,7 @@ def test_tables_without_the_column_are_counted_from_the_student_logits(tmp_path)
 
 
 def test_a_teacher_at_chance_is_flagged_in_the_table_and_its_figure(tmp_path):
-    models = write_study(tmp_path)
+    models = write_audit_study(tmp_path)
     always_zero = logits_for(np.zeros(len(LABELS), dtype=int), TEACHER_CONFIDENCE)  # 25 %: chance
     np.save(tmp_path / "perfect" / "teacher.npy", always_zero)
     errors = audit.teacher_errors(models, tmp_path)
@@ -277,7 +218,7 @@ def test_at_chance_is_a_one_sided_binomial_test():
 
 
 def test_figures_rendered_in_parallel_are_the_serial_ones(tmp_path):
-    write_study(tmp_path)
+    write_audit_study(tmp_path)
     tables = tmp_path / "tables"
     serial = audit.make_audit(tables, tmp_path, tmp_path / "serial", {"dpi": 30}, workers=1)
     parallel = audit.make_audit(tables, tmp_path, tmp_path / "parallel", {"dpi": 30}, workers=2)
@@ -289,7 +230,7 @@ def test_figures_rendered_in_parallel_are_the_serial_ones(tmp_path):
 
 
 def test_copied_by_class_of_another_class_count_is_refused(tmp_path):
-    models = write_study(tmp_path)
+    models = write_audit_study(tmp_path)
     models["copied_by_class"] = [None if v is None else [0] * (C + 1) for v in models["copied_by_class"]]
     with pytest.raises(ValueError, match=r"copied_by_class of \[5\] classes, their teacher's logits have 4"):
         audit.copied_errors(models, tmp_path)

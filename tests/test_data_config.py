@@ -1,5 +1,4 @@
 """A dataset's config entry: its options checked before any job, its cluster resources."""
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -7,8 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+from conftest import ENV, REPO
 
 
 def dry_run(workdir: Path, config: dict, *targets):

@@ -1,7 +1,6 @@
 """The training jobs at the command line (kdpipe/jobs.py): initial weights, the store of finished
 students, chunked evaluation, the copied errors per class, the chance-level teacher warning."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,33 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from kdpipe import jobs, metrics, models
+from conftest import ENV, job_spec, kdpipe_step, prepare_digits
+from kdpipe import jobs, models
 from kdpipe.train import generator, seed_for
-
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-
-
-def kdpipe(*args):
-    result = subprocess.run([sys.executable, "-m", "kdpipe", *map(str, args)], env=ENV,
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stderr
-
-
-def spec(**extra):
-    return json.dumps({"setup": "s", "dataset": "digits", "arch": "mlp", "teacher_id": "s/teacher",
-                       "data": {"family": "digits"}, **extra})
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     work = tmp_path_factory.mktemp("jobs")
-    data, labels = work / "data/digits.pt", work / "data/digits.labels.npy"
-    kdpipe("prepare-data", "--spec", json.dumps({"family": "digits", "options": {}}),
-           "--raw-dir", work, "--out", data, "--labels-out", labels)
-    log = kdpipe("train-teacher", "--spec", spec(seed=0, recipe={"epochs": 2, "batch_size": 32}),
-                 "--data", data, "--labels", labels, "--out", work / "s/teacher", "--results", work,
-                 "--device", "cpu")
+    data, labels = prepare_digits(work)
+    log = kdpipe_step("train-teacher", "--spec",
+                      job_spec(seed=0, recipe={"epochs": 2, "batch_size": 32}), "--data", data,
+                      "--labels", labels, "--out", work / "s/teacher", "--results", work,
+                      "--device", "cpu")
     assert "WARNING" not in log  # a trained teacher is well above chance
     return work
 
@@ -50,12 +35,13 @@ def block(work: Path, width: float, seeds, epochs: int, name: str, methods=("kd"
             if m != "siddo":
                 student.update(alpha=0.5, temperature=1.0)
             students.append(student)
-    return kdpipe("train-block", "--spec", spec(width=width, students=students,
-                                                recipe={"epochs": epochs, "batch_size": 32}),
-                  "--data", work / "data/digits.pt", "--labels", work / "data/digits.labels.npy",
-                  "--teacher", work / "s" / teacher,
-                  "--manifest", work / f"s/{teacher}/blocks/{name}.json",
-                  "--results", work, "--device", "cpu")
+    return kdpipe_step("train-block", "--spec",
+                       job_spec(width=width, students=students,
+                                recipe={"epochs": epochs, "batch_size": 32}),
+                       "--data", work / "data/digits.pt", "--labels", work / "data/digits.labels.npy",
+                       "--teacher", work / "s" / teacher,
+                       "--manifest", work / f"s/{teacher}/blocks/{name}.json",
+                       "--results", work, "--device", "cpu")
 
 
 def outputs_of(model, work: Path):
@@ -111,9 +97,10 @@ def test_a_retrained_teacher_retrains_only_the_students_that_depend_on_it(teache
     work = teacher
 
     def train_teacher(epochs):
-        kdpipe("train-teacher", "--spec", spec(seed=0, recipe={"epochs": epochs, "batch_size": 32}),
-               "--data", work / "data/digits.pt", "--labels", work / "data/digits.labels.npy",
-               "--out", work / "s/other", "--results", work, "--device", "cpu")
+        kdpipe_step("train-teacher", "--spec",
+                    job_spec(seed=0, recipe={"epochs": epochs, "batch_size": 32}),
+                    "--data", work / "data/digits.pt", "--labels", work / "data/digits.labels.npy",
+                    "--out", work / "s/other", "--results", work, "--device", "cpu")
         return json.loads((work / "s/other/row.json").read_text())
 
     train_teacher(1)
@@ -185,8 +172,8 @@ def test_a_teacher_at_chance_is_flagged():
 
 def test_a_teacher_trained_to_nothing_gets_a_warning_in_its_log(teacher, tmp_path):
     work = teacher
-    log = kdpipe("train-teacher", "--spec", spec(seed=0, recipe={"epochs": 1, "batch_size": 32,
-                                                               "lr": 1e-9}),
-                 "--data", work / "data/digits.pt", "--labels", work / "data/digits.labels.npy",
-                 "--out", tmp_path / "t", "--results", work, "--device", "cpu")
+    log = kdpipe_step("train-teacher", "--spec",
+                      job_spec(seed=0, recipe={"epochs": 1, "batch_size": 32, "lr": 1e-9}),
+                      "--data", work / "data/digits.pt", "--labels", work / "data/digits.labels.npy",
+                      "--out", tmp_path / "t", "--results", work, "--device", "cpu")
     assert "WARNING: the teacher's test accuracy" in log

@@ -6,24 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import fresh_mlp, toy_data
 from kdpipe import models
 from kdpipe.train import (Learner, RandomLogits, Recipe, TeacherLogits, TeacherModel,
                           distillation_loss, generator, seed_for, train)
 
 torch.set_num_threads(1)
-
-
-def toy_data(n=64, d=6, c=3, seed=0):
-    g = generator(seed)
-    x = torch.randn(n, d, generator=g)
-    y = torch.randint(0, c, (n,), generator=g)
-    return x, y
-
-
-def fresh_mlp(width=0.1, seed=1, d=6, c=3):
-    model = models.build("mlp", (d,), c, width)
-    models.init_parameters(model, generator(seed))
-    return model
 
 
 def test_kd_loss_matches_the_protocol_formula_by_hand():
