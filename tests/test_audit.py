@@ -195,28 +195,6 @@ def test_tables_without_the_column_are_counted_from_the_student_logits(tmp_path)
         audit_tables(tmp_path)
 
 
-def test_a_teacher_at_chance_is_flagged_in_the_table_and_its_figure(tmp_path):
-    models = write_audit_study(tmp_path)
-    always_zero = logits_for(np.zeros(len(LABELS), dtype=int), TEACHER_CONFIDENCE)  # 25 %: chance
-    np.save(tmp_path / "perfect" / "teacher.npy", always_zero)
-    errors = audit.teacher_errors(models, tmp_path)
-    flags = errors.groupby("setup")[["teacher_accuracy", "chance_accuracy", "at_chance"]].first()
-    assert flags.loc["perfect"].tolist() == [0.25, 0.25, True]
-    assert flags.loc["errant"].tolist() == [13 / 20, 0.25, False]  # binomial p = 1e-4
-    fig = audit.audit_figure("perfect", errors, audit.copied_errors(models, tmp_path), always_zero, LABELS)
-    assert "the teacher is at chance" in fig._suptitle.get_text()
-    fig = audit.audit_figure("errant", errors, audit.copied_errors(models, tmp_path),
-                             logits_for(TEACHER, TEACHER_CONFIDENCE), LABELS)
-    assert "chance" not in fig._suptitle.get_text()
-
-
-def test_at_chance_is_a_one_sided_binomial_test():
-    # P(X >= 9 | n = 20, p = 0.25) = 0.041 (scipy.stats.binom.sf(8, 20, 0.25)): above chance
-    assert not audit.at_chance(9, 20, 0.25)
-    assert audit.at_chance(8, 20, 0.25)  # P(X >= 8) = 0.10
-    assert audit.chance_accuracy([0, 0, 0, 1]) == 0.75  # the majority class, not 1/C
-
-
 def test_figures_rendered_in_parallel_are_the_serial_ones(tmp_path):
     write_audit_study(tmp_path)
     tables = tmp_path / "tables"

@@ -207,13 +207,6 @@ def test_registry_prepare_and_load(speech_commands, tmp_path):
     assert data.family("urbansound8k") is urbansound and data.family("audiofolder") is audiofolder
 
 
-def test_a_single_class_is_refused_when_prepared(speech_commands, tmp_path):
-    out = tmp_path / "one-word.pt"
-    with pytest.raises(DataError, match="dataset 'speechcommands': 1 class"):
-        data.prepare("speechcommands", {"words": ["one"]}, speech_commands, out)
-    assert not out.exists()
-
-
 def test_long_decoding_reports_progress_in_the_log(speech_commands, capsys):
     speechcommands.prepare({}, speech_commands)
     lines = capsys.readouterr().err.splitlines()

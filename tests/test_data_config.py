@@ -1,9 +1,8 @@
-"""A dataset's config entry: its options checked before any job, its cluster resources."""
+"""A dataset's config entry: its cluster resources (its options' checks: tests/test_faults.py)."""
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from conftest import ENV, REPO
@@ -15,19 +14,6 @@ def dry_run(workdir: Path, config: dict, *targets):
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
          "--configfile", str(workdir / "config.yaml"), "-n", "-p", *targets],
         capture_output=True, text=True, timeout=300, env=ENV)
-
-
-@pytest.mark.parametrize("options, message", [
-    ({"test_fraction": 1.5}, "config error at datasets.digits.options.test_fraction: 1.5 is greater than"),
-    ({"split_seed": -1}, "config error at datasets.digits.options.split_seed: -1 is less than"),
-])
-def test_digits_options_out_of_range_stop_the_run_naming_the_key(tmp_path, options, message):
-    config = {"datasets": {"digits": {"family": "digits", "options": options}},
-              "setups": {"digits-mlp": {"dataset": "digits", "arch": "mlp",
-                                        "recipe": {"epochs": 1, "batch_size": 32}}},
-              "widths": [1], "seeds": [0]}
-    result = dry_run(tmp_path, config)
-    assert result.returncode != 0 and message in result.stdout + result.stderr
 
 
 def test_prepare_data_asks_for_the_datasets_memory(tmp_path):

@@ -218,28 +218,6 @@ def test_channel_stats_in_chunks_match_a_float_computation(sample):
     np.testing.assert_allclose(chunked["std"], pixels.std(1), rtol=1e-12)
 
 
-def test_a_damaged_prepared_file_is_named_when_loaded(cifar10_dir, tmp_path):
-    out = tmp_path / "cifar10.pt"
-    kdpipe.data.prepare("cifar10", {}, cifar10_dir, out)
-    out.write_bytes(out.read_bytes()[:5000])
-    with pytest.raises(DataError, match=f"{out}: damaged prepared data file"):
-        kdpipe.data.load(out)
-    out.write_bytes(b"not a torch file")
-    with pytest.raises(DataError, match=f"{out}: damaged prepared data file"):
-        kdpipe.data.load(out)
-    out.unlink()
-    with pytest.raises(DataError, match=f"{out}: prepared data file is missing"):
-        kdpipe.data.load(out)
-
-
-@pytest.mark.parametrize("options, key", [({"test_fraction": 1.5}, "test_fraction"),
-                                          ({"test_fraction": 0}, "test_fraction"),
-                                          ({"split_seed": -1}, "split_seed")])
-def test_digits_options_out_of_range_name_the_option(options, key):
-    with pytest.raises(DataError, match=f"dataset 'digits': option '{key}'"):
-        family("digits").prepare(options, None)
-
-
 def test_imagefolder_split_too_small_for_its_classes_is_a_data_error(tmp_path, folder_sample):
     images, names = folder_sample
     write_folder(tmp_path, images, names)

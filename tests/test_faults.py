@@ -1,5 +1,40 @@
-"""Fault injection: every failure stops with a message that names the file or config key and the
-remedy, and nothing half-written or silently wrong is left (README "When something goes wrong")."""
+"""Fault injection (issue 9, "Nothing silent"): every failure stops with a message that names the
+file or config key and the remedy, and nothing half-written or silently wrong is left (README
+"When something goes wrong"). The cases of the issue and the tests that cover them:
+
+1. divergence: training stops naming learner, epoch and loss
+   (test_a_non_finite_loss_stops_training_naming_learner_epoch_and_loss,
+   test_a_diverging_run_stops_naming_learner_epoch_and_loss_and_scores_nothing); the metrics refuse
+   non-finite logits (test_non_finite_logits_are_refused); collect refuses NaN metrics where they
+   cannot be (the NaN cases of test_collect_names_a_missing_or_damaged_student_file_and_the_remedy,
+   and test_an_agreement_over_an_empty_subset_may_be_nan where they can); a teacher at chance is
+   flagged in its log (test_a_teacher_at_chance_is_flagged,
+   test_a_teacher_trained_to_nothing_gets_a_warning_in_its_log) and in the audit
+   (test_at_chance_is_a_one_sided_binomial_test,
+   test_a_teacher_at_chance_is_flagged_in_the_table_and_its_figure).
+2. a --configfile replaces the default study: test_a_configfile_replaces_the_default_study,
+   test_without_a_configfile_the_default_study_runs.
+3. lost or damaged outputs named by collect with the remedy: test_collect_reads_a_sound_study,
+   test_collect_names_a_missing_or_damaged_student_file_and_the_remedy,
+   test_collect_names_damaged_labels, test_a_lost_student_file_stops_collect_with_the_remedy_which_works.
+4. a damaged checkpoint set aside: test_a_damaged_checkpoint_is_set_aside_and_training_starts_over;
+   a damaged prepared data file named: test_a_damaged_prepared_file_is_named_when_loaded.
+5. numbers that collide in paths: test_numbers_that_print_alike_get_their_own_paths_and_values.
+
+Clear messages:
+- config errors name the key: test_bad_config_stops_before_any_job_naming_key_and_value.
+- digits options out of range: test_bad_config_stops_before_any_job_naming_key_and_value (its
+  digits rows), test_digits_options_out_of_range_name_the_option.
+- devices: test_every_torch_device_form_is_accepted, test_every_device_form_passes_the_schema,
+  test_other_devices_are_refused, the device rows of
+  test_bad_config_stops_before_any_job_naming_key_and_value, test_an_absent_cuda_device_is_named.
+- a dataset of fewer than two classes: test_a_single_class_is_refused_when_prepared.
+- a full disk: test_a_full_disk_names_the_folder_and_leaves_the_old_file_and_no_temporary,
+  test_a_full_disk_behind_a_bare_error_is_named_too, test_other_write_errors_pass_unchanged.
+- names with spaces: test_names_that_a_path_cannot_carry_are_refused, the name rows of
+  test_bad_config_stops_before_any_job_naming_key_and_value.
+- nothing left in /tmp: test_a_local_run_leaves_nothing_in_tmp.
+"""
 import errno
 import json
 import os
@@ -11,13 +46,142 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from conftest import ENV, REPO, planned_jobs, snakemake, tables, write_config
-from kdpipe import io, jobs
+from conftest import (ENV, LABELS, REPO, TEACHER, TEACHER_CONFIDENCE, TINY, fresh_mlp, job_spec,
+                      kdpipe_step, logits_for, planned_jobs, prepare_digits, schema_errors,
+                      snakemake, tables, toy_data, write_audit_study, write_config)
+from fixtures import build_speechcommands
+from kdpipe import audit, data, io, jobs
+from kdpipe.data import DataError, family
 from kdpipe.io import ResultError
+from kdpipe.metrics import accuracy, cross_entropy, student_metrics
 from kdpipe.tables import collect_rows
+from kdpipe.train import Checkpoint, Learner, RandomLogits, Recipe, TrainingDiverged, train
 
-# --- collect: a listed model's files missing or damaged ----------------------------------------
+
+# --- 1. divergence: training, metrics, a teacher at chance -------------------------------------
+
+def test_a_non_finite_loss_stops_training_naming_learner_epoch_and_loss():
+    """Issue 9: at SGD lr 1e4 the logits became NaN and were scored as perfect agreement."""
+    x, y = toy_data()
+    learners = [Learner("kd", fresh_mlp(width=1), order_seed=0),
+                Learner("rcd", fresh_mlp(width=1), RandomLogits(len(x), 3, seed=1), 0.5,
+                        order_seed=0)]
+    with pytest.raises(TrainingDiverged, match=r"learner 'kd'.* (nan|inf) in epoch 1"):
+        train(learners, x, y, Recipe(epochs=3, batch_size=16, optimizer="sgd", lr=1e4))
+    assert issubclass(TrainingDiverged, RuntimeError)
+
+
+@pytest.mark.slow
+def test_a_diverging_run_stops_naming_learner_epoch_and_loss_and_scores_nothing(tmp_path):
+    """SGD at lr 1e4 once made every logit NaN, scored as perfect agreement."""
+    write_config(tmp_path, widths=[1], seeds=[0],
+                 setups={"digits-mlp": {"dataset": "digits", "arch": "mlp",
+                                        "recipe": {"epochs": 2, "batch_size": 32,
+                                                   "optimizer": "sgd", "lr": 1.0e4}}})
+    result = snakemake(tmp_path, check=False)
+    console = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert re.search(r"training diverged: learner '\w+' had a mean training loss of \S+ in "
+                     r"epoch \d", console), console[-3000:]
+    assert not (tmp_path / "results/tables/models.parquet").exists()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_logits_are_refused(bad):
+    good = np.array([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0]])
+    broken = good.copy()
+    broken[1] = bad  # an all-NaN row used to count as agreeing with a class-0 teacher
+    labels = np.array([2, 0])
+    for student, teacher, name in ((broken, good, "student logits"), (good, broken, "teacher logits")):
+        with pytest.raises(ValueError, match=f"{name} are not finite.*row 1"):
+            student_metrics(student, teacher, labels)
+    with pytest.raises(ValueError, match="not finite"):
+        accuracy(broken, labels)
+    with pytest.raises(ValueError, match="not finite"):
+        cross_entropy(broken, labels)
+    with pytest.raises(ValueError, match="not finite"):
+        student_metrics(good, [[0.0, 1.0, 2.0], [-np.inf] * 3], labels)
+
+
+# (Metrics that are NaN where they cannot be: collect refuses them, in section 3's table.)
+
+
+def test_a_teacher_at_chance_is_flagged():
+    labels = np.repeat(np.arange(10), 100)
+    assert "at chance" in jobs.chance_warning(110, labels)
+    assert jobs.chance_warning(500, labels) is None
+    skewed = np.array([0] * 900 + [1] * 100)  # always guessing 0 already scores 0.9
+    assert "at chance" in jobs.chance_warning(900, skewed)
+
+
+def test_a_teacher_trained_to_nothing_gets_a_warning_in_its_log(tmp_path):
+    data_file, labels = prepare_digits(tmp_path)
+    log = kdpipe_step("train-teacher", "--spec",
+                      job_spec(seed=0, recipe={"epochs": 1, "batch_size": 32, "lr": 1e-9}),
+                      "--data", data_file, "--labels", labels, "--out", tmp_path / "t",
+                      "--results", tmp_path, "--device", "cpu")
+    assert "WARNING: the teacher's test accuracy" in log
+
+
+def test_at_chance_is_a_one_sided_binomial_test():
+    # P(X >= 9 | n = 20, p = 0.25) = 0.041 (scipy.stats.binom.sf(8, 20, 0.25)): above chance
+    assert not audit.at_chance(9, 20, 0.25)
+    assert audit.at_chance(8, 20, 0.25)  # P(X >= 8) = 0.10
+    assert audit.chance_accuracy([0, 0, 0, 1]) == 0.75  # the majority class, not 1/C
+
+
+def test_a_teacher_at_chance_is_flagged_in_the_table_and_its_figure(tmp_path):
+    models = write_audit_study(tmp_path)
+    always_zero = logits_for(np.zeros(len(LABELS), dtype=int), TEACHER_CONFIDENCE)  # 25 %: chance
+    np.save(tmp_path / "perfect" / "teacher.npy", always_zero)
+    errors = audit.teacher_errors(models, tmp_path)
+    flags = errors.groupby("setup")[["teacher_accuracy", "chance_accuracy", "at_chance"]].first()
+    assert flags.loc["perfect"].tolist() == [0.25, 0.25, True]
+    assert flags.loc["errant"].tolist() == [13 / 20, 0.25, False]  # binomial p = 1e-4
+    fig = audit.audit_figure("perfect", errors, audit.copied_errors(models, tmp_path), always_zero,
+                             LABELS)
+    assert "the teacher is at chance" in fig._suptitle.get_text()
+    fig = audit.audit_figure("errant", errors, audit.copied_errors(models, tmp_path),
+                             logits_for(TEACHER, TEACHER_CONFIDENCE), LABELS)
+    assert "chance" not in fig._suptitle.get_text()
+
+
+# --- 2. a --configfile replaces the default study ----------------------------------------------
+
+# The paper study's job graph; update here when the workflow's jobs change.
+PAPER_JOBS = {"prepare_data": 9, "train_teacher": 14, "train_block": 524,
+              "collect": 1, "statistics": 1, "figures": 1, "audit": 1, "all": 1}
+
+
+def with_default_config(workdir):
+    """A working directory that holds config/config.yaml, as the repository root does."""
+    (workdir / "config").mkdir()
+    shutil.copy(REPO / "config/config.yaml", workdir / "config/config.yaml")
+    return workdir
+
+
+@pytest.mark.slow
+def test_a_configfile_replaces_the_default_study(tmp_path):
+    workdir = with_default_config(tmp_path)
+    paper = shutil.copy(REPO / "config/paper.yaml", workdir / "paper.yaml")
+    assert planned_jobs(workdir, paper) == PAPER_JOBS
+    dry_run = snakemake(workdir, "-n", config=paper)
+    assert "digits-cnn" not in dry_run.stdout + dry_run.stderr  # a setup of the default study only
+
+
+@pytest.mark.slow
+def test_without_a_configfile_the_default_study_runs(tmp_path):
+    workdir = with_default_config(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+                             "--directory", str(workdir), "-n"],
+                            capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"train_block\s+24\n", result.stdout)  # 2 setups x 3 widths x 4 blocks of seeds
+
+
+# --- 3. lost or damaged outputs: collect names the file and the remedy -------------------------
 
 N, C = 12, 3
 
@@ -118,7 +282,190 @@ def test_an_agreement_over_an_empty_subset_may_be_nan(study):
     assert np.isnan(collect_rows(rows, results).incorrect_agreement.iloc[1])
 
 
-# --- a full disk -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A tiny finished study, run with its own TMPDIR."""
+    workdir = tmp_path_factory.mktemp("faults")
+    scratch = workdir / "tmp"
+    scratch.mkdir()
+    write_config(workdir, widths=[1], seeds=[0, 1],
+                 setups={"digits-mlp": {"dataset": "digits", "arch": "mlp",
+                                        "recipe": {"epochs": 2, "batch_size": 32}}},
+                 plots={"formats": ["png"], "dpi": 40}, stats={"bootstrap": 10})
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+                             "--directory", str(workdir), "--configfile",
+                             str(workdir / "config.yaml"), "--cores", "2"],
+                            capture_output=True, text=True, timeout=900,
+                            env={**ENV, "TMPDIR": str(scratch)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, scratch
+
+
+@pytest.mark.slow
+def test_a_lost_student_file_stops_collect_with_the_remedy_which_works(finished, tmp_path):
+    original, _ = finished
+    workdir = tmp_path / "study"
+    shutil.copytree(original, workdir, symlinks=True)
+    folder = workdir / "results/digits-mlp/teacher/kd/a0.5_T1_w1_s1"
+    (folder / "logits.npy").unlink()
+    result = snakemake(workdir, "--forcerun", "collect", check=False)
+    console = result.stdout + result.stderr
+    assert result.returncode != 0
+    # the job's log on the console (show-failed-logs): the file, and what to do
+    found = re.search(r"kdpipe collect: error: test logits \S+/kd/a0.5_T1_w1_s1/logits.npy of "
+                      r"\S+row.json are missing; remove the folder \S+ and its block's manifest "
+                      r"(\S+), and run", console)
+    assert found, console[-3000:]
+    shutil.rmtree(folder)
+    (workdir / found.group(1)).unlink()
+    snakemake(workdir)
+    # the student is retrained alone, not stacked with the others of its block: the same result
+    # to float rounding (kdpipe.train)
+    for name, table in tables(workdir).items():
+        pd.testing.assert_frame_equal(table, tables(original)[name], rtol=1e-4, obj=name)
+
+
+# --- 4. a damaged checkpoint, damaged prepared data --------------------------------------------
+
+def test_a_damaged_checkpoint_is_set_aside_and_training_starts_over(tmp_path, capsys):
+    """Issue 9: a truncated checkpoint blocked its job forever, naming no file."""
+    x, y = toy_data()
+    recipe = Recipe(epochs=4, batch_size=16)
+    checkpoint = Checkpoint(tmp_path / "state.pt", every=2, key="job")
+    train([Learner("m", fresh_mlp(), order_seed=0)], x, y, recipe,
+          checkpoint=Checkpoint(checkpoint.path, every=2, key="job"), log=lambda e, _: None)
+    whole = checkpoint.path.read_bytes()
+    checkpoint.path.write_bytes(whole[:len(whole) // 2])
+    capsys.readouterr()
+    learner, seen = Learner("m", fresh_mlp(), order_seed=0), []
+    train([learner], x, y, recipe, checkpoint=checkpoint, log=lambda e, _: seen.append(e))
+    assert seen == [1, 2, 3, 4]  # from scratch
+    damaged = tmp_path / "state.pt.damaged"
+    assert damaged.read_bytes() == whole[:len(whole) // 2]
+    assert str(checkpoint.path) in capsys.readouterr().err
+    reference = Learner("m", fresh_mlp(), order_seed=0)
+    train([reference], x, y, recipe)
+    for p, q in zip(reference.model.parameters(), learner.model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_a_damaged_prepared_file_is_named_when_loaded(tmp_path):
+    out = tmp_path / "digits.pt"
+    data.prepare("digits", {}, tmp_path, out)
+    out.write_bytes(out.read_bytes()[:5000])
+    with pytest.raises(DataError, match=f"{out}: damaged prepared data file"):
+        data.load(out)
+    out.write_bytes(b"not a torch file")
+    with pytest.raises(DataError, match=f"{out}: damaged prepared data file"):
+        data.load(out)
+    out.unlink()
+    with pytest.raises(DataError, match=f"{out}: prepared data file is missing"):
+        data.load(out)
+
+
+# --- 5. numbers that collide in paths ----------------------------------------------------------
+
+@pytest.mark.slow
+def test_numbers_that_print_alike_get_their_own_paths_and_values(tmp_path):
+    """%g made a0.5 of both 0.5 and 0.5000001: one student trained for two alphas."""
+    write_config(tmp_path, alphas=[0.5, 0.5000001], widths=[1], seeds=[0])
+    dry_run = snakemake(tmp_path, "-n", "-p").stdout
+    # the block trains both, each in its own folder, at its own alpha
+    assert '{"alpha": 0.5, "method": "kd", "run": "a0.5_T1_w1_s0"' in dry_run
+    assert '{"alpha": 0.5000001, "method": "kd", "run": "a0.5000001_T1_w1_s0"' in dry_run
+
+
+# --- clear messages: config, data options, devices, classes, disk, /tmp ------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change, message", [
+    ({"colour": "red"}, r"config error at \(top level\): Additional properties are not allowed \('colour'"),
+    ({"alphas": [0.5, 1.5]}, r"config error at alphas\[1\]: 1.5 is greater than the maximum of 1"),
+    ({"seeds": []}, r"config error at seeds: \[\] should be non-empty"),
+    ({"widths": [1, 0]}, r"config error at widths\[1\]: 0 is less than or equal to the minimum of 0"),
+    ({"threads": "two"}, r"config error at threads: 'two' is not of type 'integer'"),
+    ({"setups": {"x": {"dataset": "digits", "arch": "resnet-9000",
+                       "recipe": {"epochs": 1, "batch_size": 8}}}},
+     r"config error at setups.x.arch: 'resnet-9000' is not one of"),
+    ({"datasets": {"digits": {"family": "mnist-typo"}}},
+     r"config error at datasets.digits.family: 'mnist-typo' is not one of"),
+    ({"setups": {"x": {"dataset": "cifar", "arch": "mlp", "recipe": {"epochs": 1, "batch_size": 8}}}},
+     r"config error at setups.x.dataset: unknown dataset 'cifar'"),
+    ({"kd_masked": {"enabled": True, "mode": "classes"}},
+     r"config error at kd_masked.incorrect_weight: 0 with mode classes makes the KD target one-hot"),
+    # digits options: the schema's error, not scikit-learn's
+    ({"datasets": {"digits": {"family": "digits", "options": {"test_fraction": 1.5}}}},
+     r"config error at datasets.digits.options.test_fraction: 1.5 is greater than"),
+    ({"datasets": {"digits": {"family": "digits", "options": {"split_seed": -1}}}},
+     r"config error at datasets.digits.options.split_seed: -1 is less than"),
+    # names that would break paths, and devices torch does not know
+    ({"results": "my results"}, r"config error at results: 'my results' does not match"),
+    ({"data_dir": "raw data"}, r"config error at data_dir: 'raw data' does not match"),
+    ({"setups": {"digits mlp": {"dataset": "digits", "arch": "mlp",
+                                "recipe": {"epochs": 1, "batch_size": 8}}}},
+     r"config error at setups: 'digits mlp' does not match"),
+    ({"datasets": {"my digits": {"family": "digits"}}},
+     r"config error at datasets: 'my digits' does not match"),
+    ({"device": "gpu"}, r"config error at device: 'gpu' does not match"),
+    ({"device": "cuda:x"}, r"config error at device: 'cuda:x' does not match"),
+])
+def test_bad_config_stops_before_any_job_naming_key_and_value(tmp_path, change, message):
+    write_config(tmp_path, **change)
+    result = snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0
+    assert re.search(message, result.stdout + result.stderr), result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("changes", [
+    {"results": "my results"}, {"results": "out$dir"}, {"data_dir": "raw data"},
+    {"datasets": {"my digits": {"family": "digits"}}},
+    {"setups": {"digits mlp": TINY["setups"]["digits-mlp"]}},
+])
+def test_names_that_a_path_cannot_carry_are_refused(changes):
+    assert len(schema_errors(**changes)) == 1 and "does not match" in schema_errors(**changes)[0]
+
+
+@pytest.mark.parametrize("options, key", [({"test_fraction": 1.5}, "test_fraction"),
+                                          ({"test_fraction": 0}, "test_fraction"),
+                                          ({"split_seed": -1}, "split_seed")])
+def test_digits_options_out_of_range_name_the_option(options, key):
+    with pytest.raises(DataError, match=f"dataset 'digits': option '{key}'"):
+        family("digits").prepare(options, None)
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:12", "mps"])
+def test_every_torch_device_form_is_accepted(device):
+    assert schema_errors(device=device) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1", "mps"])
+def test_every_device_form_passes_the_schema(tmp_path, device):
+    write_config(tmp_path, device=device)
+    assert planned_jobs(tmp_path)["train_teacher"] == 1
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:", "cuda:x", "CUDA", "cpu ", ""])
+def test_other_devices_are_refused(device):
+    assert schema_errors(device=device) == [
+        f"{device!r} does not match '^(auto|cpu|mps|cuda(:[0-9]+)?)$'"]
+
+
+def test_an_absent_cuda_device_is_named():
+    with pytest.raises(SystemExit, match=r"config device is 'cuda:99', but torch finds \d+ CUDA "
+                                         r"device\(s\) here .*set device: auto or cpu"):
+        jobs.setup_torch(1, "cuda:99")
+    assert jobs.setup_torch(1, "cpu") == "cpu"
+
+
+def test_a_single_class_is_refused_when_prepared(shared_data, tmp_path):
+    build_speechcommands(tmp_path, shared_data)
+    out = tmp_path / "one-word.pt"
+    with pytest.raises(DataError, match="dataset 'speechcommands': 1 class"):
+        data.prepare("speechcommands", {"words": ["one"]}, tmp_path, out)
+    assert not out.exists()
+
 
 def test_a_full_disk_names_the_folder_and_leaves_the_old_file_and_no_temporary(tmp_path,
                                                                                 monkeypatch):
@@ -157,148 +504,7 @@ def test_other_write_errors_pass_unchanged(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-# --- device ------------------------------------------------------------------------------------
-
-def test_an_absent_cuda_device_is_named():
-    with pytest.raises(SystemExit, match=r"config device is 'cuda:99', but torch finds \d+ CUDA "
-                                         r"device\(s\) here .*set device: auto or cpu"):
-        jobs.setup_torch(1, "cuda:99")
-    assert jobs.setup_torch(1, "cpu") == "cpu"
-
-
-# --- config: what the workflow plans -----------------------------------------------------------
-
-# The paper study's job graph; update here when the workflow's jobs change.
-PAPER_JOBS = {"prepare_data": 9, "train_teacher": 14, "train_block": 524,
-              "collect": 1, "statistics": 1, "figures": 1, "audit": 1, "all": 1}
-
-
-def with_default_config(workdir):
-    """A working directory that holds config/config.yaml, as the repository root does."""
-    (workdir / "config").mkdir()
-    shutil.copy(REPO / "config/config.yaml", workdir / "config/config.yaml")
-    return workdir
-
-
-@pytest.mark.slow
-def test_a_configfile_replaces_the_default_study(tmp_path):
-    workdir = with_default_config(tmp_path)
-    paper = shutil.copy(REPO / "config/paper.yaml", workdir / "paper.yaml")
-    assert planned_jobs(workdir, paper) == PAPER_JOBS
-    dry_run = snakemake(workdir, "-n", config=paper)
-    assert "digits-cnn" not in dry_run.stdout + dry_run.stderr  # a setup of the default study only
-
-
-@pytest.mark.slow
-def test_without_a_configfile_the_default_study_runs(tmp_path):
-    workdir = with_default_config(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
-                             "--directory", str(workdir), "-n"],
-                            capture_output=True, text=True, env=ENV, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert re.search(r"train_block\s+24\n", result.stdout)  # 2 setups x 3 widths x 4 blocks of seeds
-
-
-@pytest.mark.slow
-def test_numbers_that_print_alike_get_their_own_paths_and_values(tmp_path):
-    """%g made a0.5 of both 0.5 and 0.5000001: one student trained for two alphas."""
-    write_config(tmp_path, alphas=[0.5, 0.5000001], widths=[1], seeds=[0])
-    dry_run = snakemake(tmp_path, "-n", "-p").stdout
-    # the block trains both, each in its own folder, at its own alpha
-    assert '{"alpha": 0.5, "method": "kd", "run": "a0.5_T1_w1_s0"' in dry_run
-    assert '{"alpha": 0.5000001, "method": "kd", "run": "a0.5000001_T1_w1_s0"' in dry_run
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("change, message", [
-    ({"results": "my results"}, r"config error at results: 'my results' does not match"),
-    ({"data_dir": "raw data"}, r"config error at data_dir: 'raw data' does not match"),
-    ({"setups": {"digits mlp": {"dataset": "digits", "arch": "mlp",
-                                "recipe": {"epochs": 1, "batch_size": 8}}}},
-     r"config error at setups: 'digits mlp' does not match"),
-    ({"datasets": {"my digits": {"family": "digits"}}},
-     r"config error at datasets: 'my digits' does not match"),
-    ({"device": "gpu"}, r"config error at device: 'gpu' does not match"),
-    ({"device": "cuda:x"}, r"config error at device: 'cuda:x' does not match"),
-])
-def test_names_that_would_break_paths_and_unknown_devices_are_refused(tmp_path, change, message):
-    write_config(tmp_path, **change)
-    result = snakemake(tmp_path, "-n", check=False)
-    assert result.returncode != 0
-    assert re.search(message, result.stdout + result.stderr), result.stdout + result.stderr
-    assert not (tmp_path / "results").exists()
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1", "mps"])
-def test_every_device_form_passes_the_schema(tmp_path, device):
-    write_config(tmp_path, device=device)
-    assert planned_jobs(tmp_path)["train_teacher"] == 1
-
-
-# --- a real run: lost outputs, /tmp ------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A tiny finished study, run with its own TMPDIR."""
-    workdir = tmp_path_factory.mktemp("faults")
-    scratch = workdir / "tmp"
-    scratch.mkdir()
-    write_config(workdir, widths=[1], seeds=[0, 1],
-                 setups={"digits-mlp": {"dataset": "digits", "arch": "mlp",
-                                        "recipe": {"epochs": 2, "batch_size": 32}}},
-                 plots={"formats": ["png"], "dpi": 40}, stats={"bootstrap": 10})
-    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
-                             "--directory", str(workdir), "--configfile",
-                             str(workdir / "config.yaml"), "--cores", "2"],
-                            capture_output=True, text=True, timeout=900,
-                            env={**ENV, "TMPDIR": str(scratch)})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir, scratch
-
-
 @pytest.mark.slow
 def test_a_local_run_leaves_nothing_in_tmp(finished):
     _, scratch = finished
     assert os.listdir(scratch) == []
-
-
-@pytest.mark.slow
-def test_a_lost_student_file_stops_collect_with_the_remedy_which_works(finished, tmp_path):
-    original, _ = finished
-    workdir = tmp_path / "study"
-    shutil.copytree(original, workdir, symlinks=True)
-    folder = workdir / "results/digits-mlp/teacher/kd/a0.5_T1_w1_s1"
-    (folder / "logits.npy").unlink()
-    result = snakemake(workdir, "--forcerun", "collect", check=False)
-    console = result.stdout + result.stderr
-    assert result.returncode != 0
-    # the job's log on the console (show-failed-logs): the file, and what to do
-    found = re.search(r"kdpipe collect: error: test logits \S+/kd/a0.5_T1_w1_s1/logits.npy of "
-                      r"\S+row.json are missing; remove the folder \S+ and its block's manifest "
-                      r"(\S+), and run", console)
-    assert found, console[-3000:]
-    shutil.rmtree(folder)
-    (workdir / found.group(1)).unlink()
-    snakemake(workdir)
-    # the student is retrained alone, not stacked with the others of its block: the same result
-    # to float rounding (kdpipe.train)
-    for name, table in tables(workdir).items():
-        pd.testing.assert_frame_equal(table, tables(original)[name], rtol=1e-4, obj=name)
-
-
-# --- training that diverges --------------------------------------------------------------------
-
-@pytest.mark.slow
-def test_a_diverging_run_stops_naming_learner_epoch_and_loss_and_scores_nothing(tmp_path):
-    """SGD at lr 1e4 once made every logit NaN, scored as perfect agreement."""
-    write_config(tmp_path, widths=[1], seeds=[0],
-                 setups={"digits-mlp": {"dataset": "digits", "arch": "mlp",
-                                        "recipe": {"epochs": 2, "batch_size": 32,
-                                                   "optimizer": "sgd", "lr": 1.0e4}}})
-    result = snakemake(tmp_path, check=False)
-    console = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert re.search(r"training diverged: learner '\w+' had a mean training loss of \S+ in "
-                     r"epoch \d", console), console[-3000:]
-    assert not (tmp_path / "results/tables/models.parquet").exists()

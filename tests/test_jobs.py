@@ -1,5 +1,5 @@
 """The training jobs at the command line (kdpipe/jobs.py): initial weights, the store of finished
-students, chunked evaluation, the copied errors per class, the chance-level teacher warning."""
+students, chunked evaluation, the copied errors per class."""
 import json
 import subprocess
 import sys
@@ -160,20 +160,3 @@ def test_evaluate_memory_does_not_grow_with_the_train_set():
                             text=True, check=True)
     growth = int(result.stdout.split()[-1])
     assert growth < 4000 * 256 * 65 * 4 / 5, f"peak memory grew by {growth / 1e6:.0f} MB"
-
-
-def test_a_teacher_at_chance_is_flagged():
-    labels = np.repeat(np.arange(10), 100)
-    assert "at chance" in jobs.chance_warning(110, labels)
-    assert jobs.chance_warning(500, labels) is None
-    skewed = np.array([0] * 900 + [1] * 100)  # always guessing 0 already scores 0.9
-    assert "at chance" in jobs.chance_warning(900, skewed)
-
-
-def test_a_teacher_trained_to_nothing_gets_a_warning_in_its_log(teacher, tmp_path):
-    work = teacher
-    log = kdpipe_step("train-teacher", "--spec",
-                      job_spec(seed=0, recipe={"epochs": 1, "batch_size": 32, "lr": 1e-9}),
-                      "--data", work / "data/digits.pt", "--labels", work / "data/digits.labels.npy",
-                      "--out", tmp_path / "t", "--results", work, "--device", "cpu")
-    assert "WARNING: the teacher's test accuracy" in log

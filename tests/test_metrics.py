@@ -214,23 +214,6 @@ def test_student_metrics_hand_worked_three_classes():
         assert result[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_non_finite_logits_are_refused(bad):
-    good = np.array([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0]])
-    broken = good.copy()
-    broken[1] = bad  # an all-NaN row used to count as agreeing with a class-0 teacher
-    labels = np.array([2, 0])
-    for student, teacher, name in ((broken, good, "student logits"), (good, broken, "teacher logits")):
-        with pytest.raises(ValueError, match=f"{name} are not finite.*row 1"):
-            student_metrics(student, teacher, labels)
-    with pytest.raises(ValueError, match="not finite"):
-        accuracy(broken, labels)
-    with pytest.raises(ValueError, match="not finite"):
-        cross_entropy(broken, labels)
-    with pytest.raises(ValueError, match="not finite"):
-        student_metrics(good, [[0.0, 1.0, 2.0], [-np.inf] * 3], labels)
-
-
 def test_minus_infinity_is_a_class_of_zero_probability():
     result = student_metrics([[0.0, -np.inf]], [[0.0, -np.inf]], np.array([0]))
     assert result["accuracy"] == 1.0 and result["js_divergence"] == 0.0

@@ -1,4 +1,5 @@
-"""The real workflow on a tiny config: outputs, reruns, kills, determinism, config errors.
+"""The real workflow on a tiny config: outputs, reruns, kills, determinism (its faults:
+tests/test_faults.py).
 
 One tiny study runs once per session (module fixture); the rerun tests only dry-run against it,
 each on its own edited config or a copy of the study, never changing it.
@@ -272,30 +273,6 @@ def test_killed_run_leaves_nothing_taken_as_complete_and_reruns_identically(stud
     assert any("resumed from" in log and "after epoch 5" in log for log in resumed)
     for name, table in tables(tmp_path).items():
         pd.testing.assert_frame_equal(table, tables(study)[name], check_exact=True, obj=name)
-
-
-@pytest.mark.parametrize("change, message", [
-    ({"colour": "red"}, r"config error at \(top level\): Additional properties are not allowed \('colour'"),
-    ({"alphas": [0.5, 1.5]}, r"config error at alphas\[1\]: 1.5 is greater than the maximum of 1"),
-    ({"seeds": []}, r"config error at seeds: \[\] should be non-empty"),
-    ({"widths": [1, 0]}, r"config error at widths\[1\]: 0 is less than or equal to the minimum of 0"),
-    ({"threads": "two"}, r"config error at threads: 'two' is not of type 'integer'"),
-    ({"setups": {"x": {"dataset": "digits", "arch": "resnet-9000",
-                       "recipe": {"epochs": 1, "batch_size": 8}}}},
-     r"config error at setups.x.arch: 'resnet-9000' is not one of"),
-    ({"datasets": {"digits": {"family": "mnist-typo"}}},
-     r"config error at datasets.digits.family: 'mnist-typo' is not one of"),
-    ({"setups": {"x": {"dataset": "cifar", "arch": "mlp", "recipe": {"epochs": 1, "batch_size": 8}}}},
-     r"config error at setups.x.dataset: unknown dataset 'cifar'"),
-    ({"kd_masked": {"enabled": True, "mode": "classes"}},
-     r"config error at kd_masked.incorrect_weight: 0 with mode classes makes the KD target one-hot"),
-])
-def test_bad_config_stops_before_any_job_naming_key_and_value(tmp_path, change, message):
-    write_config(tmp_path, **change)
-    result = snakemake(tmp_path, "-n", check=False)
-    assert result.returncode != 0
-    assert re.search(message, result.stdout + result.stderr), result.stdout + result.stderr
-    assert not (tmp_path / "results").exists()
 
 
 def test_default_config_teachers_leave_enough_errors(tmp_path):
