@@ -22,7 +22,8 @@ file or config key and the remedy, and nothing half-written or silently wrong is
 5. numbers that collide in paths: test_numbers_that_print_alike_get_their_own_paths_and_values.
 
 Clear messages:
-- config errors name the key: test_bad_config_stops_before_any_job_naming_key_and_value.
+- YAML and config errors name the key: test_bad_config_stops_before_any_job_naming_key_and_value,
+  test_a_yaml_syntax_error_stops_before_any_job_and_verbose_names_line_and_column.
 - digits options out of range: test_bad_config_stops_before_any_job_naming_key_and_value (its
   digits rows), test_digits_options_out_of_range_name_the_option.
 - devices: test_every_torch_device_form_is_accepted, test_every_device_form_passes_the_schema,
@@ -375,7 +376,7 @@ def test_numbers_that_print_alike_get_their_own_paths_and_values(tmp_path):
     assert '{"alpha": 0.5000001, "method": "kd", "run": "a0.5000001_T1_w1_s0"' in dry_run
 
 
-# --- clear messages: config, data options, devices, classes, disk, /tmp ------------------------
+# --- clear messages: config, YAML, data options, devices, classes, disk, /tmp ------------------
 
 @pytest.mark.slow
 @pytest.mark.parametrize("change, message", [
@@ -414,6 +415,20 @@ def test_bad_config_stops_before_any_job_naming_key_and_value(tmp_path, change, 
     result = snakemake(tmp_path, "-n", check=False)
     assert result.returncode != 0
     assert re.search(message, result.stdout + result.stderr), result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_a_yaml_syntax_error_stops_before_any_job_and_verbose_names_line_and_column(tmp_path):
+    """Snakemake reads the file before the workflow starts and says no more than that it is not
+    YAML; its --verbose traceback names where (README "When something goes wrong")."""
+    config = tmp_path / "config.yaml"
+    config.write_text("datasets:\n  digits: {family: digits\nseeds: [0]\n")  # an unclosed brace
+    result = snakemake(tmp_path, "-n", "--verbose", check=False)
+    console = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Config file is not valid JSON or YAML" in console, console[-3000:]
+    assert f'in "{config}", line 2, column 11' in console, console[-3000:]  # the brace
     assert not (tmp_path / "results").exists()
 
 
