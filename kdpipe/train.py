@@ -347,12 +347,14 @@ UNFUSABLE = (torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN)
 
 
 # On a CPU, stacking pays where a learner's step is dominated by per-operation overhead (small
-# models); larger ones are bound by arithmetic that the stacked kernels (batched matmul, grouped
-# convolution) do more slowly than the plain ones. Measured (benchmarks/bench_training.py, 4c):
-# fused faster for the digits MLP at width <= 1 (84k parameters) and CNN at width <= 1 (65k),
-# slower for the MLP at width 2 (300k) and ResNet-18 at width 0.25 (700k) and up. Stacked 1-d
-# convolutions measured slower even for the small M5 (38k parameters at width 0.25: 0.90-0.99x).
-CPU_FUSE_MAX_PARAMETERS = 100_000
+# models); larger ones are bound by arithmetic that the stacked kernels do no faster than the
+# plain ones. Measured (benchmarks/bench_training.py, 14 digits students, one thread): batched
+# matmuls pay up to the MLP at width 2 (300k parameters: 1.35x; width 1: 2.5x); stacked 2-d
+# convolutions only for small models (CNN width 0.5: 1.8x, width 1 at 65k: 1.1x, width 2 at
+# 260k: 0.85x; ResNet-18 at width 0.25, 700k: slower); stacked 1-d convolutions were slower even
+# for the small M5 (38k parameters at width 0.25: 0.90-0.99x).
+CPU_FUSE_MAX_PARAMETERS = 400_000
+CPU_FUSE_MAX_CONV_PARAMETERS = 100_000
 CPU_UNFUSED = (torch.nn.Conv1d,)
 
 
@@ -365,10 +367,12 @@ def fusion_key(learner: Learner, fuse: str = "auto"):
     parameters = learner.parameters()
     if fuse == "never" or any(isinstance(m, UNFUSABLE) for m in modules):
         return None
-    if fuse == "auto" and parameters[0].device.type == "cpu" and (
-            sum(p.numel() for p in parameters) > CPU_FUSE_MAX_PARAMETERS
-            or any(isinstance(m, CPU_UNFUSED) for m in modules)):
-        return None
+    if fuse == "auto" and parameters[0].device.type == "cpu":
+        conv = any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in modules)
+        limit = CPU_FUSE_MAX_CONV_PARAMETERS if conv else CPU_FUSE_MAX_PARAMETERS
+        if (sum(p.numel() for p in parameters) > limit
+                or any(isinstance(m, CPU_UNFUSED) for m in modules)):
+            return None
     fm = learner.feature_match
     return (tuple(type(m).__name__ for m in modules),
             tuple((name, tuple(t.shape), t.dtype) for module in learner.modules()
@@ -407,7 +411,16 @@ class Fused:
 
         self.learners, self.recipe = learners, recipe
         self.trainees = [Trainee(learner).train() for learner in learners]
-        self.params, self.buffers = stack_module_state(self.trainees)
+        params, self.buffers = stack_module_state(self.trainees)
+        # vmap's batched matmul gives a stacked linear weight [K, out, in] its gradient in the
+        # transposed layout, which autograd would copy into the weight's layout at every step
+        # (a quarter of a fused MLP's step). Kept as [K, in, out] and used through a transposing
+        # view, the weight takes its gradient as it comes.
+        self.transposed = {f"{name}.weight" for name, m in self.trainees[0].named_modules()
+                           if isinstance(m, torch.nn.Linear)}
+        self.params = {name: (p.detach().mT.contiguous().requires_grad_()
+                              if name in self.transposed else p)
+                       for name, p in params.items()}
         skeleton = copy.deepcopy(self.trainees[0]).to("meta")
 
         def run(params, buffers, x):
@@ -417,12 +430,13 @@ class Fused:
         self.run_each = vmap(run, in_dims=(0, 0, 0))
         stacked = list(self.params.values())
         self.optimizer = make_optimizer(stacked, recipe)
-        for j, p in enumerate(stacked):
+        for j, (name, p) in enumerate(self.params.items()):
             states = [s[j] for s in optimizer_states if s is not None and s[j]]
             if len(states) == len(learners):
                 self.optimizer.state[p] = {
-                    name: torch.stack([s[name] for s in states]) if per_slice(v, p) else v.clone()
-                    for name, v in states[0].items()}
+                    key: self.stored(name, torch.stack([s[key] for s in states]))
+                    if per_slice(v, self.natural(name, p)) else v.clone()
+                    for key, v in states[0].items()}
         device = stacked[0].device
         self.alpha = torch.tensor([l.alpha if l.target is not None else 0.0 for l in learners],
                                   device=device)
@@ -437,10 +451,11 @@ class Fused:
         targets = [None if l.target is None else l.target(index, xb, epoch, step)
                    for l, (index, xb, _) in zip(self.learners, picked)]
         with precision_context(self.recipe, y.device):
+            weights = {name: self.natural(name, p) for name, p in self.params.items()}
             if shared:
-                out = self.run_shared(self.params, self.buffers, picked[0][1])
+                out = self.run_shared(weights, self.buffers, picked[0][1])
             else:
-                out = self.run_each(self.params, self.buffers, torch.stack([b[1] for b in picked]))
+                out = self.run_each(weights, self.buffers, torch.stack([b[1] for b in picked]))
             if self.feature_match:
                 logits, features = out
                 ce = F.cross_entropy(logits.flatten(0, -2), y.flatten(), reduction="none")
@@ -473,14 +488,24 @@ class Fused:
                             else l.sample_weights[index]
                             for l, (index, _, yb) in zip(self.learners, picked)])
 
+    def stored(self, name: str, stacked):
+        """A stacked parameter (or its optimizer state) in the layout it is kept in."""
+        return stacked.mT.contiguous() if name in self.transposed else stacked
+
+    def natural(self, name: str, kept):
+        """A kept parameter (or its optimizer state) as the stacked module's shape: a view."""
+        return kept.mT if name in self.transposed else kept
+
     def optimizer_states(self) -> list:
         """Per learner: its parameters' optimizer states, in ``Learner.parameters`` order."""
         states = [[] for _ in self.learners]
-        for p in self.params.values():
-            state = self.optimizer.state.get(p, {})
+        for name, p in self.params.items():
+            state = {key: self.natural(name, v) if v.shape == p.shape else v
+                     for key, v in self.optimizer.state.get(p, {}).items()}
+            shape = self.natural(name, p).shape
             for k, learner_states in enumerate(states):
-                learner_states.append({name: v[k].clone() if v.shape == p.shape else v.clone()
-                                       for name, v in state.items()})
+                learner_states.append({key: (v[k] if v.shape == shape else v).clone(
+                    memory_format=torch.contiguous_format) for key, v in state.items()})
         return states
 
     @torch.no_grad()
@@ -488,7 +513,7 @@ class Fused:
         """Copy each slice of the stacked state into its learner's own modules."""
         for k, trainee in enumerate(self.trainees):
             for name, p in trainee.named_parameters():
-                p.copy_(self.params[name][k])
+                p.copy_(self.natural(name, self.params[name])[k])
             for name, b in trainee.named_buffers():
                 b.copy_(self.buffers[name][k])
 

@@ -440,7 +440,8 @@ def test_fused_gradients_match_a_float64_computation():
         F.cross_entropy(reference(xb.double()), yb).backward()
         scale = max(p.grad.abs().max() for p in reference.parameters())
         for name, p in reference.named_parameters():
-            got = fused.params[f"model.{name}"].grad[k].double()
+            kept = f"model.{name}"
+            got = fused.natural(kept, fused.params[kept].grad)[k].double()
             assert (got - p.grad).abs().max() / scale < 1e-5, name
 
 
@@ -486,25 +487,39 @@ def test_a_fused_learner_that_reaches_the_target_loss_stops_and_the_others_go_on
 
 
 def test_the_engine_fuses_small_models_and_trains_large_ones_alone_on_a_cpu():
-    from kdpipe.train import CPU_FUSE_MAX_PARAMETERS, Alone, Fused, build_engines
+    from kdpipe.train import (CPU_FUSE_MAX_CONV_PARAMETERS, CPU_FUSE_MAX_PARAMETERS, Alone, Fused,
+                              build_engines)
 
-    x, y = toy_data()
+    def size(learners):
+        return sum(p.numel() for p in learners[0].parameters())
+
+    def engines(learners, fuse="auto"):
+        recipe = Recipe(epochs=1, batch_size=16)
+        return sorted((type(e) for e in build_engines(learners, range(len(learners)), recipe,
+                                                      {}, fuse)), key=str)
+
+    def built(arch, shape, width):
+        learners = []
+        for k in range(2):
+            model = models.build(arch, shape, 3, width)
+            models.init_parameters(model, generator(k))
+            learners.append(Learner(f"{arch} {k}", model, order_seed=k))
+        return learners
+
     small = [Learner(f"s{k}", fresh_mlp(width=0.5), order_seed=k) for k in range(2)]
-    large = [Learner(f"l{k}", fresh_mlp(width=2), order_seed=k) for k in range(2)]
-    assert sum(p.numel() for p in small[0].parameters()) <= CPU_FUSE_MAX_PARAMETERS
-    assert sum(p.numel() for p in large[0].parameters()) > CPU_FUSE_MAX_PARAMETERS
-    recipe = Recipe(epochs=1, batch_size=16)
-    kinds = [type(e) for e in build_engines(small + large, range(4), recipe, {})]
-    assert sorted(kinds, key=str) == sorted([Fused, Alone, Alone], key=str)
-    assert [type(e) for e in build_engines(large, range(2), recipe, {}, "always")] == [Fused]
-    assert [type(e) for e in build_engines(small, range(2), recipe, {}, "never")] == [Alone] * 2
-    m5 = []
-    for k in range(2):
-        model = models.build("m5", (1, 1200), 3, 0.0625)
-        models.init_parameters(model, generator(k))
-        m5.append(Learner(f"m5 {k}", model, order_seed=k))
-    assert sum(p.numel() for p in m5[0].parameters()) <= CPU_FUSE_MAX_PARAMETERS
-    assert [type(e) for e in build_engines(m5, range(2), recipe, {})] == [Alone] * 2
+    large = [Learner(f"l{k}", fresh_mlp(width=4), order_seed=k) for k in range(2)]
+    assert size(small) <= CPU_FUSE_MAX_PARAMETERS < size(large)
+    assert engines(small + large) == sorted([Fused, Alone, Alone], key=str)
+    assert engines(large, "always") == [Fused]
+    assert engines(small, "never") == [Alone] * 2
+    # convolutions: a lower limit, and none for 1-d ones
+    small_cnn, large_cnn = built("cnn", (1, 8, 8), 0.5), built("cnn", (1, 8, 8), 2)
+    assert size(small_cnn) <= CPU_FUSE_MAX_CONV_PARAMETERS < size(large_cnn)
+    assert size(large_cnn) <= CPU_FUSE_MAX_PARAMETERS
+    assert engines(small_cnn) == [Fused] and engines(large_cnn) == [Alone] * 2
+    m5 = built("m5", (1, 1200), 0.0625)
+    assert size(m5) <= CPU_FUSE_MAX_CONV_PARAMETERS
+    assert engines(m5) == [Alone] * 2
 
 
 def test_fused_feature_matching_and_sample_weighted_learners_equal_their_lone_runs():
