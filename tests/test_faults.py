@@ -179,7 +179,8 @@ def test_without_a_configfile_the_default_study_runs(tmp_path):
                              "--directory", str(workdir), "-n"],
                             capture_output=True, text=True, env=ENV, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert re.search(r"train_block\s+24\n", result.stdout)  # 2 setups x 3 widths x 4 blocks of seeds
+    # 3 widths x (digits-mlp: 2 blocks of 4 seeds; digits-cnn: 4 blocks of 2)
+    assert re.search(r"train_block\s+18\n", result.stdout)
 
 
 # --- 3. lost or damaged outputs: collect names the file and the remedy -------------------------

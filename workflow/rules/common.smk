@@ -204,6 +204,14 @@ def block_manifests():
     ]
 
 
+def block_priority(wildcards):
+    """Larger blocks start first, so that the jobs left running at the end are short ones and
+    no core idles while one long block finishes: a block's work grows with its students and,
+    roughly, the square of its width (parameters of the hidden layers)."""
+    width, students = BLOCKS[wildcards.setup][wildcards.block]
+    return len(students) * float(width) ** 2
+
+
 def siddo_owner(wildcards):
     """The teacher of this setup whose siddo students this teacher shares: the first, in config
     order, with the same teacher seed (siddo depends on theta0, not on the trained teacher).

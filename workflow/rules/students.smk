@@ -17,6 +17,7 @@ rule train_block:
         manifest=f"{TEACHER}/blocks/{{block}}.json",
     log:
         f"{R}/logs/train_block/{{setup}}/{{teacher}}/{{block}}.log",
+    priority: block_priority
     group:
         STUDENTS
     conda:
