@@ -275,14 +275,22 @@ def test_kd_masked_classes_differs_from_siddo_unless_its_weight_is_zero():
     assert (trained(0.25) - siddo).abs().max() > 1e-3
 
 
-def test_a_single_learner_trains_exactly_as_a_plain_loop_with_its_own_order():
-    """Independent reference: a hand-written Adam loop over torch.randperm batches drawn from
-    seed_for(order_seed, epoch), as kdpipe has always drawn them."""
+@pytest.mark.parametrize("optimizer, reference", [
+    ("adam", lambda ps: torch.optim.Adam(ps, lr=1e-3, weight_decay=0.1)),
+    ("adamw", lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.1)),
+    ("sgd", lambda ps: torch.optim.SGD(ps, lr=1e-3, weight_decay=0.1, momentum=0.9,
+                                       nesterov=True)),
+])
+def test_a_single_learner_trains_exactly_as_a_plain_loop_with_its_own_order(optimizer, reference):
+    """Independent reference: a hand-written loop with torch.optim's optimizer (default, unfused
+    implementation) over torch.randperm batches drawn from seed_for(order_seed, epoch), as kdpipe
+    has always drawn them."""
     x, y = toy_data()
     learner = Learner("m", fresh_mlp(), order_seed=21)
-    train([learner], x, y, Recipe(epochs=3, batch_size=16))
+    train([learner], x, y, Recipe(epochs=3, batch_size=16, optimizer=optimizer,
+                                  weight_decay=0.1))
     model = fresh_mlp()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = reference(model.parameters())
     for epoch in range(3):
         order = torch.randperm(len(x), generator=generator(seed_for(21, epoch)))
         for i in range(0, len(x), 16):
