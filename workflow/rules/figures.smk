@@ -45,7 +45,9 @@ rule audit:
         f"{R}/logs/audit.log",
     conda:
         CONDA_ENV
-    threads: 2  # one process per setup's figure, up to this many (a SLURM node has at least 2 CPUs)
+    # One CPU, so that the statistics run beside it; it renders one process per setup's
+    # figure on the CPUs it may use (one after another in a one-CPU SLURM job).
+    threads: 1
     params:
         spec=json.dumps(config["plots"], sort_keys=True),
         code=package_hash("audit"),
