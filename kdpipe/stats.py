@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.stats import false_discovery_control, mannwhitneyu, wilcoxon
+from scipy.stats import (false_discovery_control, mannwhitneyu, permutation_test, rankdata,
+                         wilcoxon)
 
 from kdpipe.methods import COMPARISONS_OF, DISTILLED
 from kdpipe.metrics import FUNCTIONAL_METRICS, HIGHER_IS_CLOSER, PERFORMANCE_METRICS
@@ -70,8 +71,30 @@ def wilcoxon_paired(x, y) -> dict:
     elif np.all(x == y):
         note = f"all {len(x)} paired differences are zero"
     else:
-        p = float(wilcoxon(x, y, alternative="two-sided").pvalue)
+        p = wilcoxon_p(x - y)
     return {"n_pairs": int(len(x)), "p_paired": p, "p_paired_note": note}
+
+
+def wilcoxon_p(d) -> float:
+    """``scipy.stats.wilcoxon(d).pvalue`` (two-sided, zero differences dropped), the same number
+    faster. Where scipy's ``method="auto"`` runs its exact permutation test (ties or zeros among
+    at most 13 differences), the same ``permutation_test`` runs here with the statistic evaluated
+    for all 2**n sign flips at once: scipy evaluates it one flip at a time, which took most of
+    the statistics step (0.1 s a test). Elsewhere scipy's wilcoxon is called as it is."""
+    d = np.asarray(d, dtype=np.float64)
+    nonzero = np.abs(d[d != 0])
+    if len(d) > 13 or (len(nonzero) == len(d) and len(np.unique(nonzero)) == len(d)):
+        return float(wilcoxon(d, alternative="two-sided").pvalue)
+    return float(permutation_test((d,), positive_rank_sum, permutation_type="samples",
+                                  vectorized=True, n_resamples=9999, alternative="two-sided",
+                                  axis=-1).pvalue)
+
+
+def positive_rank_sum(d, axis=-1):
+    """Wilcoxon's T+ along ``axis``: the sum of the ranks of |d| (average ranks for ties, zero
+    differences left out) over the positive differences."""
+    ranks = rankdata(np.where(d == 0, np.nan, np.abs(d)), axis=axis, nan_policy="omit")
+    return np.sum(np.where(d > 0, ranks, 0.0), axis=axis)
 
 
 def toward_teacher(metric: str, effect_size: float):

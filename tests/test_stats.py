@@ -4,11 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scipy.stats import binomtest
+from scipy.stats import binomtest, wilcoxon
 
 from kdpipe.metrics import FUNCTIONAL_METRICS, HIGHER_IS_CLOSER, PERFORMANCE_METRICS
 from kdpipe.stats import (adjust_pvalues, asymmetry, claims, compare_methods, mann_whitney,
-                          scaling, toward_teacher, wilcoxon_paired)
+                          scaling, toward_teacher, wilcoxon_p, wilcoxon_paired)
 
 NAN = float("nan")
 P_SEPARATED_5_5 = 2 / math.comb(10, 5)  # exact two-sided p of fully separated samples of 5 and 5
@@ -117,6 +117,25 @@ def test_wilcoxon_paired_against_the_sign_distribution():
     assert result["n_pairs"] == 8 and result["p_paired_note"] == ""
     assert result["p_paired"] == pytest.approx(binomtest(8, 8).pvalue, rel=1e-12)
     assert result["p_paired"] == pytest.approx(2 / 2**8, rel=1e-12)
+
+
+def test_wilcoxon_paired_with_ties_by_hand():
+    # differences 1, 1, 2, -3: ranks 1.5, 1.5, 3, 4 and T+ = 6. Of the 16 sign flips, 6 give
+    # T+ >= 6 (7, 6, 7, 8.5, 8.5, 10) and 11 give T+ <= 6: two-sided p = 2 * 6 / 16
+    result = wilcoxon_paired([2.0, 3.0, 5.0, 0.0], [1.0, 2.0, 3.0, 3.0])
+    assert result["p_paired"] == pytest.approx(0.75, rel=1e-12)
+
+
+def test_wilcoxon_p_is_scipys_with_ties_zeros_and_large_samples():
+    rng = np.random.default_rng(0)
+    for n in [1, 2, 3, 5, 8, 8, 8, 13, 14, 20]:
+        for _ in range(6):
+            d = rng.integers(-3, 4, n) * 0.25  # ties and zeros
+            if not d.any():
+                continue
+            assert wilcoxon_p(d) == pytest.approx(wilcoxon(d).pvalue, rel=1e-12), d
+        d = rng.normal(size=n)  # no ties: scipy's exact or asymptotic test
+        assert wilcoxon_p(d) == pytest.approx(wilcoxon(d).pvalue, rel=1e-12)
 
 
 def test_wilcoxon_paired_degenerate_cases_are_nan_with_a_reason():
