@@ -41,7 +41,6 @@ the figure functions and pandas only by the table functions, so that a training 
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -232,7 +231,7 @@ def make_audit(tables_dir, results, figures_dir, options: dict | None = None,
     """
     import pandas as pd
 
-    from kdpipe.progress import Progress
+    from kdpipe.plots import render
     from kdpipe.tables import of_teachers, primary_teachers, write_table
 
     options = options or {}
@@ -251,29 +250,7 @@ def make_audit(tables_dir, results, figures_dir, options: dict | None = None,
              Path(results) / teachers.loc[primary[setup], "logits_path"],
              Path(results) / teachers.loc[primary[setup], "labels_path"], classes, options, figures_dir)
             for setup, stem in zip(setups, audit_stems(setups))]
-    workers = min(workers or _available_cpus(), len(jobs))
-    with Progress("audit figures", len(jobs), "setups") as progress:
-        if workers <= 1:
-            for job in jobs:
-                paths += _write_audit_figure(*job)
-                progress.advance()
-        else:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            # Not forked from here, which holds pyarrow's threads: forked from a fresh server
-            # process that imports the plotting modules once for all workers.
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["kdpipe.audit", "kdpipe.plots"])
-            with ProcessPoolExecutor(workers, mp_context=context) as pool:
-                for written in pool.map(_write_audit_figure, *zip(*jobs)):
-                    paths += written
-                    progress.advance()
-    return paths
-
-
-def _available_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return paths + render(_write_audit_figure, jobs, workers, "audit figures")
 
 
 def _write_audit_figure(setup, stem, errors, copied, logits_path, labels_path, classes, options,
@@ -281,23 +258,15 @@ def _write_audit_figure(setup, stem, errors, copied, logits_path, labels_path, c
     """Draw one setup's audit figure and write it in every format; the paths written."""
     import seaborn as sns
 
-    from kdpipe.io import atomic_path
-    from kdpipe.plots import method_colors
+    from kdpipe.plots import method_colors, save_figure
 
     logits, labels = _checked(np.load(logits_path), np.load(labels_path), name=str(logits_path))
     colors = method_colors(options.get("palette", "colorblind"))
     with sns.axes_style(options.get("style", "whitegrid")), sns.plotting_context(options.get("context", "paper")):
         fig = audit_figure(setup, errors, copied, logits, labels, classes=classes,
                            width=options.get("width", 1.0), colors=colors)
-    paths = []
-    for fmt in options.get("formats", ["png", "pdf"]):
-        path = Path(figures_dir) / f"{stem}.{fmt}"
-        with atomic_path(path) as tmp:
-            # no creation date in PDFs: the same tables and options give the same bytes
-            fig.savefig(tmp, format=fmt, dpi=options.get("dpi", 150),
-                        metadata={"CreationDate": None} if fmt == "pdf" else None)
-        paths.append(path)
-    return paths
+    return save_figure(fig, figures_dir, stem, options.get("formats", ["png", "pdf"]),
+                       options.get("dpi", 150))
 
 
 def audit_figure(setup, errors_table, copied_table, teacher_logits, labels, classes: dict | None = None,

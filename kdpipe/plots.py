@@ -16,6 +16,7 @@ interquartile band.
 """
 from __future__ import annotations
 
+import os
 from functools import partial
 from pathlib import Path
 
@@ -66,7 +67,8 @@ def method_colors(palette: str = "colorblind") -> dict:
     return dict(zip(ORDER, sns.color_palette(palette, len(ORDER))))
 
 
-def make_figures(tables_dir, out_dir, options: dict | None = None) -> list[Path]:
+def make_figures(tables_dir, out_dir, options: dict | None = None,
+                 workers: int | None = None) -> list[Path]:
     """Draw every figure of figure_stems from the four tables in ``tables_dir`` into ``out_dir``.
 
     The setups and temperatures are those of the models table; a setup with several teachers
@@ -80,7 +82,8 @@ def make_figures(tables_dir, out_dir, options: dict | None = None) -> list[Path]
                    trained T where it is absent
       style, context, palette   seaborn axes style, plotting context and method palette
                    (defaults "whitegrid", "paper", "colorblind")
-    Every file is written atomically. Returns the paths written, in figure_stems order.
+    workers: processes drawing the figures (default: the CPUs this process may use; 1 draws
+    here). Every file is written atomically. Returns the paths written, in figure_stems order.
     """
     options = {**DEFAULT_OPTIONS, **(options or {})}
     unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
@@ -109,20 +112,61 @@ def make_figures(tables_dir, out_dir, options: dict | None = None) -> list[Path]
         draw[f"fig7_masked_{setup}"] = partial(fig7_masked, models, setup, width, temperature, colors)
         draw[f"fig8_fm_{setup}"] = partial(fig8_fm, models, setup, width, colors)
 
-    out_dir = Path(out_dir)
-    paths = []
+    stems = figure_stems(setups, temperatures, set(students["method"]))
+    return render(write_figure, [(stem, draw[stem], Path(out_dir), options) for stem in stems],
+                  workers, "figures")
+
+
+def write_figure(stem: str, draw, out_dir: Path, options: dict) -> list[Path]:
+    """Draw one figure in the options' seaborn style and context and save it; the paths."""
     with sns.axes_style(options["style"]), sns.plotting_context(options["context"]):
-        trained = set(students["method"])
-        for stem in figure_stems(setups, temperatures, trained):
-            fig = draw[stem]()
-            for fmt in options["formats"]:
-                path = out_dir / f"{stem}.{fmt}"
-                with atomic_path(path) as tmp:
-                    # no creation date in PDFs: the same tables and options give the same bytes
-                    fig.savefig(tmp, format=fmt, dpi=options["dpi"],
-                                metadata={"CreationDate": None} if fmt == "pdf" else None)
-                paths.append(path)
+        return save_figure(draw(), out_dir, stem, options["formats"], options["dpi"])
+
+
+def save_figure(fig: Figure, out_dir: Path, stem: str, formats, dpi: float) -> list[Path]:
+    """Write ``fig`` to out_dir/<stem>.<format> for every format, each atomically; the paths."""
+    paths = []
+    for fmt in formats:
+        path = Path(out_dir) / f"{stem}.{fmt}"
+        with atomic_path(path) as tmp:
+            # no creation date in PDFs: the same tables and options give the same bytes
+            fig.savefig(tmp, format=fmt, dpi=dpi,
+                        metadata={"CreationDate": None} if fmt == "pdf" else None)
+        paths.append(path)
     return paths
+
+
+def render(write, jobs: list, workers: int | None = None, label: str = "figures") -> list[Path]:
+    """``write(*job)`` for every job (it draws and saves figures, returning their paths), in up
+    to ``workers`` processes (default: the CPUs this process may use; 1: here, one after
+    another). Returns the paths in job order. Drawing and saving is most of a figures step's
+    time, and one process draws one figure at a time."""
+    from kdpipe.progress import Progress
+
+    workers = min(workers or available_cpus(), len(jobs))
+    paths = []
+    with Progress(label, len(jobs), "figures") as progress:
+        if workers <= 1:
+            for job in jobs:
+                paths += write(*job)
+                progress.advance()
+            return paths
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # Not forked from here, which holds pyarrow's threads: forked from a fresh server
+        # process that imports the plotting modules once for all workers.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["kdpipe.audit", "kdpipe.plots"])
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            for written in pool.map(write, *zip(*jobs)):
+                paths += written
+                progress.advance()
+    return paths
+
+
+def available_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def shown_widths_and_temperature(models, width: float, temperature: float) -> tuple[dict, float]:

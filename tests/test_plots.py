@@ -69,21 +69,23 @@ def write_tables(directory, temperatures, scaling_widths="all"):
 
 @pytest.fixture(scope="module")
 def one_t(tmp_path_factory):
-    """Tables with one temperature and their figures in both default formats at 30 dpi."""
+    """Tables with one temperature and their figures in both default formats at 30 dpi, drawn
+    in two processes."""
     root = tmp_path_factory.mktemp("one_t")
     tables = write_tables(root / "tables", [1.0])
-    paths = plots.make_figures(root / "tables", root / "figures", {"dpi": 30})
+    paths = plots.make_figures(root / "tables", root / "figures", {"dpi": 30}, workers=2)
     return root, tables, paths
 
 
 @pytest.fixture(scope="module")
 def two_t(tmp_path_factory):
     """Tables with two temperatures and their PNGs at 15 dpi in another seaborn style, with the
-    global matplotlib state (rcParams, backend) before and after."""
+    global matplotlib state (rcParams, backend) before and after: drawn in this process."""
     root = tmp_path_factory.mktemp("two_t")
     write_tables(root / "tables", [1.0, 4.0])
     before = (dict(mpl.rcParams), mpl.get_backend())
-    paths = plots.make_figures(root / "tables", root / "figures", {"formats": ["png"], "dpi": 15, "style": "dark"})
+    paths = plots.make_figures(root / "tables", root / "figures", {"formats": ["png"], "dpi": 15, "style": "dark"},
+                               workers=1)
     return root, paths, before, (dict(mpl.rcParams), mpl.get_backend())
 
 
@@ -114,6 +116,14 @@ def test_make_figures_writes_exactly_the_stems(one_t):
             height, width = mpimg.imread(path).shape[:2]
             # every figure is 4 to 16 inches a side: 120 to 480 pixels at 30 dpi
             assert 120 <= height <= 480 and 120 <= width <= 480, (path.name, height, width)
+
+
+def test_figures_drawn_in_parallel_are_the_serial_ones(one_t, tmp_path):
+    root, _, paths = one_t
+    serial = plots.make_figures(root / "tables", tmp_path, {"dpi": 30}, workers=1)
+    assert [p.name for p in serial] == [p.name for p in paths]
+    for parallel, alone in zip(paths, serial):
+        assert parallel.read_bytes() == alone.read_bytes(), parallel.name
 
 
 def test_several_temperatures_add_the_sweep(two_t):
