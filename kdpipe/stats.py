@@ -82,6 +82,8 @@ def wilcoxon_p(d) -> float:
     for all 2**n sign flips at once: scipy evaluates it one flip at a time, which took most of
     the statistics step (0.1 s a test). Elsewhere scipy's wilcoxon is called as it is."""
     d = np.asarray(d, dtype=np.float64)
+    if not np.isfinite(d).all():
+        raise ValueError(f"paired differences must be finite, got {d[~np.isfinite(d)][:3].tolist()}")
     nonzero = np.abs(d[d != 0])
     if len(d) > 13 or (len(nonzero) == len(d) and len(np.unique(nonzero)) == len(d)):
         return float(wilcoxon(d, alternative="two-sided").pvalue)

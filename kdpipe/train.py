@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.optim.adam import adam
+from torch.optim.sgd import sgd
 
 from kdpipe.augment import augment
 
@@ -253,9 +255,6 @@ class Optimizer:
 
     @torch.no_grad()
     def step(self, lr: float) -> None:
-        from torch.optim.adam import adam
-        from torch.optim.sgd import sgd
-
         recipe = self.recipe
         params = [p for p in self.parameters if p.grad is not None]
         grads = [p.grad for p in params]

@@ -138,6 +138,11 @@ def test_wilcoxon_p_is_scipys_with_ties_zeros_and_large_samples():
         assert wilcoxon_p(d) == pytest.approx(wilcoxon(d).pvalue, rel=1e-12)
 
 
+def test_wilcoxon_p_refuses_non_finite_differences():
+    with pytest.raises(ValueError, match="finite"):
+        wilcoxon_p([0.5, float("nan"), 1.0])
+
+
 def test_wilcoxon_paired_degenerate_cases_are_nan_with_a_reason():
     zero = wilcoxon_paired([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
     assert math.isnan(zero["p_paired"]) and zero["p_paired_note"] == "all 3 paired differences are zero"

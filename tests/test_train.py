@@ -1,6 +1,9 @@
 """The training loop, the losses and the controls (PROTOCOL section 1)."""
 import copy
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -300,6 +303,19 @@ def test_a_single_learner_trains_exactly_as_a_plain_loop_with_its_own_order(opti
             optimizer.step()
     for p, q in zip(learner.model.parameters(), model.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+
+
+def test_training_does_not_import_torch_dynamo():
+    """torch.optim.Optimizer's methods import torch._dynamo on first use, 2-3 s of every
+    training job; kdpipe's Optimizer calls torch.optim's functional kernels instead."""
+    code = ("import sys, torch; from conftest import fresh_mlp, toy_data; "
+            "from kdpipe.train import Learner, Recipe, train; x, y = toy_data(); "
+            "[train([Learner('m', fresh_mlp(), order_seed=1)], x, y, Recipe(epochs=1, batch_size=16, "
+            "optimizer=o)) for o in ('adam', 'adamw', 'sgd')]; "
+            "sys.exit('torch._dynamo' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr or "torch._dynamo was imported"
 
 
 def test_each_learner_draws_its_own_batch_order():
