@@ -261,6 +261,39 @@ def engine(epochs: int, repeats: int) -> None:
                   f"speed-up {sequential / fused:4.2f}x", flush=True)
 
 
+def group_sizes(epochs: int, repeats: int) -> None:
+    """Where stacking starts to pay on this CPU: K digits students stacked (fuse=always) against
+    one after another, for K seeds (K batches a step) and for the kd+rcd pair of one seed (one
+    batch), with the two runs alternating so that a noisy machine slows both alike."""
+    import torch
+
+    from kdpipe.train import Recipe, train
+
+    torch.set_num_threads(1)
+    x, y = digits()
+    recipe = Recipe(epochs=epochs, batch_size=32)
+    print(f"4d. K digits students stacked (fuse=always) against one after another ({epochs} "
+          f"epochs, one thread, median of {repeats}, alternating)")
+    cases = [(k, f"{k} seeds", lambda a, w, k=k: kd_students(a, (1, 8, 8), w, 10, x, y, range(k)))
+             for k in (2, 3, 4, 8)]
+    cases.insert(1, (2, "kd+rcd, 1 seed", lambda a, w: kd_students(a, (1, 8, 8), w, 10, x, y, [0],
+                                                                  ("kd", "rcd"))))
+    for arch, widths in (("mlp", (0.5, 1, 2)), ("cnn", (0.5, 1))):
+        for width in widths:
+            row = []
+            for k, label, learners_of in cases:
+                times = {"alone": [], "stacked": []}
+                train(learners_of(arch, width), x, y, recipe, fuse="always")  # warm-up
+                for _ in range(repeats):
+                    times["alone"].append(sum(train([learner], x, y, recipe)
+                                              for learner in learners_of(arch, width)))
+                    times["stacked"].append(train(learners_of(arch, width), x, y, recipe,
+                                                  fuse="always"))
+                speed_up = statistics.median(times["alone"]) / statistics.median(times["stacked"])
+                row.append(f"{label}: {speed_up:4.2f}x")
+            print(f"   {arch} width {width:<3g}  " + "  ".join(row), flush=True)
+
+
 def arithmetic_floor(epochs: int) -> None:
     """The default study's training FLOPs (torch.utils.flop_counter, forward and backward of
     every student and teacher), this machine's rate on a large matmul, and the time the engine
@@ -314,6 +347,7 @@ def main():
     args = p.parse_args()
     if args.engine:
         engine(args.epochs, args.repeats)
+        group_sizes(args.epochs, args.repeats)
         arithmetic_floor(args.epochs)
         return
     with tempfile.TemporaryDirectory() as work:

@@ -376,20 +376,22 @@ UNFUSABLE = (torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN)
 
 
 # On a CPU, stacking pays where a learner's step is dominated by per-operation overhead (small
-# models); larger ones are bound by arithmetic that the stacked kernels do no faster than the
-# plain ones. Measured (benchmarks/bench_training.py, 14 digits students, one thread): batched
-# matmuls pay up to the MLP at width 2 (300k parameters: 1.35x; width 1: 2.5x); stacked 2-d
-# convolutions only for small models (CNN width 0.5: 1.8x, width 1 at 65k: 1.1x, width 2 at
-# 260k: 0.85x; ResNet-18 at width 0.25, 700k: slower); stacked 1-d convolutions were slower even
-# for the small M5 (38k parameters at width 0.25: 0.90-0.99x).
-CPU_FUSE_MAX_PARAMETERS = 400_000
-CPU_FUSE_MAX_CONV_PARAMETERS = 100_000
+# models), and where enough learners share the stacked step's own overhead (vmap,
+# functional_call: about 1 ms a step on the slower of two machines, more than a lone step of the
+# digits MLP). Measured there (benchmarks/bench_training.py 4c-4d, digits, one thread, noise
+# about 10 %): 3 stacked students of at most 100k parameters ran 0.92-1.29x the speed of one
+# after another, 4 ran 1.03-1.8x, 2 lost (0.72-1.05x); the MLP at width 2 (301k) gained at most
+# 1.2x even 28 at a time (its step is arithmetic); larger convolutional models lost, and
+# stacked 1-d convolutions lost even for the small M5 (38k parameters at width 0.25: 0.85x).
+CPU_FUSE_MAX_PARAMETERS = 100_000
+CPU_FUSE_MIN_LEARNERS = 3
 CPU_UNFUSED = (torch.nn.Conv1d,)
 
 
 def fusion_key(learner: Learner, fuse: str = "auto"):
-    """Learners with equal keys train as one stacked computation; None: train alone.
-    ``fuse``: ``auto`` (the rule above), ``always`` (every fusable learner), ``never``."""
+    """Learners with equal keys may train as one stacked computation; None: train alone.
+    ``fuse``: ``auto`` (the rule above; ``build_engines`` applies its group size), ``always``
+    (every fusable learner), ``never``."""
     if fuse not in ("auto", "always", "never"):
         raise ValueError(f"fuse must be auto, always or never, got {fuse!r}")
     modules = [m for module in learner.modules() for m in module.modules()]
@@ -397,9 +399,7 @@ def fusion_key(learner: Learner, fuse: str = "auto"):
     if fuse == "never" or any(isinstance(m, UNFUSABLE) for m in modules):
         return None
     if fuse == "auto" and parameters[0].device.type == "cpu":
-        conv = any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in modules)
-        limit = CPU_FUSE_MAX_CONV_PARAMETERS if conv else CPU_FUSE_MAX_PARAMETERS
-        if (sum(p.numel() for p in parameters) > limit
+        if (sum(p.numel() for p in parameters) > CPU_FUSE_MAX_PARAMETERS
                 or any(isinstance(m, CPU_UNFUSED) for m in modules)):
             return None
     fm = learner.feature_match
@@ -561,18 +561,21 @@ def precision_context(recipe: Recipe, device):
 def build_engines(learners: list, live: list, recipe: Recipe, states: dict,
                   fuse: str = "auto") -> list:
     """Engines stepping the ``live`` learners (indices), each given its optimizer state: one
-    ``Fused`` per group of two or more learners of one structure, ``Alone`` for the rest."""
+    ``Fused`` per group of learners of one structure (two or more; with ``fuse="auto"`` on a
+    CPU, ``CPU_FUSE_MIN_LEARNERS`` or more), ``Alone`` for the rest."""
     groups = {}
     for k in live:
         key = fusion_key(learners[k], fuse)
         groups.setdefault(k if key is None else key, []).append(k)
     engines = []
     for members in groups.values():
-        if len(members) == 1:
-            engines.append(Alone(learners[members[0]], recipe, states.get(members[0])))
-        else:
+        device = learners[members[0]].parameters()[0].device.type
+        smallest = CPU_FUSE_MIN_LEARNERS if fuse == "auto" and device == "cpu" else 2
+        if len(members) >= smallest:
             engines.append(Fused([learners[k] for k in members], recipe,
                                  [states.get(k) for k in members]))
+        else:
+            engines.extend(Alone(learners[k], recipe, states.get(k)) for k in members)
     return engines
 
 

@@ -510,8 +510,8 @@ def test_a_fused_learner_that_reaches_the_target_loss_stops_and_the_others_go_on
             assert torch.equal(p, q)
 
 
-def test_the_engine_fuses_small_models_and_trains_large_ones_alone_on_a_cpu():
-    from kdpipe.train import (CPU_FUSE_MAX_CONV_PARAMETERS, CPU_FUSE_MAX_PARAMETERS, Alone, Fused,
+def test_the_engine_fuses_enough_small_models_and_trains_the_rest_alone_on_a_cpu():
+    from kdpipe.train import (CPU_FUSE_MAX_PARAMETERS, CPU_FUSE_MIN_LEARNERS, Alone, Fused,
                               build_engines)
 
     def size(learners):
@@ -522,28 +522,31 @@ def test_the_engine_fuses_small_models_and_trains_large_ones_alone_on_a_cpu():
         return sorted((type(e) for e in build_engines(learners, range(len(learners)), recipe,
                                                       {}, fuse)), key=str)
 
-    def built(arch, shape, width):
+    def built(arch, shape, width, count=CPU_FUSE_MIN_LEARNERS):
         learners = []
-        for k in range(2):
+        for k in range(count):
             model = models.build(arch, shape, 3, width)
             models.init_parameters(model, generator(k))
             learners.append(Learner(f"{arch} {k}", model, order_seed=k))
         return learners
 
-    small = [Learner(f"s{k}", fresh_mlp(width=0.5), order_seed=k) for k in range(2)]
-    large = [Learner(f"l{k}", fresh_mlp(width=4), order_seed=k) for k in range(2)]
+    n = CPU_FUSE_MIN_LEARNERS
+    small = [Learner(f"s{k}", fresh_mlp(width=0.5), order_seed=k) for k in range(n)]
+    large = [Learner(f"l{k}", fresh_mlp(width=4), order_seed=k) for k in range(n)]
     assert size(small) <= CPU_FUSE_MAX_PARAMETERS < size(large)
-    assert engines(small + large) == sorted([Fused, Alone, Alone], key=str)
+    assert engines(small + large) == sorted([Fused] + [Alone] * n, key=str)
     assert engines(large, "always") == [Fused]
-    assert engines(small, "never") == [Alone] * 2
-    # convolutions: a lower limit, and none for 1-d ones
-    small_cnn, large_cnn = built("cnn", (1, 8, 8), 0.5), built("cnn", (1, 8, 8), 2)
-    assert size(small_cnn) <= CPU_FUSE_MAX_CONV_PARAMETERS < size(large_cnn)
-    assert size(large_cnn) <= CPU_FUSE_MAX_PARAMETERS
-    assert engines(small_cnn) == [Fused] and engines(large_cnn) == [Alone] * 2
+    assert engines(small, "never") == [Alone] * n
+    # too few to spread the stacked step's overhead: alone, unless asked
+    assert engines(small[:n - 1]) == [Alone] * (n - 1)
+    assert engines(small[:2], "always") == [Fused]
+    # the same limits with convolutions; none for 1-d ones
+    small_cnn, large_cnn = built("cnn", (1, 8, 8), 1), built("cnn", (1, 8, 8), 2)
+    assert size(small_cnn) <= CPU_FUSE_MAX_PARAMETERS < size(large_cnn)
+    assert engines(small_cnn) == [Fused] and engines(large_cnn) == [Alone] * n
     m5 = built("m5", (1, 1200), 0.0625)
-    assert size(m5) <= CPU_FUSE_MAX_CONV_PARAMETERS
-    assert engines(m5) == [Alone] * 2
+    assert size(m5) <= CPU_FUSE_MAX_PARAMETERS
+    assert engines(m5) == [Alone] * n
 
 
 def test_fused_feature_matching_and_sample_weighted_learners_equal_their_lone_runs():
@@ -576,9 +579,10 @@ def test_fused_feature_matching_and_sample_weighted_learners_equal_their_lone_ru
         return made
 
     recipe = Recipe(epochs=2, batch_size=8, optimizer="sgd", lr=1e-2, momentum=0.0)
-    assert [type(e) for e in build_engines(learners(), range(4), recipe, {})] == [Fused] * 2
+    engines = build_engines(learners(), range(4), recipe, {}, "always")
+    assert [type(e) for e in engines] == [Fused] * 2
     together = learners()
-    train(together, x, y, recipe)
+    train(together, x, y, recipe, fuse="always")
     for k in range(4):
         alone = learners()[k]
         train([alone], x, y, recipe)
