@@ -380,8 +380,8 @@ UNFUSABLE = (torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN)
 # functional_call: about 1 ms a step on the slower of two machines, more than a lone step of the
 # digits MLP). Measured there (benchmarks/bench_training.py 4c-4d, digits, one thread, noise
 # about 10 %): 3 stacked students of at most 100k parameters ran 0.92-1.29x the speed of one
-# after another, 4 ran 1.03-1.8x, 2 lost (0.72-1.05x); the MLP at width 2 (301k) gained at most
-# 1.2x even 28 at a time (its step is arithmetic); larger convolutional models lost, and
+# after another, 4 or more 0.97-2.2x, 2 lost (0.72-1.05x); the MLP at width 2 (301k) gained at
+# most 1.2x even 28 at a time (its step is arithmetic); larger convolutional models lost, and
 # stacked 1-d convolutions lost even for the small M5 (38k parameters at width 0.25: 0.85x).
 CPU_FUSE_MAX_PARAMETERS = 100_000
 CPU_FUSE_MIN_LEARNERS = 3
