@@ -13,7 +13,8 @@
    its models' training times.
 4. The training engine in one process (`--engine` runs 4 and 5 only): 8 digits-MLP students in
    one `train` call against one after another; kd+rcd+siddo against one student; per
-   architecture and width, 4 students stacked against one after another.
+   architecture and width, 4 students stacked against one after another; for the digits
+   models, K = 2, 3, 4, 8 students stacked against one after another (where stacking pays).
 5. The default study's FLOPs (torch.utils.flop_counter) against this machine's matmul rate.
 """
 import argparse
