@@ -34,6 +34,8 @@ def relative(path, results) -> str:
 
 
 def setup_torch(threads: int, device: str) -> str:
+    """Set torch's threads; resolve ``device`` (``auto``: CUDA where present) and check that it
+    exists; on CUDA, deterministic algorithms (runs identical run to run, as on a CPU)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -45,6 +47,12 @@ def setup_torch(threads: int, device: str) -> str:
         raise SystemExit(f"kdpipe: error: config device is {device!r}, but torch finds "
                          f"{found[kind]} {kind.upper()} device(s) here (torch {torch.__version__}, "
                          f"CUDA build: {torch.version.cuda}); set device: auto or cpu")
+    if kind == "cuda":
+        # cuDNN's and cuBLAS's default kernels sum in a run-dependent order: on an H200 the
+        # CNNs' weights differed run to run after 3 epochs (fused and alone), and were identical
+        # with deterministic algorithms. cuBLAS needs this workspace setting before its first use.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
     return device
 
 
@@ -123,17 +131,19 @@ def finished(row_path: Path, expected: str, key="digest") -> bool:
 # --- evaluation -----------------------------------------------------------------------------------
 
 def evaluate(model, x, y, batch_size: int, keep: bool = False):
-    """Mean cross-entropy of ``model`` on (x, y), in chunks of ``batch_size`` inputs (per-sample
-    losses in float32, their sum in float64), so that memory does not grow with the data; with
-    ``keep``, also the logits flattened to [samples, classes] float32 (a teacher's train logits).
-    Returns (loss, logits or None)."""
+    """Mean cross-entropy of ``model`` on (x, y), in chunks of ``batch_size`` inputs (fp32
+    arithmetic, per-sample losses in float32, their sum in float64), so that memory does not
+    grow with the data; with ``keep``, also the logits flattened to [samples, classes] float32
+    (a teacher's train logits). Returns (loss, logits or None)."""
     import numpy as np
     import torch
     import torch.nn.functional as F
 
+    from kdpipe.train import precision_context
+
     model.eval()
     total, count, kept = 0.0, 0, []
-    with torch.no_grad():
+    with torch.no_grad(), precision_context("fp32", x.device):
         for i in range(0, len(x), batch_size):
             logits = model(x[i:i + batch_size]).float()
             logits = logits.reshape(-1, logits.shape[-1])

@@ -11,6 +11,7 @@ resumed at an epoch boundary continues exactly as an uninterrupted one.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import math
@@ -44,8 +45,8 @@ class Recipe:
     or ``cosine`` (per step, to zero at the end); ``augment`` names a batch augmentation of
     ``kdpipe.augment`` applied on the device, with ``augment_options``; ``stop_at_train_loss``
     ends a learner's training after the first epoch whose mean training-batch loss is at most that value
-    (a teacher trained to a target train loss); ``precision`` is ``fp32`` or ``bf16`` (autocast
-    of the forward pass and loss; parameters and optimizer state stay fp32)."""
+    (a teacher trained to a target train loss); ``precision`` is ``fp32``, ``tf32`` or ``bf16``
+    (``precision_context``; parameters and optimizer state stay fp32)."""
     epochs: int
     batch_size: int
     optimizer: str = "adam"
@@ -333,7 +334,7 @@ class Alone:
         index, xb, yb = batches[learner.order_seed]
         if self.channels_last and xb.dim() == 4:
             xb = xb.contiguous(memory_format=torch.channels_last)
-        with precision_context(self.recipe, yb.device):
+        with autocast(self.recipe.precision, yb.device):
             loss, logits = learner_loss(learner, index, xb, yb, epoch, step)
         self.optimizer.zero_grad()
         loss.backward()
@@ -375,32 +376,45 @@ warnings.filterwarnings("ignore", message="There is a performance drop because w
 UNFUSABLE = (torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN)
 
 
-# On a CPU, stacking pays where a learner's step is dominated by per-operation overhead (small
-# models), and where enough learners share the stacked step's own overhead (vmap,
-# functional_call: about 1 ms a step on the slower of two machines, more than a lone step of the
-# digits MLP). Measured there (benchmarks/bench_training.py 4c-4d, digits, one thread, noise
-# about 10 %): 3 stacked students of at most 100k parameters ran 0.92-1.29x the speed of one
-# after another, 4 or more 0.97-2.2x, 2 lost (0.72-1.05x); the MLP at width 2 (301k) gained at
-# most 1.2x even 28 at a time (its step is arithmetic); larger convolutional models lost, and
-# stacked 1-d convolutions lost even for the small M5 (38k parameters at width 0.25: 0.85x).
-CPU_FUSE_MAX_PARAMETERS = 100_000
-CPU_FUSE_MIN_LEARNERS = 3
-CPU_UNFUSED = (torch.nn.Conv1d,)
+@dataclass(frozen=True)
+class FuseLimits:
+    """What ``fuse="auto"`` stacks on one device type: groups of at least ``min_learners``
+    learners of at most ``max_parameters`` parameters each, holding no module of ``unfused``."""
+    max_parameters: int
+    min_learners: int
+    unfused: tuple = ()
+
+
+# Measured per device type (README, "Many students in one process"); on a device type not listed
+# (MPS), fuse="auto" trains every learner alone. Stacking pays where a learner's step is fixed
+# cost (launches, per-operation overhead) that enough learners share; it loses where a step is
+# arithmetic, which the stacked kernels (batched matmul, grouped convolution) do no faster.
+# CPU (benchmarks/bench_training.py 4c-4d, digits, one thread, noise about 10 %): 3 students of
+# at most 100k parameters ran 0.92-1.29x the speed of one after another, 4 or more 0.97-2.2x,
+# 2 lost (0.72-1.05x); the MLP at width 2 (301k) gained at most 1.2x even 28 at a time; stacked
+# 1-d convolutions lost even for the small M5 (38k parameters: 0.85x).
+# CUDA (an H200, benchmarks/bench_device.py and digits students, deterministic algorithms):
+# ResNet-18 at 0.18-0.70M parameters ran 2.1-3.3x at 8, 0.97x at 3, 0.78x at 2; at 2.8M 0.55x at
+# 2 and 1.01x at 8 (fp32); at 11M 0.59-0.96x in fp32 and tf32; digits students (85-260k) 1.5-2.0x
+# at 3, 3.1-4.9x at 8, 6-13x at 28, 9-23x at 84, and 0.9-1.1x at 2.
+AUTO_FUSE = {"cpu": FuseLimits(100_000, 3, (torch.nn.Conv1d,)),
+             "cuda": FuseLimits(1_000_000, 3)}
 
 
 def fusion_key(learner: Learner, fuse: str = "auto"):
     """Learners with equal keys may train as one stacked computation; None: train alone.
-    ``fuse``: ``auto`` (the rule above; ``build_engines`` applies its group size), ``always``
-    (every fusable learner), ``never``."""
+    ``fuse``: ``auto`` (the device type's ``AUTO_FUSE`` limits; ``build_engines`` applies the
+    group size), ``always`` (every fusable learner), ``never``."""
     if fuse not in ("auto", "always", "never"):
         raise ValueError(f"fuse must be auto, always or never, got {fuse!r}")
     modules = [m for module in learner.modules() for m in module.modules()]
     parameters = learner.parameters()
     if fuse == "never" or any(isinstance(m, UNFUSABLE) for m in modules):
         return None
-    if fuse == "auto" and parameters[0].device.type == "cpu":
-        if (sum(p.numel() for p in parameters) > CPU_FUSE_MAX_PARAMETERS
-                or any(isinstance(m, CPU_UNFUSED) for m in modules)):
+    if fuse == "auto":
+        limits = AUTO_FUSE.get(parameters[0].device.type)
+        if (limits is None or sum(p.numel() for p in parameters) > limits.max_parameters
+                or any(isinstance(m, limits.unfused) for m in modules)):
             return None
     fm = learner.feature_match
     return (tuple(type(m).__name__ for m in modules),
@@ -471,15 +485,31 @@ class Fused:
                                   device=device)
         self.temperature = torch.tensor([l.temperature for l in learners], device=device)
         self.feature_match = learners[0].feature_match is not None
+        if recipe.precision == "bf16":
+            # vmap's batch norm wants its input in the running statistics' dtype (on CUDA a bf16
+            # input failed against float32 statistics): normalise in float32
+            for module in skeleton.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.register_forward_pre_hook(lambda _, args: (args[0].float(),))
+
+    def attention_kernels(self):
+        """On CUDA, attention without the memory-efficient kernel: with the learners folded into
+        its batch by vmap, that kernel's backward rejected its own logsumexp's strides (ViT on an
+        H200, torch 2.11). Flash attention (bf16) or the plain computation instead."""
+        if self.alpha.device.type != "cuda":
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
 
     def step(self, batches: dict, epoch: int, step: int, lr: float):
         """Step every learner on its batch; return their losses and correct predictions, [K]."""
         picked = [batches[learner.order_seed] for learner in self.learners]
         shared = all(b is picked[0] for b in picked)
         y = torch.stack([yb for _, _, yb in picked])
-        targets = [None if l.target is None else l.target(index, xb, epoch, step)
-                   for l, (index, xb, _) in zip(self.learners, picked)]
-        with precision_context(self.recipe, y.device):
+        with autocast(self.recipe.precision, y.device), self.attention_kernels():
+            targets = [None if l.target is None else l.target(index, xb, epoch, step)
+                       for l, (index, xb, _) in zip(self.learners, picked)]
             weights = {name: self.natural(name, p) for name, p in self.params.items()}
             if shared:
                 out = self.run_shared(weights, self.buffers, picked[0][1])
@@ -551,18 +581,43 @@ def per_slice(value, stacked) -> bool:
     return value.dim() > 0 and value.shape == stacked.shape[1:]
 
 
-def precision_context(recipe: Recipe, device):
-    """bf16 autocast for ``precision: bf16``; fp32: nothing."""
-    if recipe.precision not in ("fp32", "bf16"):
-        raise ValueError(f"unknown precision {recipe.precision!r}; known: fp32, bf16")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.precision == "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+@contextlib.contextmanager
+def precision_context(precision: str, device):
+    """The float32 arithmetic of a recipe's ``precision`` (``train`` runs in it; the steps add
+    ``autocast``). ``fp32``: IEEE float32 (torch's own default lets cuDNN convolutions use TF32
+    on CUDA, which would make fp32 results depend on the device); ``tf32``: CUDA matmuls and
+    convolutions take TF32 inputs (10-bit mantissa, float32 sums); ``bf16``: IEEE float32
+    outside the autocast region. On a CPU, tf32 is fp32. Evaluation (``predict``,
+    ``jobs.evaluate``) runs in fp32: the logits every metric is computed from do not depend on
+    the training precision."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+    backends = ((torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn)
+                if device.type == "cuda" else ())
+    before = [b.fp32_precision for b in backends]
+    for b in backends:
+        b.fp32_precision = "tf32" if precision == "tf32" else "ieee"
+    try:
+        yield
+    finally:
+        for b, value in zip(backends, before):
+            b.fp32_precision = value
+
+
+def autocast(precision: str, device):
+    """A step's forward pass and loss: bf16 autocast for ``precision: bf16`` (parameters,
+    gradients and optimizer state stay float32); otherwise nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def build_engines(learners: list, live: list, recipe: Recipe, states: dict,
                   fuse: str = "auto") -> list:
     """Engines stepping the ``live`` learners (indices), each given its optimizer state: one
-    ``Fused`` per group of learners of one structure (two or more; with ``fuse="auto"`` on a
-    CPU, ``CPU_FUSE_MIN_LEARNERS`` or more), ``Alone`` for the rest."""
+    ``Fused`` per group of learners of one structure (two or more; with ``fuse="auto"``, the
+    device type's ``AUTO_FUSE`` minimum), ``Alone`` for the rest."""
     groups = {}
     for k in live:
         key = fusion_key(learners[k], fuse)
@@ -570,7 +625,7 @@ def build_engines(learners: list, live: list, recipe: Recipe, states: dict,
     engines = []
     for members in groups.values():
         device = learners[members[0]].parameters()[0].device.type
-        smallest = CPU_FUSE_MIN_LEARNERS if fuse == "auto" and device == "cpu" else 2
+        smallest = AUTO_FUSE[device].min_learners if fuse == "auto" and device in AUTO_FUSE else 2
         if len(members) >= smallest:
             engines.append(Fused([learners[k] for k in members], recipe,
                                  [states.get(k) for k in members]))
@@ -614,58 +669,61 @@ def train(learners: list, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, log=
     n = len(x)
     steps_per_epoch = math.ceil(n / recipe.batch_size)
     total_steps = recipe.epochs * steps_per_epoch
-    first_epoch, live, states = resume(checkpoint, learners, x.device)
-    if first_epoch and log is not None:
-        print(f"resumed from {checkpoint.path} after epoch {first_epoch}", file=sys.stderr)
-    engines = build_engines(learners, live, recipe, states, fuse)
-    step = first_epoch * steps_per_epoch
-    for epoch in range(first_epoch, recipe.epochs):
-        if not engines:
-            break
-        seeds = list(dict.fromkeys(l.order_seed for e in engines for l in e.learners))
-        orders = {s: torch.randperm(n, generator=generator(seed_for(s, epoch), x.device),
-                                    device=x.device) for s in seeds}
-        streams = {s: generator(seed_for(s, "augment", epoch), x.device) for s in seeds}
-        loss_sums = [torch.zeros(len(e.learners), device=x.device) for e in engines]
-        corrects = [torch.zeros(len(e.learners), device=x.device, dtype=torch.long)
-                    for e in engines]
-        for i in range(steps_per_epoch):
-            lr = learning_rate(recipe, step, total_steps)
-            batches = {}
-            for s in seeds:
-                index = orders[s][i * recipe.batch_size:(i + 1) * recipe.batch_size]
-                xb = x[index]
-                if recipe.augment != "none":
-                    xb = augment(recipe.augment, xb, streams[s], **recipe.augment_options)
-                batches[s] = (index, xb, y[index])
+    with precision_context(recipe.precision, x.device):
+        first_epoch, live, states = resume(checkpoint, learners, x.device)
+        if first_epoch and log is not None:
+            print(f"resumed from {checkpoint.path} after epoch {first_epoch}", file=sys.stderr)
+        engines = build_engines(learners, live, recipe, states, fuse)
+        step = first_epoch * steps_per_epoch
+        for epoch in range(first_epoch, recipe.epochs):
+            if not engines:
+                break
+            seeds = list(dict.fromkeys(l.order_seed for e in engines for l in e.learners))
+            orders = {s: torch.randperm(n, generator=generator(seed_for(s, epoch), x.device),
+                                        device=x.device) for s in seeds}
+            streams = {s: generator(seed_for(s, "augment", epoch), x.device) for s in seeds}
+            loss_sums = [torch.zeros(len(e.learners), device=x.device) for e in engines]
+            corrects = [torch.zeros(len(e.learners), device=x.device, dtype=torch.long)
+                        for e in engines]
+            for i in range(steps_per_epoch):
+                lr = learning_rate(recipe, step, total_steps)
+                batches = {}
+                for s in seeds:
+                    index = orders[s][i * recipe.batch_size:(i + 1) * recipe.batch_size]
+                    xb = x[index]
+                    if recipe.augment != "none":
+                        xb = augment(recipe.augment, xb, streams[s], **recipe.augment_options)
+                    batches[s] = (index, xb, y[index])
+                for engine, loss_sum, correct in zip(engines, loss_sums, corrects):
+                    losses, right = engine.step(batches, epoch, i, lr)
+                    loss_sum += losses * len(index)
+                    correct += right
+                step += 1
             for engine, loss_sum, correct in zip(engines, loss_sums, corrects):
-                losses, right = engine.step(batches, epoch, i, lr)
-                loss_sum += losses * len(index)
-                correct += right
-            step += 1
-        for engine, loss_sum, correct in zip(engines, loss_sums, corrects):
-            for learner, loss, right in zip(engine.learners, loss_sum.tolist(), correct.tolist()):
-                learner.history.append({"epoch": epoch + 1, "loss": loss / n,
-                                        "accuracy": right / y.numel()})
-                if not math.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"training diverged: learner {learner.name!r} had a mean training loss "
-                        f"of {loss / n} in epoch {epoch + 1}; lower the learning rate "
-                        f"(recipe.lr = {recipe.lr})")
-        if log is not None:
-            log(epoch + 1, learners)
-        if recipe.stop_at_train_loss is not None:
-            done = [k for k in live if learners[k].history[-1]["loss"] <= recipe.stop_at_train_loss]
-            if done:
-                states = engine_states(engines)
-                live = [k for k in live if k not in done]
-                engines = build_engines(learners, live, recipe,
-                                        {k: states[id(learners[k])] for k in live}, fuse)
-        if checkpoint and (epoch + 1) % checkpoint.every == 0 and epoch + 1 < recipe.epochs \
-                and engines:
-            save_checkpoint(checkpoint, learners, engines, live, epoch + 1)
-    for engine in engines:
-        engine.write_back()
+                for learner, loss, right in zip(engine.learners, loss_sum.tolist(),
+                                                correct.tolist()):
+                    learner.history.append({"epoch": epoch + 1, "loss": loss / n,
+                                            "accuracy": right / y.numel()})
+                    if not math.isfinite(loss):
+                        raise TrainingDiverged(
+                            f"training diverged: learner {learner.name!r} had a mean training "
+                            f"loss of {loss / n} in epoch {epoch + 1}; lower the learning rate "
+                            f"(recipe.lr = {recipe.lr})")
+            if log is not None:
+                log(epoch + 1, learners)
+            if recipe.stop_at_train_loss is not None:
+                done = [k for k in live
+                        if learners[k].history[-1]["loss"] <= recipe.stop_at_train_loss]
+                if done:
+                    states = engine_states(engines)
+                    live = [k for k in live if k not in done]
+                    engines = build_engines(learners, live, recipe,
+                                            {k: states[id(learners[k])] for k in live}, fuse)
+            if checkpoint and (epoch + 1) % checkpoint.every == 0 and epoch + 1 < recipe.epochs \
+                    and engines:
+                save_checkpoint(checkpoint, learners, engines, live, epoch + 1)
+        for engine in engines:
+            engine.write_back()
     return time.perf_counter() - start
 
 
@@ -714,9 +772,10 @@ def resume(checkpoint: Checkpoint | None, learners: list, device):
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """The model's logits on ``x`` in eval mode, batch by batch."""
+    """The model's logits on ``x`` in eval mode, batch by batch, in fp32."""
     model.eval()
-    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    with precision_context("fp32", x.device):
+        return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 class EpochLog:

@@ -408,6 +408,9 @@ def test_numbers_that_print_alike_get_their_own_paths_and_values(tmp_path):
      r"config error at setups: 'digits mlp' does not match"),
     ({"datasets": {"my digits": {"family": "digits"}}},
      r"config error at datasets: 'my digits' does not match"),
+    ({"setups": {"digits-mlp": {"dataset": "digits", "arch": "mlp",
+                                "recipe": {"epochs": 1, "batch_size": 8, "precision": "fp16"}}}},
+     r"config error at setups.digits-mlp.recipe.precision: 'fp16' is not one of"),
     ({"device": "gpu"}, r"config error at device: 'gpu' does not match"),
     ({"device": "cuda:x"}, r"config error at device: 'cuda:x' does not match"),
 ])
