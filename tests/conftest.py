@@ -21,6 +21,22 @@ from kdpipe.train import generator
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu",
+                     help="torch device of the tests that take the `device` fixture (fused "
+                          "training, the training jobs): cpu (default), cuda, cuda:N")
+
+
+@pytest.fixture(scope="session")
+def device(request) -> str:
+    """The device those tests train on: ``pytest --device cuda`` runs them on a GPU, set up as a
+    job sets it up (deterministic algorithms)."""
+    from kdpipe.jobs import setup_torch
+
+    device = request.config.getoption("--device")
+    return device if device == "cpu" else setup_torch(torch.get_num_threads(), device)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The small real data sets beside the project (KDPIPE_SHARED_DATA, default ../shared/data)."""

@@ -15,19 +15,19 @@ from kdpipe.train import generator, seed_for
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
+def teacher(tmp_path_factory, device):
     work = tmp_path_factory.mktemp("jobs")
     data, labels = prepare_digits(work)
     log = kdpipe_step("train-teacher", "--spec",
                       job_spec(seed=0, recipe={"epochs": 2, "batch_size": 32}), "--data", data,
                       "--labels", labels, "--out", work / "s/teacher", "--results", work,
-                      "--device", "cpu")
+                      "--device", device)
     assert "WARNING" not in log  # a trained teacher is well above chance
     return work
 
 
-def block(work: Path, width: float, seeds, epochs: int, name: str, methods=("kd", "rcd", "siddo"),
-          teacher="teacher"):
+def block(work: Path, device: str, width: float, seeds, epochs: int, name: str,
+          methods=("kd", "rcd", "siddo"), teacher="teacher"):
     students = []
     for seed in seeds:
         for m in methods:
@@ -41,57 +41,61 @@ def block(work: Path, width: float, seeds, epochs: int, name: str, methods=("kd"
                        "--data", work / "data/digits.pt", "--labels", work / "data/digits.labels.npy",
                        "--teacher", work / "s" / teacher,
                        "--manifest", work / f"s/{teacher}/blocks/{name}.json",
-                       "--results", work, "--device", "cpu")
+                       "--results", work, "--device", device)
 
 
-def outputs_of(model, work: Path):
-    x_test = torch.load(work / "data/digits.pt", weights_only=True)["x_test"]
+def outputs_of(model, work: Path, device: str):
+    """The model's test logits, computed on ``device`` as a job there computes them."""
+    from kdpipe.train import predict
+
+    x_test = torch.load(work / "data/digits.pt", weights_only=True)["x_test"].to(device)
     with torch.no_grad():
-        return model.eval()(x_test).numpy()
+        return predict(model.to(device), x_test).cpu().numpy()
 
 
-def test_students_start_from_theta0_at_width_1_and_share_drawn_weights_elsewhere(teacher):
+def test_students_start_from_theta0_at_width_1_and_share_drawn_weights_elsewhere(teacher, device):
     """With 0 epochs a student's saved test logits are those of its initial weights: at width 1,
-    of the teacher's saved init.pt; at width 0.5, of the weights drawn from (width, seed), the
-    same for kd, rcd and siddo."""
+    of the teacher's saved init.pt; at width 0.5, of the weights drawn from (width, seed) by the
+    device's generator, the same for kd, rcd and siddo."""
     work = teacher
-    block(work, 1.0, [3], 0, "init_w1")
-    block(work, 0.5, [3], 0, "init_w0.5")
+    block(work, device, 1.0, [3], 0, "init_w1")
+    block(work, device, 0.5, [3], 0, "init_w0.5")
     theta0 = models.build("mlp", (1, 8, 8), 10, 1.0)
     theta0.load_state_dict(torch.load(work / "s/teacher/init.pt", weights_only=True))
     drawn = models.build("mlp", (1, 8, 8), 10, 0.5)
-    models.init_parameters(drawn, generator(seed_for("init", 0.5, 3)))
+    models.init_parameters(drawn.to(device), generator(seed_for("init", 0.5, 3), device))
     for run, model in (("init_w1_s3", theta0), ("init_w0.5_s3", drawn)):
-        expected = outputs_of(model, work)
+        expected = outputs_of(model, work, device)
         for method in ("kd", "rcd", "siddo"):
             saved = np.load(work / f"s/teacher/{method}/{run}/logits.npy")
             np.testing.assert_allclose(saved, expected, rtol=1e-5, atol=1e-6, err_msg=method)
     # the teacher itself moved away from theta0: the comparison can tell weights apart
-    assert not np.allclose(np.load(work / "s/teacher/logits.npy"), outputs_of(theta0, work),
+    assert not np.allclose(np.load(work / "s/teacher/logits.npy"), outputs_of(theta0, work, device),
                            atol=1e-3)
 
 
-def test_a_rerun_of_a_block_trains_only_unfinished_or_changed_students(teacher):
+def test_a_rerun_of_a_block_trains_only_unfinished_or_changed_students(teacher, device):
     work = teacher
-    log = block(work, 1.0, [0], 1, "store", methods=("kd", "siddo"))
+    log = block(work, device, 1.0, [0], 1, "store", methods=("kd", "siddo"))
     assert "training 2" in log
     row = work / "s/teacher/kd/store_s0/row.json"
     first = json.loads(row.read_text())
-    log = block(work, 1.0, [0, 1], 1, "store", methods=("kd", "rcd", "siddo"))
+    log = block(work, device, 1.0, [0, 1], 1, "store", methods=("kd", "rcd", "siddo"))
     assert "block of 6 students: 2 already finished, training 4" in log
     assert json.loads(row.read_text()) == first  # untouched
     manifest = json.loads((work / "s/teacher/blocks/store.json").read_text())
     assert len(manifest["students"]) == 6
     assert all((work / r).exists() for r in manifest["students"])
-    log = block(work, 1.0, [0, 1], 2, "store", methods=("kd", "rcd", "siddo"))  # new recipe
+    # a new recipe
+    log = block(work, device, 1.0, [0, 1], 2, "store", methods=("kd", "rcd", "siddo"))
     assert "0 already finished, training 6" in log
     # a half-written student (no row.json: it is written last) is trained again
     (work / "s/teacher/rcd/store_s1/row.json").unlink()
-    assert "5 already finished, training 1" in block(work, 1.0, [0, 1], 2, "store",
+    assert "5 already finished, training 1" in block(work, device, 1.0, [0, 1], 2, "store",
                                                       methods=("kd", "rcd", "siddo"))
 
 
-def test_a_retrained_teacher_retrains_only_the_students_that_depend_on_it(teacher):
+def test_a_retrained_teacher_retrains_only_the_students_that_depend_on_it(teacher, device):
     """At width 0.5, rcd and siddo depend on neither the teacher's init nor its weights: after the
     teacher changes they are scored against it anew, not retrained; kd is retrained."""
     work = teacher
@@ -100,15 +104,15 @@ def test_a_retrained_teacher_retrains_only_the_students_that_depend_on_it(teache
         kdpipe_step("train-teacher", "--spec",
                     job_spec(seed=0, recipe={"epochs": epochs, "batch_size": 32}),
                     "--data", work / "data/digits.pt", "--labels", work / "data/digits.labels.npy",
-                    "--out", work / "s/other", "--results", work, "--device", "cpu")
+                    "--out", work / "s/other", "--results", work, "--device", device)
         return json.loads((work / "s/other/row.json").read_text())
 
     train_teacher(1)
-    assert "training 3" in block(work, 0.5, [0], 1, "retrain", teacher="other")
+    assert "training 3" in block(work, device, 0.5, [0], 1, "retrain", teacher="other")
     before = {m: json.loads((work / f"s/other/{m}/retrain_s0/row.json").read_text())
               for m in ("kd", "rcd", "siddo")}
     changed = train_teacher(3)
-    log = block(work, 0.5, [0], 1, "retrain", teacher="other")
+    log = block(work, device, 0.5, [0], 1, "retrain", teacher="other")
     assert "block of 3 students: 0 already finished, training 1" in log
     for m in ("rcd", "siddo"):
         after = json.loads((work / f"s/other/{m}/retrain_s0/row.json").read_text())

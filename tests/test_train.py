@@ -374,30 +374,35 @@ FUSION_CASES = {
 
 
 def fusion_learners(arch, x, y, classes=5):
-    """kd and rcd from one init on one order, siddo from another init on another order."""
+    """kd and rcd from one init on one order, siddo from another init on another order, on the
+    device of ``x``."""
     shape, width = FUSION_CASES[arch]
     base = models.build(arch, shape, classes, width)
     models.init_parameters(base, generator(1))
     other = models.build(arch, shape, classes, width)
     models.init_parameters(other, generator(2))
-    teacher = torch.randn(*y.shape, classes, generator=generator(4))
+    base, other = base.to(x.device), other.to(x.device)
+    teacher = torch.randn(*y.shape, classes, generator=generator(4)).to(x.device)
     return [Learner("kd", copy.deepcopy(base), TeacherLogits(teacher), 0.5, 2.0, order_seed=1),
-            Learner("rcd", copy.deepcopy(base), RandomLogits(len(x), (*y.shape[1:], classes), 3),
+            Learner("rcd", copy.deepcopy(base), RandomLogits(len(x), (*y.shape[1:], classes), 3,
+                                                             device=x.device),
                     0.3, order_seed=1),
             Learner("siddo", other, order_seed=2)]
 
 
-def fusion_data(arch, n=16, classes=5):
+def fusion_data(arch, device="cpu", n=16, classes=5):
     shape, _ = FUSION_CASES[arch]
     g = generator(0)
     if arch.startswith("char"):
-        return (torch.randint(0, classes, (n, *shape), generator=g),
-                torch.randint(0, classes, (n, *shape), generator=g))
-    return torch.randn(n, *shape, generator=g), torch.randint(0, classes, (n,), generator=g)
+        x = torch.randint(0, classes, (n, *shape), generator=g)
+        y = torch.randint(0, classes, (n, *shape), generator=g)
+    else:
+        x, y = torch.randn(n, *shape, generator=g), torch.randint(0, classes, (n,), generator=g)
+    return x.to(device), y.to(device)
 
 
 @pytest.mark.parametrize("arch", sorted(models.ARCHS))
-def test_a_student_trained_fused_ends_where_it_ends_trained_alone(arch):
+def test_a_student_trained_fused_ends_where_it_ends_trained_alone(arch, device):
     """Fused (stacked) training computes each learner's own step: parameters and batch-norm
     statistics agree with the learner trained alone to float rounding (atol 1e-4, rtol 1e-3 after
     4 SGD steps). The stacked kernels sum in another order and training amplifies a difference
@@ -406,7 +411,7 @@ def test_a_student_trained_fused_ends_where_it_ends_trained_alone(arch):
     is within 1e-6 (see the next test)."""
     from kdpipe.train import Alone, Fused, build_engines
 
-    x, y = fusion_data(arch)
+    x, y = fusion_data(arch, device)
     recipe = Recipe(epochs=2, batch_size=8, optimizer="sgd", lr=1e-3, momentum=0.0)
     engines = build_engines(fusion_learners(arch, x, y), [0, 1, 2], recipe, {}, "always")
     expected = Alone if arch == "char_lstm" else Fused  # vmap has no LSTM batching rule
@@ -423,8 +428,25 @@ def test_a_student_trained_fused_ends_where_it_ends_trained_alone(arch):
             assert b["loss"] == pytest.approx(a["loss"], abs=1e-4)
 
 
-def test_fused_training_is_identical_run_to_run_and_keeps_adam_state_per_learner():
-    x, y = fusion_data("cnn")
+def test_fused_bf16_students_with_batch_norm_end_near_their_lone_runs(device):
+    """bf16 autocast, fused: batch norm takes its input in float32 (vmap's batch norm failed on a
+    bf16 input against float32 statistics on CUDA); each learner ends within bf16's reach of
+    its lone run."""
+    x, y = fusion_data("resnet18", device)
+    recipe = Recipe(epochs=1, batch_size=8, optimizer="sgd", lr=1e-2, momentum=0.0,
+                    precision="bf16")
+    together = fusion_learners("resnet18", x, y)
+    train(together, x, y, recipe, fuse="always")
+    for k in range(3):
+        alone = fusion_learners("resnet18", x, y)[k]
+        train([alone], x, y, recipe)
+        for (name, a), b in zip(alone.model.state_dict().items(),
+                                together[k].model.state_dict().values()):
+            torch.testing.assert_close(b, a, atol=2e-2, rtol=2e-2, msg=lambda m: f"{name}: {m}")
+
+
+def test_fused_training_is_identical_run_to_run_and_keeps_adam_state_per_learner(device):
+    x, y = fusion_data("cnn", device)
     recipe = Recipe(epochs=2, batch_size=8, optimizer="adamw", lr=1e-2, weight_decay=0.1)
     runs = []
     for _ in range(2):
@@ -441,24 +463,54 @@ def test_fused_training_is_identical_run_to_run_and_keeps_adam_state_per_learner
         torch.testing.assert_close(q, p, atol=1e-5, rtol=1e-4)
 
 
-def test_fused_gradients_match_a_float64_computation():
+@pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-5), ("tf32", 5e-3), ("bf16", 5e-2)])
+def test_precision_sets_the_arithmetic_of_the_run_and_restores_torchs_own(precision, tolerance,
+                                                                          device):
+    """A convolution and a matmul against float64: fp32 is IEEE float32 on every device (torch's
+    default would give cuDNN's convolutions TF32 inputs, about 5e-4 off), tf32 and bf16 are
+    within their mantissas' reach; torch's own setting is back afterwards."""
+    from kdpipe.train import autocast, precision_context
+
+    g = generator(0)
+    x, w = torch.randn(8, 64, 16, 16, generator=g), torch.randn(64, 64, 3, 3, generator=g)
+    a, b = torch.randn(256, 512, generator=g), torch.randn(512, 256, generator=g)
+    references = F.conv2d(x.double(), w.double()), a.double() @ b.double()
+    before = torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+    dev = torch.device(device)
+    with precision_context(precision, dev), autocast(precision, dev):
+        outs = F.conv2d(x.to(dev), w.to(dev)), a.to(dev) @ b.to(dev)
+    for out, reference in zip(outs, references):
+        error = ((out.double().cpu() - reference).norm() / reference.norm()).item()
+        assert error < tolerance
+        if precision != "fp32" and dev.type == "cuda":
+            assert error > 1e-5  # the reduced precision was used
+    assert (torch.backends.cudnn.conv.fp32_precision,
+            torch.backends.cuda.matmul.fp32_precision) == before
+    with pytest.raises(ValueError, match="unknown precision 'fp16'; known: fp32, tf32, bf16"):
+        with precision_context("fp16", dev):
+            pass
+
+
+def test_fused_gradients_match_a_float64_computation(device):
     """An independent reference: each model's cross-entropy gradient in float64, on its own
     batch (learners of different order seeds get different inputs)."""
-    from kdpipe.train import Fused
+    from kdpipe.train import Fused, precision_context
 
     g = generator(0)
     x, y = torch.randn(16, 3, 16, 16, generator=g), torch.randint(0, 5, (16,), generator=g)
+    x, y = x.to(device), y.to(device)
     learners = []
     for k in range(3):
         model = models.build("resnet18", (3, 16, 16), 5, 0.125)
         models.init_parameters(model, generator(k))
-        learners.append(Learner(f"m{k}", model, order_seed=k))
+        learners.append(Learner(f"m{k}", model.to(device), order_seed=k))
     references = [copy.deepcopy(l.model).double() for l in learners]
     fused = Fused(learners, Recipe(epochs=1, batch_size=16, optimizer="sgd", lr=0.0, momentum=0),
                   [None] * 3)
-    indices = [torch.randperm(16, generator=generator(10 + k))[:8] for k in range(3)]
+    indices = [torch.randperm(16, generator=generator(10 + k))[:8].to(device) for k in range(3)]
     batches = {k: (index, x[index], y[index]) for k, index in enumerate(indices)}
-    fused.step(batches, 0, 0, 0.0)
+    with precision_context("fp32", x.device):  # as in train: IEEE float32 on CUDA too
+        fused.step(batches, 0, 0, 0.0)
     for k, reference in enumerate(references):
         index, xb, yb = batches[k]
         F.cross_entropy(reference(xb.double()), yb).backward()
@@ -510,9 +562,12 @@ def test_a_fused_learner_that_reaches_the_target_loss_stops_and_the_others_go_on
             assert torch.equal(p, q)
 
 
-def test_the_engine_fuses_enough_small_models_and_trains_the_rest_alone_on_a_cpu():
-    from kdpipe.train import (CPU_FUSE_MAX_PARAMETERS, CPU_FUSE_MIN_LEARNERS, Alone, Fused,
-                              build_engines)
+def test_the_engine_fuses_enough_small_models_and_trains_the_rest_alone(device):
+    """fuse="auto" on the test device: the limits of AUTO_FUSE for its type."""
+    from kdpipe.train import AUTO_FUSE, Alone, Fused, build_engines, fusion_key
+
+    limits = AUTO_FUSE[torch.device(device).type]
+    n = limits.min_learners
 
     def size(learners):
         return sum(p.numel() for p in learners[0].parameters())
@@ -522,31 +577,37 @@ def test_the_engine_fuses_enough_small_models_and_trains_the_rest_alone_on_a_cpu
         return sorted((type(e) for e in build_engines(learners, range(len(learners)), recipe,
                                                       {}, fuse)), key=str)
 
-    def built(arch, shape, width, count=CPU_FUSE_MIN_LEARNERS):
+    def built(arch, shape, width, count=n):
         learners = []
         for k in range(count):
             model = models.build(arch, shape, 3, width)
             models.init_parameters(model, generator(k))
-            learners.append(Learner(f"{arch} {k}", model, order_seed=k))
+            learners.append(Learner(f"{arch} {k}", model.to(device), order_seed=k))
         return learners
 
-    n = CPU_FUSE_MIN_LEARNERS
-    small = [Learner(f"s{k}", fresh_mlp(width=0.5), order_seed=k) for k in range(n)]
-    large = [Learner(f"l{k}", fresh_mlp(width=4), order_seed=k) for k in range(n)]
-    assert size(small) <= CPU_FUSE_MAX_PARAMETERS < size(large)
+    def around_the_limit(arch, shape):
+        """Learners of the widest width within the limit, and of the next width above it."""
+        widths = [w for w in (0.25, 0.5, 1, 2, 4, 8, 16)
+                  if size(built(arch, shape, w, 1)) <= limits.max_parameters]
+        return built(arch, shape, widths[-1]), built(arch, shape, 2 * widths[-1])
+
+    small, large = around_the_limit("mlp", (1, 8, 8))
+    assert size(small) <= limits.max_parameters < size(large)
     assert engines(small + large) == sorted([Fused] + [Alone] * n, key=str)
     assert engines(large, "always") == [Fused]
     assert engines(small, "never") == [Alone] * n
     # too few to spread the stacked step's overhead: alone, unless asked
     assert engines(small[:n - 1]) == [Alone] * (n - 1)
     assert engines(small[:2], "always") == [Fused]
-    # the same limits with convolutions; none for 1-d ones
-    small_cnn, large_cnn = built("cnn", (1, 8, 8), 1), built("cnn", (1, 8, 8), 2)
-    assert size(small_cnn) <= CPU_FUSE_MAX_PARAMETERS < size(large_cnn)
+    # the same limits with convolutions
+    small_cnn, large_cnn = around_the_limit("cnn", (1, 8, 8))
     assert engines(small_cnn) == [Fused] and engines(large_cnn) == [Alone] * n
     m5 = built("m5", (1, 1200), 0.0625)
-    assert size(m5) <= CPU_FUSE_MAX_PARAMETERS
-    assert engines(m5) == [Alone] * n
+    assert size(m5) <= limits.max_parameters
+    assert engines(m5) == ([Alone] * n if torch.nn.Conv1d in limits.unfused else [Fused])
+    # a device type without measured limits trains alone unless asked
+    meta = Learner("meta", fresh_mlp().to("meta"), order_seed=0)
+    assert fusion_key(meta) is None and fusion_key(meta, "always") is not None
 
 
 def test_fused_feature_matching_and_sample_weighted_learners_equal_their_lone_runs():
