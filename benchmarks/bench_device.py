@@ -1,5 +1,6 @@
 """Students per hour of ResNet-18 on CIFAR-shaped synthetic data, on whatever device is present:
-K = 1, 2 and 8 students trained fused (one ``train`` call), in fp32 and bf16 autocast.
+K = 1, 2 and 8 students trained fused (one ``train`` call), in fp32, tf32 and bf16 autocast
+(``kdpipe.train.precision_context``).
 
     python benchmarks/bench_device.py           # the device's own size: 32x32, width 1, batch 128
     python benchmarks/bench_device.py --quick   # tiny (16x16, width 0.125): runnable on a CPU
@@ -18,10 +19,13 @@ def main():
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a CPU")
     p.add_argument("--samples", type=int, help="training images per epoch (default 4096; quick 256)")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--width", type=float, help="width multiplier (default 1; quick 0.125)")
     p.add_argument("--epochs-per-student", type=int, default=200,
                    help="epochs one student trains (default 200)")
     p.add_argument("--repeats", type=int, default=3, help="timed epochs per figure (median)")
     p.add_argument("--ks", default="1,2,8", help="students fused (default 1,2,8)")
+    p.add_argument("--precisions", default="fp32,tf32,bf16",
+                   help="recipe precisions (default fp32,tf32,bf16)")
     p.add_argument("--fuse", default="always", choices=("always", "auto", "never"),
                    help="train(fuse=...): always (default) stacks the K students; auto is the "
                         "engine's own choice (on a CPU it trains these alone)")
@@ -30,12 +34,12 @@ def main():
     import torch
 
     from kdpipe import models
+    from kdpipe.jobs import setup_torch
     from kdpipe.train import Learner, Recipe, TeacherLogits, generator, train
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        torch.set_num_threads(1)
+    device = setup_torch(1, "auto")  # as a training job: on CUDA, deterministic algorithms
     side, width = (16, 0.125) if args.quick else (32, 1.0)
+    width = args.width or width
     n = args.samples or (256 if args.quick else 4096)
     batch = min(args.batch_size, n)
     g = generator(0, device)
@@ -46,7 +50,7 @@ def main():
     print(f"ResNet-18 width {width:g}, {n} images {side}x{side}, batch {batch}, on {name}, "
           f"fuse={args.fuse}")
     print(f"{'K':>3} {'precision':9} {'s/epoch':>8} {'images/s':>10} {'students/h':>11} {'speed-up':>8}")
-    for precision in ("fp32", "bf16"):
+    for precision in args.precisions.split(","):
         single = None
         for k in (int(v) for v in args.ks.split(",")):
             learners = []
