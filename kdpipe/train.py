@@ -385,7 +385,7 @@ class FuseLimits:
     unfused: tuple = ()
 
 
-# Measured per device type (README, "Many students in one process"); on a device type not listed
+# Measured per device type (README, "Training engine"); on a device type not listed
 # (MPS), fuse="auto" trains every learner alone. Stacking pays where a learner's step is fixed
 # cost (launches, per-operation overhead) that enough learners share; it loses where a step is
 # arithmetic, which the stacked kernels (batched matmul, grouped convolution) do no faster.
@@ -480,7 +480,7 @@ class Fused:
                     key: self.stored(name, torch.stack([s[key] for s in states]))
                     if per_slice(v, self.natural(name, p)) else v.clone()
                     for key, v in states[0].items()}
-        device = stacked[0].device
+        self.device = device = stacked[0].device
         self.alpha = torch.tensor([l.alpha if l.target is not None else 0.0 for l in learners],
                                   device=device)
         self.temperature = torch.tensor([l.temperature for l in learners], device=device)
@@ -496,7 +496,7 @@ class Fused:
         """On CUDA, attention without the memory-efficient kernel: with the learners folded into
         its batch by vmap, that kernel's backward rejected its own logsumexp's strides (ViT on an
         H200, torch 2.11). Flash attention (bf16) or the plain computation instead."""
-        if self.alpha.device.type != "cuda":
+        if self.device.type != "cuda":
             return contextlib.nullcontext()
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
