@@ -4,6 +4,7 @@ K = 1, 2 and 8 students trained fused (one ``train`` call), in fp32, tf32 and bf
 
     python benchmarks/bench_device.py           # the device's own size: 32x32, width 1, batch 128
     python benchmarks/bench_device.py --quick   # tiny (16x16, width 0.125): runnable on a CPU
+    python benchmarks/bench_device.py --width 0.25 --ks 1,3,8 --precisions fp32,tf32
 
 Each student has its own init and data order, as in the study. A figure is the median of
 ``--repeats`` timed epochs after one warm-up epoch (which also builds cuDNN plans); students per
@@ -28,7 +29,8 @@ def main():
                    help="recipe precisions (default fp32,tf32,bf16)")
     p.add_argument("--fuse", default="always", choices=("always", "auto", "never"),
                    help="train(fuse=...): always (default) stacks the K students; auto is the "
-                        "engine's own choice (on a CPU it trains these alone)")
+                        "engine's own choice (kdpipe.train.AUTO_FUSE: at width 1 these train "
+                        "alone, on a CPU and on CUDA)")
     args = p.parse_args()
 
     import torch

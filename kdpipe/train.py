@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.optim.adam import adam
 from torch.optim.sgd import sgd
 
@@ -498,8 +499,6 @@ class Fused:
         H200, torch 2.11). Flash attention (bf16) or the plain computation instead."""
         if self.device.type != "cuda":
             return contextlib.nullcontext()
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
         return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
 
     def step(self, batches: dict, epoch: int, step: int, lr: float):
