@@ -33,14 +33,28 @@ def relative(path, results) -> str:
     return os.path.relpath(Path(path).resolve(), Path(results).resolve())
 
 
+def resolve_device(device: str) -> str:
+    """The config's ``device`` as torch names it here: ``auto`` is CUDA where present, else CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def device_kind(device: str) -> str:
+    """``cpu``, ``cuda`` or ``mps``. Each kind's generators draw other numbers from the same seed,
+    so a model's initial weights, batch orders and noise depend on the kind it trains on."""
+    return resolve_device(device).partition(":")[0]
+
+
 def setup_torch(threads: int, device: str) -> str:
-    """Set torch's threads; resolve ``device`` (``auto``: CUDA where present) and check that it
-    exists; on CUDA, deterministic algorithms (runs identical run to run, as on a CPU)."""
+    """Set torch's threads; resolve ``device`` and check that it exists; on CUDA, deterministic
+    algorithms (runs identical run to run, as on a CPU)."""
     import torch
 
     torch.set_num_threads(threads)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     found = {"cuda": torch.cuda.device_count(), "mps": int(torch.backends.mps.is_available())}
     kind, _, index = device.partition(":")
     if kind != "cpu" and int(index or 0) >= found[kind]:
@@ -101,14 +115,22 @@ class Teacher:
             [self.init_fingerprint, weights_fingerprint(self.folder / TEACHER_WEIGHTS)]))
 
 
-def training_settings(spec: dict, student: dict, data_fp: str, teacher: Teacher) -> dict:
-    """Everything a student's trained weights depend on. siddo does not depend on the teacher
+def training_settings(spec: dict, student: dict, data_fp: str, teacher: Teacher,
+                      kind: str) -> dict:
+    """Everything a student's trained weights depend on, ``kind`` being the kind of device
+    (``device_kind``) that draws its random streams. siddo does not depend on the teacher
     except through theta0 at width 1: teachers sharing a seed share their siddo students."""
     m = method(student["method"])
     settings = {"method": m.name, "seed": student["seed"], "width": float(spec["width"]),
                 "arch": spec["arch"], "recipe": spec["recipe"], "data": data_fp,
                 "options": {k: v for k, v in student.items()
                             if k not in ("method", "seed", "run", "alpha", "temperature")}}
+    # a student of another kind of device is another student: kept apart, a block moved to a GPU
+    # never pairs new kd students with rcd or siddo students drawn from a CPU's streams (their
+    # shared initial weights are what those controls control for). CPU students, the first
+    # stored, keep the digests they had before devices were told apart.
+    if kind != "cpu":
+        settings["device"] = kind
     if m.uses_alpha:
         settings["alpha"] = float(student["alpha"])
     if m.uses_temperature:
@@ -218,8 +240,10 @@ def train_teacher(spec: dict, data: Path, labels: Path, out: Path, results: Path
     models.init_parameters(model, generator(seed_for("teacher-init", spec["seed"]), device))
     save_state(model, out / TEACHER_INIT)
     recipe = Recipe(**spec["recipe"])
+    kind = device_kind(device)  # a run killed on one kind of device never resumes on another
     saved = checkpoint(checkpoint_dir, checkpoint_every, "teacher",
-                       json.dumps([spec, data_fingerprint(spec, data, labels)], sort_keys=True))
+                       json.dumps([spec, data_fingerprint(spec, data, labels), kind],
+                                  sort_keys=True))
     learner = Learner("teacher", model, order_seed=seed_for("order", "teacher", spec["seed"]))
     try:
         seconds = train([learner], dataset.x_train, dataset.y_train, recipe,
@@ -236,7 +260,7 @@ def train_teacher(spec: dict, data: Path, labels: Path, out: Path, results: Path
     correct = int((logits.argmax(-1) == y).sum())
     row = base_row(spec, "teacher", results, out / TEST_LOGITS, labels)
     row.update(method="", alpha=None, temperature=None, width=1.0, seed=int(spec["seed"]),
-               train_loss=train_loss, accuracy=metrics.accuracy(logits, y),
+               device=kind, train_loss=train_loss, accuracy=metrics.accuracy(logits, y),
                loss=metrics.cross_entropy(logits, y), n_teacher_correct=correct,
                n_teacher_incorrect=len(y) - correct)
     warning = chance_warning(correct, y)
@@ -268,11 +292,12 @@ def train_block(spec: dict, data: Path, labels: Path, teacher_dir: Path, manifes
 
     teacher = Teacher(teacher_dir)
     data_fp = data_fingerprint(spec, data, labels)
+    kind = device_kind(device)
     teacher_logits = np.load(teacher.folder / TEST_LOGITS)
     y = np.load(labels)
     plan = []  # (student, its folder, training digest, row digest, folder of its logits)
     for student in spec["students"]:
-        trained = digest(training_settings(spec, student, data_fp, teacher))
+        trained = digest(training_settings(spec, student, data_fp, teacher, kind))
         folder = student_folder(teacher.folder, student)
         source = folder
         if siddo_from is not None and student["method"] == "siddo":
@@ -305,19 +330,19 @@ def train_block(spec: dict, data: Path, labels: Path, teacher_dir: Path, manifes
         for (student, folder, trained, row_digest, _), learner in zip(todo, learners):
             write_student(spec, student, learner.model, dataset, folder, folder, trained,
                           row_digest, teacher_logits, y, labels, results,
-                          seconds / len(learners), recipe)
+                          seconds / len(learners), recipe, kind)
         if saved is not None:
             saved.path.unlink(missing_ok=True)
     for student, folder, trained, row_digest, source in unscored:
         if not any(p[1] == folder for p in todo):  # stored weights' logits, scored anew
             write_student(spec, student, None, None, folder, source, trained, row_digest,
-                          teacher_logits, y, labels, results, 0.0, recipe)
+                          teacher_logits, y, labels, results, 0.0, recipe, kind)
     write_json(manifest, {"students": [relative(p[1] / ROW, results) for p in plan]})
 
 
 def write_student(spec, student, model, dataset, folder: Path, source: Path, trained: str,
                   row_digest: str, teacher_logits, y, labels: Path, results: Path,
-                  seconds: float, recipe) -> None:
+                  seconds: float, recipe, kind: str) -> None:
     """The student's test logits and row (metrics against this block's teacher), row.json last.
     Without a model, the logits and train loss are those of ``source``'s finished student."""
     import numpy as np
@@ -338,8 +363,8 @@ def write_student(spec, student, model, dataset, folder: Path, source: Path, tra
     row = base_row(spec, "student", results, source / TEST_LOGITS, labels)
     row.update(method=m.name, alpha=float(student["alpha"]) if m.uses_alpha else 0.0,
                temperature=float(student["temperature"]) if m.uses_temperature else None,
-               width=float(spec["width"]), seed=int(student["seed"]), train_loss=train_loss,
-               train_digest=trained, digest=row_digest)
+               width=float(spec["width"]), seed=int(student["seed"]), device=kind,
+               train_loss=train_loss, train_digest=trained, digest=row_digest)
     row.update(metrics.student_metrics(logits, teacher_logits, y))
     row["copied_by_class"] = copied_by_class(logits, teacher_logits, y)
     write_json(folder / ROW, row)

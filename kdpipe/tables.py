@@ -14,6 +14,7 @@ MODEL_COLUMNS = {  # name -> dtype; the order is the table's
     "setup": "string", "dataset": "string", "arch": "string", "role": "string",
     "teacher_id": "string", "method": "string",
     "alpha": "float64", "temperature": "float64", "width": "float64", "seed": "int64",
+    "device": "string",  # the kind of device that trained it: cpu, cuda or mps
     "accuracy": "float64", "loss": "float64", "train_loss": "float64",
     "activation_distance": "float64", "js_divergence": "float64",
     "prediction_agreement": "float64", "correct_agreement": "float64",
@@ -131,7 +132,9 @@ def collect_rows(row_files: list, results, manifests: dict | None = None) -> pd.
         n_classes = check_logits(results / row["logits_path"], labels[row["labels_path"]],
                                  classes.get(row["teacher_id"]), path, manifests.get(path))
         classes.setdefault(row["teacher_id"], n_classes)
-    table = pd.DataFrame(list(rows.values()), columns=list(MODEL_COLUMNS))
+    # rows stored before devices were recorded have none
+    table = pd.DataFrame([{"device": "", **row} for row in rows.values()],
+                         columns=list(MODEL_COLUMNS))
     table = table.astype({k: v for k, v in MODEL_COLUMNS.items() if v != "string"})
     table = table.astype({k: str for k, v in MODEL_COLUMNS.items() if v == "string"})
     # within a setup the teacher comes first: its method is ""

@@ -228,6 +228,7 @@ def test_collect_reads_a_sound_study(study):
     results, rows = study
     table = collect_rows(rows, results)
     assert list(table.role) == ["teacher", "student"]
+    assert list(table.device) == ["", ""]  # rows stored before devices were recorded
 
 
 def write_logits(array):

@@ -26,8 +26,13 @@ def teacher(tmp_path_factory, device):
     return work
 
 
-def block(work: Path, device: str, width: float, seeds, epochs: int, name: str,
-          methods=("kd", "rcd", "siddo"), teacher="teacher"):
+def block(*args, **kwargs) -> str:
+    """Train a block (``block_args``); return its log."""
+    return kdpipe_step(*block_args(*args, **kwargs))
+
+
+def block_args(work: Path, device: str, width: float, seeds, epochs: int, name: str,
+               methods=("kd", "rcd", "siddo"), teacher="teacher") -> list:
     students = []
     for seed in seeds:
         for m in methods:
@@ -35,13 +40,11 @@ def block(work: Path, device: str, width: float, seeds, epochs: int, name: str,
             if m != "siddo":
                 student.update(alpha=0.5, temperature=1.0)
             students.append(student)
-    return kdpipe_step("train-block", "--spec",
-                       job_spec(width=width, students=students,
-                                recipe={"epochs": epochs, "batch_size": 32}),
-                       "--data", work / "data/digits.pt", "--labels", work / "data/digits.labels.npy",
-                       "--teacher", work / "s" / teacher,
-                       "--manifest", work / f"s/{teacher}/blocks/{name}.json",
-                       "--results", work, "--device", device)
+    return ["train-block", "--spec",
+            job_spec(width=width, students=students, recipe={"epochs": epochs, "batch_size": 32}),
+            "--data", work / "data/digits.pt", "--labels", work / "data/digits.labels.npy",
+            "--teacher", work / "s" / teacher, "--manifest", work / f"s/{teacher}/blocks/{name}.json",
+            "--results", work, "--device", device]
 
 
 def outputs_of(model, work: Path, device: str):
@@ -93,6 +96,30 @@ def test_a_rerun_of_a_block_trains_only_unfinished_or_changed_students(teacher, 
     (work / "s/teacher/rcd/store_s1/row.json").unlink()
     assert "5 already finished, training 1" in block(work, device, 1.0, [0, 1], 2, "store",
                                                       methods=("kd", "rcd", "siddo"))
+
+
+def test_a_block_moved_to_another_kind_of_device_trains_its_students_anew(teacher, device):
+    """Another kind of device draws other initial weights and batch orders from the same seeds.
+    A block moved there finds none of its stored students finished, so that a new kd student is
+    never paired with rcd and siddo students drawn on the first device; the rows name their
+    device. (On a machine without CUDA, the move to cuda:99 fails once the block has planned.)"""
+    work = teacher
+    assert "training 3" in block(work, device, 0.5, [0], 1, "moved")
+    rows = {m: json.loads((work / f"s/teacher/{m}/moved_s0/row.json").read_text())
+            for m in ("kd", "rcd", "siddo")}
+    assert {row["device"] for row in rows.values()} == {device.partition(":")[0]}
+    other = "cuda:99" if device == "cpu" else "cpu"
+    moved = subprocess.run([sys.executable, "-m", "kdpipe",
+                            *map(str, block_args(work, other, 0.5, [0], 1, "moved"))],
+                           env=ENV, capture_output=True, text=True)
+    assert "block of 3 students: 0 already finished, training 3" in moved.stderr
+    if other == "cpu":
+        assert moved.returncode == 0, moved.stderr[-3000:]
+        assert json.loads((work / "s/teacher/rcd/moved_s0/row.json").read_text())["device"] == "cpu"
+    else:
+        assert moved.returncode != 0 and "config device is 'cuda:99'" in moved.stderr
+        for m, row in rows.items():  # the finished students stay as they were
+            assert json.loads((work / f"s/teacher/{m}/moved_s0/row.json").read_text()) == row
 
 
 def test_a_retrained_teacher_retrains_only_the_students_that_depend_on_it(teacher, device):

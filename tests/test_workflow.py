@@ -59,6 +59,7 @@ def test_tiny_study_produces_every_table_and_figure(study):
     t = tables(study)
     models = t["models"]
     assert list(models.columns) == list(MODEL_COLUMNS)
+    assert set(models.device) == {"cpu"}
     assert len(models) == 1 + 2 * 2 * 3 + 2 * 3  # teacher, kd+rcd per (width, seed), siddo
     assert models.groupby("method").size().to_dict() == {"": 1, "kd": 6, "rcd": 6, "siddo": 6}
     teacher = models[models.role == "teacher"].iloc[0]
