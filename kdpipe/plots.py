@@ -57,6 +57,10 @@ METRIC_LABELS = {
     "rank_disagreement": ("rank disagreement", "share of class pairs ordered differently"),
     "accuracy": ("test accuracy", "share of test samples correct"),
 }
+# Above a level where kd vs siddo is significant, a star; where that test cannot reject with so
+# few seeds, "n/a" (mathtext, so that the legend shows the mark itself)
+SIGNIFICANT_MARK = {"marker": "*", "markersize": 10}
+UNTESTABLE_MARK = {"marker": r"$\mathrm{n/a}$", "markersize": 14}
 # (agreement metric, its slope column in the scaling table, its delta column in the asymmetry table)
 PAYOFF = (("correct_agreement", "slope_correct", "delta_correct"),
           ("incorrect_agreement", "slope_incorrect", "delta_incorrect"))
@@ -184,24 +188,27 @@ def shown_widths_and_temperature(models, width: float, temperature: float) -> tu
 def fig1_functional(models, stats, setup, width, temperature, colors) -> Figure:
     """Every functional metric of kd and rcd students by alpha, with siddo as reference.
 
-    A star marks an alpha where kd differs from siddo significantly toward the teacher.
+    A star marks an alpha where kd differs from siddo significantly toward the teacher, "n/a" one
+    where the test cannot reject with so few seeds (see _significance_marks).
     """
     students = _students(models, setup, width, temperature)
     alphas = _levels(students, "alpha")
     to_x = partial(_level_index, alphas)
-    significant = _significant(stats, setup, width, temperature)
+    tests = _kd_vs_siddo(stats, setup, width, temperature)
     fig = Figure(figsize=(11, 6.6), layout="constrained")
     axes = fig.subplots(2, 3, sharex=True)
+    untestable = False
     for ax, metric in zip(axes.flat, FUNCTIONAL_METRICS):
         _metric_panel(ax, students, metric, "alpha", to_x, colors)
-        _stars(ax, to_x(significant.loc[significant["metric"] == metric, "alpha"]), colors["kd"])
+        untestable |= _significance_marks(ax, tests[tests["metric"] == metric], "alpha", to_x,
+                                          colors["kd"])
         ax.set_title(METRIC_LABELS[metric][0])
         ax.set_ylabel(_value_label(metric))
     for ax in axes[-1]:
         _level_axis(ax, alphas, "alpha (weight of the distillation term)")
     fig.suptitle(f"{setup}: functional similarity of the student to its teacher\n"
                  f"student width {width:g}, T = {temperature:g}, {_n_seeds(students)}")
-    handles, labels = _method_legend(colors, star=True)
+    handles, labels = _method_legend(colors, stats, untestable)
     fig.legend(handles, labels, loc="outside lower center", ncols=2, frameon=False)
     return fig
 
@@ -209,20 +216,23 @@ def fig1_functional(models, stats, setup, width, temperature, colors) -> Figure:
 def fig2_payoff(models, stats, asymmetry_table, setup, width, temperature, colors) -> Figure:
     """Agreement where the teacher is right and where it is wrong, by alpha: the asymmetric payoff.
 
-    Under each alpha: kd's delta (median kd - median siddo) from the asymmetry table.
+    Under each alpha: kd's delta (median kd - median siddo) from the asymmetry table. Stars and
+    "n/a" marks as in figure 1.
     """
     students = _students(models, setup, width, temperature)
     alphas = _levels(students, "alpha")
     to_x = partial(_level_index, alphas)
-    significant = _significant(stats, setup, width, temperature)
+    tests = _kd_vs_siddo(stats, setup, width, temperature)
     kd = asymmetry_table[(asymmetry_table["setup"] == setup) & (asymmetry_table["method"] == "kd")
                          & _isclose(asymmetry_table["width"], width)
                          & _isclose(asymmetry_table["temperature"], temperature)]
     fig = Figure(figsize=(9, 4.8), layout="constrained")
     axes = fig.subplots(1, 2, sharex=True)
+    untestable = False
     for ax, (metric, _, delta) in zip(axes, PAYOFF):
         _metric_panel(ax, students, metric, "alpha", to_x, colors)
-        _stars(ax, to_x(significant.loc[significant["metric"] == metric, "alpha"]), colors["kd"])
+        untestable |= _significance_marks(ax, tests[tests["metric"] == metric], "alpha", to_x,
+                                          colors["kd"])
         _delta_labels(ax, to_x(kd["alpha"]), kd[delta].to_numpy(dtype=float), colors["kd"])
         ax.set_title(METRIC_LABELS[metric][0])
         ax.set_ylabel(_value_label(metric))
@@ -230,7 +240,7 @@ def fig2_payoff(models, stats, asymmetry_table, setup, width, temperature, color
     fig.suptitle(f"{setup}: what kd transfers where the teacher is right vs. where it is wrong\n"
                  f"student width {width:g}, T = {temperature:g}, {_n_seeds(students)}; "
                  r"$\Delta$ = median kd $-$ median siddo")
-    handles, labels = _method_legend(colors, star=True)
+    handles, labels = _method_legend(colors, stats, untestable)
     fig.legend(handles, labels, loc="outside lower center", ncols=2, frameon=False)
     return fig
 
@@ -239,7 +249,8 @@ def fig3_accuracy(models, stats, setup, width, temperature, colors) -> Figure:
     """Student test accuracy by alpha for kd, rcd and siddo; the teacher's as a dashed line.
 
     Above each alpha, the two-sided Mann-Whitney p of the stats table's accuracy rows (kd vs rcd,
-    kd vs siddo, rcd vs siddo), with a star where the row is significant.
+    kd vs siddo, rcd vs siddo), with a star where the row is significant and "n/a" where it has
+    a p but cannot reject with so few seeds (the table's testable is False).
     """
     students = _students(models, setup, width, temperature)
     alphas = _levels(students, "alpha")
@@ -253,34 +264,42 @@ def fig3_accuracy(models, stats, setup, width, temperature, colors) -> Figure:
         ax.axhline(teachers.median(), color="black", ls="--", lw=1.2)
         handles.append(Line2D([], [], color="black", ls="--", lw=1.2))
         labels.append("teacher" if len(teachers) == 1 else f"teacher (median of {len(teachers)})")
-    _accuracy_tests(ax, stats, setup, width, temperature, to_x)
+    untestable = _accuracy_tests(ax, stats, setup, width, temperature, to_x)
     ax.set_ylabel(_value_label("accuracy"))
     _level_axis(ax, alphas, "alpha (weight of the distillation term)")
     ax.set_title(f"{setup}: test accuracy of teacher and students\n"
                  f"student width {width:g}, T = {temperature:g}, {_n_seeds(students)}; "
-                 "p: two-sided Mann-Whitney, * significant")
+                 "p: two-sided Mann-Whitney, * significant"
+                 + (f"\n{_untestable_label(stats)}" if untestable else ""))
     fig.legend(handles, labels, loc="outside lower center", ncols=2, frameon=False)
     return fig
 
 
-def _accuracy_tests(ax, stats, setup, width, temperature, to_x) -> None:
-    """Write above each alpha the p of each accuracy comparison, starred where significant; the
-    y range grows to make room. Each text's gid is "accuracy:<comparison>"."""
+def _accuracy_tests(ax, stats, setup, width, temperature, to_x) -> bool:
+    """Write above each alpha the p of each accuracy comparison, starred where significant,
+    followed by "n/a" where the test has a p but is not testable; the y range grows to make
+    room. Each text's gid is "accuracy:<comparison>". Whether an "n/a" was written."""
     rows = stats[(stats["setup"] == setup) & (stats["metric"] == "accuracy")
                  & _isclose(stats["width"], width) & _isclose(stats["temperature"], temperature)
                  & stats["comparison"].isin([name for name, _, _ in COMPARISONS])]
     if rows.empty:
-        return
+        return False
     low, high = ax.get_ylim()
     ax.set_ylim(low, high + 0.25 * (high - low))
     p_column = "p_adjusted" if "p_adjusted" in rows else "p"
+    untestable = False
     for line, (name, first, second) in enumerate(COMPARISONS):
         for row in rows[rows["comparison"] == name].itertuples():
             p = getattr(row, p_column)
             text = f"{first}-{second} p " + (f"{p:.2g}" if np.isfinite(p) else "n/a")
-            text += "*" if row.significant else ""
+            if row.testable:
+                text += "*" if row.significant else ""
+            elif np.isfinite(p):
+                text += " n/a"
+                untestable = True
             ax.text(to_x([row.alpha])[0], 0.97 - 0.055 * line, text, transform=ax.get_xaxis_transform(),
                     ha="center", va="top", fontsize="x-small", gid=f"accuracy:{name}")
+    return untestable
 
 
 def fig4_width(models, scaling_table, setup, temperature, colors) -> Figure:
@@ -438,22 +457,25 @@ def _variant_figure(students, methods, delta, colors, title) -> Figure:
 def fig6_temperature(models, stats, setup, width, colors) -> Figure:
     """The functional metrics of kd and rcd against T, one row per metric and one column per alpha.
 
-    siddo (no T) is the reference band; stars mark significant kd vs siddo transfer at that T.
+    siddo (no T) is the reference band; stars mark significant kd vs siddo transfer at that T,
+    "n/a" a test that cannot reject with so few seeds.
     """
     students = _students(models, setup, width, None)
     alphas = _levels(students, "alpha")
     temperatures = _levels(students, "temperature")
     to_x = partial(_level_index, temperatures)
-    significant = _significant(stats, setup, width)
+    tests = _kd_vs_siddo(stats, setup, width)
+    untestable = False
     fig = Figure(figsize=(3.4 * len(alphas) + 1.2, 2.3 * len(FUNCTIONAL_METRICS) + 1.4), layout="constrained")
     axes = fig.subplots(len(FUNCTIONAL_METRICS), len(alphas), sharex=True, squeeze=False)
     for col, alpha in enumerate(alphas):
         at_alpha = students[(students["method"] == "siddo") | _isclose(students["alpha"], alpha)]
-        marked = significant[_isclose(significant["alpha"], alpha)]
+        marked = tests[_isclose(tests["alpha"], alpha)]
         for row, metric in enumerate(FUNCTIONAL_METRICS):
             ax = axes[row, col]
             _metric_panel(ax, at_alpha, metric, "temperature", to_x, colors)
-            _stars(ax, to_x(marked.loc[marked["metric"] == metric, "temperature"]), colors["kd"])
+            untestable |= _significance_marks(ax, marked[marked["metric"] == metric],
+                                              "temperature", to_x, colors["kd"])
             if row == 0:
                 ax.set_title(f"alpha = {alpha:g}")
             if col == 0:
@@ -461,7 +483,7 @@ def fig6_temperature(models, stats, setup, width, colors) -> Figure:
     for ax in axes[-1]:
         _level_axis(ax, temperatures, "distillation temperature T")
     fig.suptitle(f"{setup}: temperature sweep, student width {width:g}, {_n_seeds(students)}")
-    handles, labels = _method_legend(colors, star=True)
+    handles, labels = _method_legend(colors, stats, untestable)
     fig.legend(handles, labels, loc="outside lower center", ncols=2, frameon=False)
     return fig
 
@@ -534,15 +556,24 @@ def _fit_line(ax, rows, metric, slope, offset, color, label) -> None:
             label=f"{label}: {slope:+.3f}")
 
 
-def _stars(ax, xs, color) -> None:
-    """A star near the top of the panel above each x; the y range grows to make room for them."""
-    xs = np.asarray(xs, dtype=float)
-    if xs.size == 0:
-        return
+def _significance_marks(ax, tests, by, to_x, color) -> bool:
+    """Near the top of the panel, above to_x(value of ``by``) of each row of ``tests`` (stats
+    rows): a star where the row is significant, "n/a" where it has a p but is not testable (too
+    few seeds to reject, whatever the data), nothing where it is testable and not significant.
+    The y range grows to make room. Whether an "n/a" was drawn."""
+    significant = to_x(tests.loc[tests["significant"].fillna(False).to_numpy(dtype=bool), by])
+    has_p = tests["p"].notna().to_numpy()
+    untestable = to_x(tests.loc[has_p & ~tests["testable"].to_numpy(dtype=bool), by])
+    if len(significant) == 0 and len(untestable) == 0:
+        return False
     low, high = ax.get_ylim()
     ax.set_ylim(low, high + 0.15 * (high - low))
-    ax.plot(xs, np.full(xs.size, 0.94), transform=ax.get_xaxis_transform(), ls="none", marker="*",
-            markersize=10, color=color, scalex=False, scaley=False, zorder=4, gid="significant")
+    for xs, style, gid in ((significant, SIGNIFICANT_MARK, "significant"),
+                           (untestable, UNTESTABLE_MARK, "untestable")):
+        if len(xs):
+            ax.plot(np.asarray(xs, dtype=float), np.full(len(xs), 0.94), transform=ax.get_xaxis_transform(),
+                    ls="none", color=color, scalex=False, scaley=False, zorder=4, gid=gid, **style)
+    return len(untestable) > 0
 
 
 def _delta_labels(ax, xs, deltas, color) -> None:
@@ -555,16 +586,33 @@ def _delta_labels(ax, xs, deltas, color) -> None:
                 fontsize="small", color=color)
 
 
-def _method_legend(colors, star=False) -> tuple[list, list]:
-    """Legend handles and labels for kd and rcd dots-and-medians and the siddo reference band."""
+def _method_legend(colors, stats=None, untestable=False) -> tuple[list, list]:
+    """Legend handles and labels for kd and rcd dots-and-medians and the siddo reference band;
+    with the stats table, the star of significant kd vs siddo transfer at its level, and with
+    ``untestable`` the "n/a" mark."""
     handles = [Line2D([], [], color=colors[m], marker="o", markersize=4, lw=1.2) for m in ("kd", "rcd")]
     labels = [f"{m}: dots = seeds, line = medians" for m in ("kd", "rcd")]
     handles.append((Patch(color=colors["siddo"], alpha=0.2, lw=0), Line2D([], [], color=colors["siddo"], lw=1.5)))
     labels.append("siddo: median and IQR band (no alpha or T)")
-    if star:
-        handles.append(Line2D([], [], color=colors["kd"], marker="*", markersize=10, ls="none"))
-        labels.append("kd vs siddo: Mann-Whitney p < 0.05, toward the teacher")
+    if stats is not None:
+        handles.append(Line2D([], [], color=colors["kd"], ls="none", **SIGNIFICANT_MARK))
+        adjusted = " (adjusted)" if "p_adjusted" in stats else ""
+        labels.append(f"kd vs siddo: Mann-Whitney p{adjusted} < {_level(stats)}, toward the teacher")
+    if untestable:
+        handles.append(Line2D([], [], color=colors["kd"], ls="none", **UNTESTABLE_MARK))
+        labels.append(_untestable_label(stats))
     return handles, labels
+
+
+def _level(stats) -> str:
+    """The significance level of the stats table, as text ("the level" for an empty table)."""
+    return f"{stats['level'].iloc[0]:g}" if len(stats) else "the level"
+
+
+def _untestable_label(stats) -> str:
+    """What the "n/a" mark means."""
+    after = " after the correction" if "p_adjusted" in stats else ""
+    return f"n/a: too few seeds to reject at {_level(stats)}{after}"
 
 
 def _value_label(metric) -> str:
@@ -613,14 +661,14 @@ def _students(models, setup, width=None, temperature=None) -> pd.DataFrame:
     return rows
 
 
-def _significant(stats, setup, width, temperature=None) -> pd.DataFrame:
-    """kd vs siddo rows of the stats table marked significant (p < level, toward the teacher).
+def _kd_vs_siddo(stats, setup, width, temperature=None) -> pd.DataFrame:
+    """The kd vs siddo rows of the stats table at a setup, width and (None: every) temperature.
 
-    The stats step's ``significant`` column is used as is, so a configured multiple-testing
-    correction carries over. None keeps every temperature.
+    The stats step's ``significant`` and ``testable`` columns are used as they are, so a
+    configured multiple-testing correction carries over.
     """
     rows = stats[(stats["setup"] == setup) & (stats["comparison"] == "kd_vs_siddo")
-                 & _isclose(stats["width"], width) & stats["significant"].eq(True).to_numpy()]
+                 & _isclose(stats["width"], width)]
     if temperature is not None:
         rows = rows[_isclose(rows["temperature"], temperature)]
     return rows

@@ -18,6 +18,7 @@ from scipy.stats import (false_discovery_control, mannwhitneyu, permutation_test
 
 from kdpipe.methods import COMPARISONS_OF, DISTILLED
 from kdpipe.metrics import FUNCTIONAL_METRICS, HIGHER_IS_CLOSER, PERFORMANCE_METRICS
+from kdpipe.power import CORRECTIONS, min_p
 
 # One teacher's students at one (alpha, temperature, width): the unit every test compares.
 GROUP = ["setup", "teacher_id", "alpha", "temperature", "width"]
@@ -187,6 +188,13 @@ def compare_methods(models: pd.DataFrame, metrics=FUNCTIONAL_METRICS + PERFORMAN
     loss p < level alone (two-sided). With correction "holm" or "bh" a p_adjusted column is
     added and used for significant; the family is the whole table (every non-NaN p of every
     setup, group, metric and comparison). p_paired is a second check and is not adjusted.
+
+    Power (kdpipe.power): level is the level used; p_min the smallest two-sided p an exact test
+    of the row's sizes can give (NaN without a p); with a correction, p_min_adjusted is p_min
+    adjusted as p is (every test of the family at its p_min: the row's best case); testable
+    whether the best case is below the level. significant is NA where the row is not testable,
+    since "not significant" there carries no information, and verdict_note says why in words
+    ("" where testable).
     """
     unknown = sorted(set(metrics) - set(FUNCTIONAL_METRICS + PERFORMANCE_METRICS))
     if unknown:
@@ -219,10 +227,95 @@ def compare_methods(models: pd.DataFrame, metrics=FUNCTIONAL_METRICS + PERFORMAN
     if correction != "none":
         p = adjust_pvalues(p, correction)
     directed = table["toward_teacher"].fillna(True).to_numpy(dtype=bool)
-    table["significant"] = (p < level) & directed
+    power = _power(table, level, correction)
+    table["significant"] = pd.array(np.where(power["testable"], (p < level) & directed, None),
+                                    dtype="boolean")
     if correction != "none":
         table["p_adjusted"] = p
-    return table
+    return pd.concat([table, power], axis=1)
+
+
+def _power(table: pd.DataFrame, level: float, correction: str) -> pd.DataFrame:
+    """level, p_min, p_min_adjusted (with a correction), testable and verdict_note of each row
+    of a compare_methods table.
+
+    p_min is kdpipe.power.min_p of the row's sizes (NaN without a p). A row's best case is its
+    p_min adjusted as the table's p is (adjust_pvalues: the family is the rows with a p), which
+    is the adjusted p it would have with every test of the family at its p_min (kdpipe.power);
+    testable = best case < level. p_min bounds every exact test's p, ties or not; scipy's
+    method "auto" uses the normal approximation where a sample has ties, and that can go below
+    p_min at small sizes: such a row stays untestable, and its note says so.
+    """
+    has_p = table["p"].notna().to_numpy()
+    n1, n2 = table["n1"].to_numpy(), table["n2"].to_numpy()
+    p_min = np.array([min_p(a, b) if test else np.nan for a, b, test in zip(n1, n2, has_p)])
+    best = adjust_pvalues(p_min, correction)
+    testable = best < level  # NaN: False
+    tests = int(has_p.sum())
+    notes = []
+    for a, b, p, low, high, test, ok in zip(n1, n2, table["p"], p_min, best, has_p, testable):
+        if ok:
+            notes.append("")
+            continue
+        if not test:
+            notes.append(f"no test: {a} and {b} seeds with a finite value")
+            continue
+        note = f"{a} and {b} seeds: the smallest two-sided p is {low:.2g}"
+        if correction != "none":
+            note += f", {high:.2g} after {CORRECTIONS[correction]} over {tests} tests"
+        note += f", not below the level {level:g}; this test cannot reject"
+        if p < low * (1 - 1e-9):  # below the exact floor: not rounding
+            note += (f" (its p {p:.2g} is scipy's normal approximation for tied values, below "
+                     "what an exact test can give at these sizes)")
+        notes.append(note)
+    power = {"level": float(level), "p_min": p_min}
+    if correction != "none":
+        power["p_min_adjusted"] = best
+    return pd.DataFrame({**power, "testable": testable, "verdict_note": notes}, index=table.index)
+
+
+def untestable_summary(stats: pd.DataFrame) -> list[str]:
+    """Lines for a log naming the cells (setup, teacher, alpha, T, width, comparison) of a
+    compare_methods table whose tests have a p but cannot reject (testable False): a heading,
+    then one line per (setup, teacher, group sizes) listing the values of the cells'
+    alphas, Ts, widths and comparisons, with how many of their combinations are affected when
+    not all, and the metrics when not all those the teacher's tests have a p for. [] when
+    every test with a p is testable.
+    """
+    rows = stats[stats["p"].notna() & ~stats["testable"].to_numpy(dtype=bool)]
+    if rows.empty:
+        return []
+    level = stats["level"].iloc[0]
+    adjusted = "p_adjusted" in stats
+    lines = [f"warning: {len(rows)} of {int(stats['p'].notna().sum())} Mann-Whitney tests cannot "
+             f"reach p < {level:g}{' after the correction' if adjusted else ''} whatever the data "
+             "(too few seeds); their significant, rcd_below_kd and claim_holds are NA "
+             "(stats: testable False, verdict_note):"]
+
+    def values(column, group):
+        found = sorted(group[column].unique(), key=lambda v: (pd.isna(v), v))
+        return ", ".join("none" if pd.isna(v) else f"{v:g}" if isinstance(v, float) else str(v)
+                         for v in found)
+
+    keys = ["setup", "teacher_id", "n1", "n2"]
+    for (setup, teacher_id, n1, n2), group in rows.groupby(keys, sort=True):
+        cells = group.drop_duplicates(["alpha", "temperature", "width", "comparison"])
+        combinations = int(np.prod([group[c].nunique(dropna=False)
+                                    for c in ("alpha", "temperature", "width", "comparison")]))
+        best = f"smallest p {group['p_min'].iloc[0]:.2g}"
+        if adjusted:
+            best += f", adjusted {group['p_min_adjusted'].iloc[0]:.2g}"
+        line = (f"  setup {setup}, teacher {teacher_id}, {n1} and {n2} seeds ({best}): "
+                f"alpha {values('alpha', group)}; T {values('temperature', group)}; "
+                f"width {values('width', group)}; {values('comparison', group)}")
+        if len(cells) < combinations:
+            line += f" ({len(cells)} of these {combinations} combinations)"
+        tested = stats[(stats["setup"] == setup) & (stats["teacher_id"] == teacher_id)
+                       & stats["p"].notna()]
+        if set(group["metric"]) != set(tested["metric"]):
+            line += f"; metrics {values('metric', group)}"
+        lines.append(line)
+    return lines
 
 
 def claims(stats: pd.DataFrame) -> pd.DataFrame:
@@ -232,19 +325,25 @@ def claims(stats: pd.DataFrame) -> pd.DataFrame:
     ``stats`` (compare_methods): both medians, the effect size (positive: kd more accurate), p
     (and p_adjusted where a correction was used), p_paired, and rcd_below_kd = the test is
     significant with kd above rcd. claim_holds = not rcd_below_kd: rcd's accuracy is not
-    significantly below kd's; NA where the test has no p (an arm without finite accuracy).
+    significantly below kd's. Both are NA where the test is not testable (too few seeds to
+    reject, or no p: an arm without finite accuracy), since "not significantly below" then
+    says nothing; the stats row's level, p_min (p_min_adjusted), testable and verdict_note
+    follow.
     """
     rows = stats[(stats["metric"] == "accuracy") & (stats["comparison"] == "kd_vs_rcd")]
     p_columns = ["p"] + (["p_adjusted"] if "p_adjusted" in stats else [])
     table = rows[GROUP + ["median_1", "median_2", "effect_size"] + p_columns + ["p_paired"]]
     table = table.rename(columns={"median_1": "median_accuracy_kd",
                                   "median_2": "median_accuracy_rcd"})
-    below = rows["significant"].to_numpy(dtype=bool) & (rows["effect_size"] > 0).to_numpy()
-    defined = rows["p"].notna().to_numpy()
+    below = (rows["significant"].fillna(False).to_numpy(dtype=bool)
+             & (rows["effect_size"] > 0).to_numpy())
+    testable = rows["testable"].to_numpy(dtype=bool)
     table = table.assign(
         claim="rcd accuracy not significantly below kd",
-        rcd_below_kd=pd.array(np.where(defined, below, None), dtype="boolean"),
-        claim_holds=pd.array(np.where(defined, ~below, None), dtype="boolean"))
+        rcd_below_kd=pd.array(np.where(testable, below, None), dtype="boolean"),
+        claim_holds=pd.array(np.where(testable, ~below, None), dtype="boolean"))
+    power = ["level", "p_min"] + (["p_min_adjusted"] if "p_min_adjusted" in stats else [])
+    table = pd.concat([table, rows[power + ["testable", "verdict_note"]]], axis=1)
     return table.reset_index(drop=True)
 
 

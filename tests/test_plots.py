@@ -281,3 +281,63 @@ def test_fig4_says_which_widths_the_slopes_are_fitted_on(tmp_path):
     every = write_tables(tmp_path / "all", [1.0])
     fig = plots.fig4_width(every["models"], every["scaling"], setup, 1.0, plots.method_colors())
     assert fig.get_suptitle().endswith("of every width")
+
+
+def three_seed_tables():
+    """The one-temperature models with kd's fourth seed dropped at alphas 0.1 and 0.5: there kd
+    vs siddo has 3 and 4 seeds (smallest p 2 / 35 = 0.057: untestable at 0.05), at 0.9 still 4
+    and 4 (2 / 70)."""
+    models = synthetic_models([1.0])
+    models = models[~((models["method"] == "kd") & (models["seed"] == 3) & (models["alpha"] < 0.7))]
+    return models, stats.compare_methods(models)
+
+
+def legend_texts(fig) -> list[str]:
+    return [text.get_text() for legend in fig.legends for text in legend.get_texts()]
+
+
+def test_fig1_marks_untestable_alphas_n_a_and_explains_it():
+    models, table = three_seed_tables()
+    setup = SETUPS[0]
+    fig = plots.fig1_functional(models, table, setup, 1.0, 1.0, plots.method_colors())
+    for ax, metric in zip(fig.axes, FUNCTIONAL_METRICS):
+        marks = {line.get_gid(): sorted(line.get_xdata()) for line in ax.lines
+                 if line.get_gid() in ("significant", "untestable")}
+        assert marks["untestable"] == [0, 1], metric  # alphas 0.1 and 0.5
+        untestable = [line for line in ax.lines if line.get_gid() == "untestable"][0]
+        assert untestable.get_marker() == r"$\mathrm{n/a}$"
+        # a star only where the 4-and-4 test is significant, never on an untestable alpha
+        rows = table[(table["setup"] == setup) & (table["comparison"] == "kd_vs_siddo")
+                     & (table["width"] == 1.0) & (table["metric"] == metric) & (table["alpha"] == 0.9)]
+        assert marks.get("significant", []) == ([2] if rows["significant"].iloc[0] else []), metric
+    assert "n/a: too few seeds to reject at 0.05" in legend_texts(fig)
+
+
+def test_fig3_and_fig6_mark_untestable_tests_n_a():
+    models, table = three_seed_tables()
+    setup = SETUPS[0]
+    fig = plots.fig3_accuracy(models, table, setup, 1.0, 1.0, plots.method_colors())
+    ax = fig.axes[0]
+    texts = {(t.get_gid(), t.get_position()[0]): t.get_text() for t in ax.texts
+             if (t.get_gid() or "").startswith("accuracy:")}
+    # kd vs rcd and kd vs siddo at alphas 0.1 and 0.5 have 3 kd seeds; rcd vs siddo has 4 and 4
+    for (gid, x), text in texts.items():
+        untestable = x in (0, 1) and gid != "accuracy:rcd_vs_siddo"
+        assert text.endswith(" n/a") == untestable, (gid, x, text)
+        assert not (untestable and "*" in text)
+    assert ax.get_title().endswith("\nn/a: too few seeds to reject at 0.05")
+    fig = plots.fig6_temperature(models, table, setup, 1.0, plots.method_colors())
+    for i, ax in enumerate(fig.axes):  # one row per metric, one column per alpha
+        marks = [x for line in ax.lines if line.get_gid() == "untestable" for x in line.get_xdata()]
+        assert marks == ([0] if ALPHAS[i % len(ALPHAS)] < 0.7 else []), (i, marks)
+    assert "n/a: too few seeds to reject at 0.05" in legend_texts(fig)
+
+
+def test_no_n_a_mark_where_every_test_is_testable(one_t):
+    _, tables, _ = one_t
+    for setup in SETUPS:  # the second setup's incorrect agreement has no p: no mark either
+        fig = plots.fig1_functional(tables["models"], tables["stats"], setup, 1.0, 1.0,
+                                    plots.method_colors())
+        assert not any(line.get_gid() == "untestable" for ax in fig.axes for line in ax.lines)
+        assert not any(text.startswith("n/a") for text in legend_texts(fig))
+        assert "kd vs siddo: Mann-Whitney p < 0.05, toward the teacher" in legend_texts(fig)

@@ -1,14 +1,17 @@
+import itertools
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from scipy.stats import binomtest, wilcoxon
+from scipy.stats import binomtest, mannwhitneyu, wilcoxon
 
+from kdpipe import methods, power
 from kdpipe.metrics import FUNCTIONAL_METRICS, HIGHER_IS_CLOSER, PERFORMANCE_METRICS
 from kdpipe.stats import (adjust_pvalues, asymmetry, claims, compare_methods, mann_whitney,
-                          scaling, toward_teacher, wilcoxon_p, wilcoxon_paired)
+                          scaling, toward_teacher, untestable_summary, wilcoxon_p,
+                          wilcoxon_paired)
 
 NAN = float("nan")
 P_SEPARATED_5_5 = 2 / math.comb(10, 5)  # exact two-sided p of fully separated samples of 5 and 5
@@ -197,7 +200,8 @@ def test_compare_methods_table():
     assert list(table.columns) == ["setup", "teacher_id", "alpha", "temperature", "width", "metric",
                                    "comparison", "n1", "n2", "u", "p", "effect_size", "median_1",
                                    "median_2", "toward_teacher", "n_pairs", "p_paired",
-                                   "p_paired_note", "significant"]
+                                   "p_paired_note", "significant", "level", "p_min", "testable",
+                                   "verdict_note"]
     # two kd groups (alpha 0.1, 0.5) x eight metrics (six functional, accuracy, loss) x three
     # comparisons; rcd at 0.9 has no kd
     assert len(table) == 2 * 8 * 3
@@ -283,10 +287,15 @@ def test_masked_comparisons_appear_only_where_kd_masked_was_trained():
 def test_compare_methods_corrections():
     models = comparison_models()
     holm = compare_methods(models, correction="holm")
-    assert list(holm.columns)[-1] == "p_adjusted"
-    # 36 tests in the family: Holm multiplies the smallest p by 36, so nothing survives
+    columns = list(holm.columns)
+    assert columns[columns.index("significant") + 1:] == [
+        "p_adjusted", "level", "p_min", "p_min_adjusted", "testable", "verdict_note"]
+    # 36 tests in the family: Holm multiplies the smallest p by 36, so nothing survives; nothing
+    # could have (5 and 5 seeds at their smallest p are adjusted to 36 / 126 too): no verdict
     assert holm["p_adjusted"].min() == pytest.approx(36 * P_SEPARATED_5_5)
-    assert not holm["significant"].any()
+    tested = holm["p"].notna()
+    assert holm.loc[tested, "p_min_adjusted"].to_numpy() == pytest.approx(36 * P_SEPARATED_5_5)
+    assert holm["significant"].isna().all() and not holm["testable"].any()
     # BH: the 24 tied smallest p are multiplied by 36 / 24, and stay below 0.05
     bh = compare_methods(models, correction="bh")
     plain = compare_methods(models)
@@ -299,11 +308,264 @@ def test_compare_methods_corrections():
 
 def test_compare_methods_level_and_missing_arm():
     models = comparison_models()
-    assert not compare_methods(models, level=P_SEPARATED_5_5)["significant"].any()
+    # at a level equal to the smallest p of 5 and 5 seeds no test can be below it: no verdict
+    at_floor = compare_methods(models, level=P_SEPARATED_5_5)
+    assert at_floor["significant"].isna().all() and not at_floor["testable"].any()
+    just_above = compare_methods(models, level=P_SEPARATED_5_5 * 1.001)
+    tested = just_above["p"].notna()
+    assert just_above.loc[tested, "testable"].all() and just_above["significant"].any()
     no_rcd = compare_methods(models[models["method"] != "rcd"], metrics=["correct_agreement"])
     missing = no_rcd[no_rcd["comparison"] != "kd_vs_siddo"]
     assert len(no_rcd) == 6 and len(missing) == 4
-    assert missing["p"].isna().all() and not missing["significant"].any()
+    assert missing["p"].isna().all() and missing["p_min"].isna().all()
+    assert missing["significant"].isna().all() and not missing["testable"].any()
+    assert set(missing["verdict_note"]) == {"no test: 0 and 5 seeds with a finite value",
+                                            "no test: 5 and 0 seeds with a finite value"}
+
+
+# ---- power: what a test of so many seeds can reject ------------------------------------------
+
+@pytest.mark.parametrize("n1, n2", [(1, 1), (1, 2), (2, 2), (2, 3), (3, 3), (1, 9), (3, 4),
+                                    (4, 4), (5, 5), (4, 7), (8, 8)])
+def test_min_p_is_scipys_exact_p_of_fully_separated_samples(n1, n2):
+    low, high = np.arange(n2, dtype=float), n2 + np.arange(n1, dtype=float)
+    for x, y in ((high, low), (high - 100, low)):  # x above y, then below
+        exact = mannwhitneyu(x, y, alternative="two-sided", method="exact").pvalue
+        assert power.min_p(n1, n2) == pytest.approx(exact, rel=1e-12)
+    assert power.min_p(n1, n2) == power.min_p(n2, n1)
+
+
+def test_no_arrangement_of_the_exact_test_goes_below_min_p():
+    # every split of the ranks 0..6 into 3 and 4: the smallest exact p is that of separation
+    n1, n2 = 3, 4
+    values = np.arange(n1 + n2, dtype=float)
+    smallest = min(mannwhitneyu(values[list(chosen)], np.delete(values, chosen),
+                                method="exact").pvalue
+                   for chosen in itertools.combinations(range(n1 + n2), n1))
+    assert smallest == pytest.approx(power.min_p(n1, n2), rel=1e-12)
+    assert power.min_p(n1, n2) == pytest.approx(2 / 35)
+
+
+def test_min_p_by_hand_and_its_domain():
+    assert power.min_p(1, 1) == 1.0  # 2 / C(2, 1) = 1
+    assert power.min_p(1, 5) == pytest.approx(1 / 3)  # 2 / 6
+    assert power.min_p(2, 2) == pytest.approx(1 / 3)
+    assert power.min_p(3, 3) == pytest.approx(0.1)  # 2 / 20
+    assert power.min_p(4, 4) == pytest.approx(2 / 70)
+    assert power.min_p(600, 600) == 0.0  # below the smallest float, not an error
+    with pytest.raises(ValueError, match="at least one value a side"):
+        power.min_p(0, 5)
+
+
+def test_scipys_auto_method_with_ties_can_go_below_the_exact_floor():
+    # scipy's method "auto" uses the normal approximation when the samples have ties: here it
+    # says p < 0.05 where no exact test of 3 and 3 values can go below 0.1
+    tied = mannwhitneyu([1.0, 1.0, 1.0], [0.0, 0.0, 0.0], method="auto").pvalue
+    assert tied < 0.05 < power.min_p(3, 3)
+    assert mann_whitney([1.0, 1.0, 1.0], [0.0, 0.0, 0.0])["p"] == pytest.approx(tied)
+    # such a row stays untestable: no verdict, and the note says where its p comes from
+    rows = [model("a", "kd", 0.5, 1.0, 1, seed, accuracy=0.9) for seed in range(3)]
+    rows += [model("a", "rcd", 0.5, 1.0, 1, seed, accuracy=0.8) for seed in range(3)]
+    rows += [siddo("a", 1, seed, accuracy=0.8) for seed in range(3)]
+    row = compare_methods(pd.DataFrame(rows), metrics=["accuracy"]).set_index("comparison").loc[
+        "kd_vs_rcd"]
+    assert row["p"] == pytest.approx(tied) and not row["testable"]
+    assert pd.isna(row["significant"])
+    assert row["verdict_note"] == (
+        "3 and 3 seeds: the smallest two-sided p is 0.1, not below the level 0.05; this test "
+        f"cannot reject (its p {tied:.2g} is scipy's normal approximation for tied values, below "
+        "what an exact test can give at these sizes)")
+
+
+def test_best_case_p_under_each_correction_by_hand():
+    p = 2 / 70  # 4 and 4 seeds
+    assert power.best_case_p(4, 4, "none", tests=30) == pytest.approx(p)
+    assert power.best_case_p(4, 4, "holm", tests=30) == pytest.approx(30 * p)  # 0.857
+    assert power.best_case_p(4, 4, "bh", tests=30) == pytest.approx(p)
+    assert power.best_case_p(2, 2, "holm", tests=10) == 1.0  # capped
+    # the same as correcting a family of that many tests all at their smallest p
+    for correction in ("holm", "bh"):
+        np.testing.assert_allclose(adjust_pvalues(np.full(30, p), correction),
+                                   power.best_case_p(4, 4, correction, tests=30))
+    with pytest.raises(ValueError, match="bonferroni"):
+        power.best_case_p(4, 4, "bonferroni")
+
+
+def test_fewest_seeds_by_hand():
+    # 3 and 3: 2 / 20 = 0.1; 4 and 4: 2 / 70 = 0.029
+    assert power.fewest_seeds(0.05) == 4 and power.fewest_seeds(0.05, "bh", tests=100) == 4
+    assert power.fewest_seeds(0.1) == 4  # 0.1 is not below 0.1
+    assert power.fewest_seeds(0.11) == 3
+    # Holm over 48 tests: 6 seeds give 48 * 2 / 924 = 0.104, 7 give 48 * 2 / 3432 = 0.028
+    assert power.fewest_seeds(0.05, "holm", tests=48) == 7
+
+
+def seeds_models(n_seeds, separated=True, metric="prediction_agreement"):
+    """kd, rcd and siddo students at one (alpha, T, width) with ``n_seeds`` seeds each. kd is
+    above both controls at every seed (``separated``) or interleaved with them (kd 0.51, 0.53,
+    ... against rcd and siddo 0.50, 0.52, ...: U = n (n + 1) / 2 of n^2, far from separation)."""
+    rows = []
+    for seed in range(n_seeds):
+        kd = 0.9 + 0.01 * seed if separated else 0.51 + 0.02 * seed
+        rows.append(model("a", "kd", 0.5, 1.0, 1, seed, **{metric: kd}))
+        rows.append(model("a", "rcd", 0.5, 1.0, 1, seed, **{metric: 0.5 + 0.02 * seed}))
+        rows.append(siddo("a", 1, seed, **{metric: 0.5 + 0.02 * seed}))
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("n_seeds, smallest", [(1, "1"), (2, "0.33"), (3, "0.1")])
+def test_too_few_seeds_give_no_verdict_with_a_note(n_seeds, smallest):
+    for separated in (True, False):
+        table = compare_methods(seeds_models(n_seeds, separated), metrics=["prediction_agreement"])
+        assert len(table) == 3
+        assert table["significant"].isna().all() and not table["testable"].any()
+        assert table["p_min"].to_numpy() == pytest.approx(2 / math.comb(2 * n_seeds, n_seeds)
+                                                          if n_seeds > 1 else 1.0)
+        assert (table["level"] == 0.05).all()
+        assert (table["verdict_note"] == f"{n_seeds} and {n_seeds} seeds: the smallest two-sided p "
+                f"is {smallest}, not below the level 0.05; this test cannot reject").all()
+        # the direction is no verdict: it stays (kd is the larger here, if not always)
+        kd_vs_siddo = table.set_index("comparison").loc["kd_vs_siddo"]
+        assert kd_vs_siddo["effect_size"] > 0 and kd_vs_siddo["toward_teacher"]
+
+
+@pytest.mark.parametrize("n_seeds", [4, 5, 6])
+def test_enough_seeds_keep_true_and_false(n_seeds):
+    separated = compare_methods(seeds_models(n_seeds), metrics=["prediction_agreement"])
+    interleaved = compare_methods(seeds_models(n_seeds, separated=False),
+                                  metrics=["prediction_agreement"])
+    for table in (separated, interleaved):
+        assert table["testable"].all() and (table["verdict_note"] == "").all()
+        assert table["significant"].notna().all()
+    separated = separated.set_index("comparison")
+    assert separated.loc["kd_vs_siddo", "significant"] and separated.loc["kd_vs_rcd", "significant"]
+    assert separated.loc["kd_vs_siddo", "p"] == pytest.approx(2 / math.comb(2 * n_seeds, n_seeds))
+    assert not separated.loc["rcd_vs_siddo", "significant"]  # the same values: p = 1
+    assert not interleaved["significant"].any()
+
+
+def test_claims_are_na_with_the_note_where_untestable():
+    few = claims(compare_methods(seeds_models(2, metric="accuracy"), metrics=["accuracy"]))
+    assert list(few.columns)[-7:] == ["claim", "rcd_below_kd", "claim_holds", "level", "p_min",
+                                      "testable", "verdict_note"]
+    row = few.iloc[0]
+    assert row["effect_size"] == 1.0 and row["p"] == pytest.approx(1 / 3)
+    assert pd.isna(row["rcd_below_kd"]) and pd.isna(row["claim_holds"]) and not row["testable"]
+    assert row["verdict_note"] == ("2 and 2 seeds: the smallest two-sided p is 0.33, not below the "
+                                   "level 0.05; this test cannot reject")
+    # with 4 seeds the same data gives a verdict: rcd is significantly below kd
+    enough = claims(compare_methods(seeds_models(4, metric="accuracy"), metrics=["accuracy"]))
+    row = enough.iloc[0]
+    assert row["rcd_below_kd"] and not row["claim_holds"] and row["verdict_note"] == ""
+
+
+def family_models():
+    """Accuracy of kd and rcd at 4 seeds and of siddo at 6: a family of three tests, kd vs rcd
+    of 4 and 4 (smallest p 2 / 70) and two of 4 and 6 (2 / 210), each fully separated."""
+    rows = [model("a", "kd", 0.5, 1.0, 1, seed, accuracy=0.9 + 0.01 * seed) for seed in range(4)]
+    rows += [model("a", "rcd", 0.5, 1.0, 1, seed, accuracy=0.8 + 0.01 * seed) for seed in range(4)]
+    rows += [siddo("a", 1, seed, accuracy=0.7 + 0.01 * seed) for seed in range(6)]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("correction, level, best, testable", [
+    # smallest p: kd_vs_rcd 2 / 70 = 0.0286, kd_vs_siddo and rcd_vs_siddo 2 / 210 = 0.0095
+    ("none", 0.05, [2 / 70, 2 / 210, 2 / 210], [True, True, True]),
+    ("none", 0.025, [2 / 70, 2 / 210, 2 / 210], [False, True, True]),
+    # Holm: sorted 2/210, 2/210, 2/70 times 3, 2, 1 = 0.0286, 0.019, 0.0286, running maximum
+    # 0.0286 for all: kd_vs_rcd reaches 0.05 when the others reject first, though 3 * 2 / 70
+    # would not
+    ("holm", 0.05, [2 / 70, 2 / 70, 2 / 70], [True, True, True]),
+    ("holm", 0.025, [2 / 70, 2 / 70, 2 / 70], [False, False, False]),
+    # BH: sorted times 3/1, 3/2, 3/3 = 0.0286, 0.0143, 0.0286, running minimum from the top
+    ("bh", 0.025, [2 / 70, 1.5 * 2 / 210, 1.5 * 2 / 210], [False, True, True]),
+])
+def test_testable_is_the_best_case_after_the_correction(correction, level, best, testable):
+    table = compare_methods(family_models(), metrics=["accuracy"], level=level,
+                            correction=correction).set_index("comparison")
+    order = ["kd_vs_rcd", "kd_vs_siddo", "rcd_vs_siddo"]
+    np.testing.assert_allclose(table.loc[order, "p_min"], [2 / 70, 2 / 210, 2 / 210])
+    column = "p_min" if correction == "none" else "p_min_adjusted"
+    np.testing.assert_allclose(table.loc[order, column], best)
+    assert list(table.loc[order, "testable"]) == testable
+    # every test here is fully separated, so each testable one is significant
+    assert list(table.loc[order, "significant"].fillna(False)) == testable
+    assert (table.loc[order, "verdict_note"] == "").tolist() == testable
+
+
+def test_untestable_summary_names_the_cells_in_one_line_per_group():
+    rows = [teacher("a")]
+    for width in (0.5, 1.0):
+        for seed in range(2):
+            for alpha in (0.1, 0.5):
+                rows.append(model("a", "kd", alpha, 1.0, width, seed, **all_metrics(0.9, seed)))
+                rows.append(model("a", "rcd", alpha, 1.0, width, seed, **all_metrics(0.5, seed)))
+            rows.append(siddo("a", width, seed, **all_metrics(0.5, seed)))
+    # two more seeds of every model at width 1, alpha 0.5: those tests are testable
+    for seed in (2, 3):
+        rows.append(model("a", "kd", 0.5, 1.0, 1.0, seed, **all_metrics(0.9, seed)))
+        rows.append(model("a", "rcd", 0.5, 1.0, 1.0, seed, **all_metrics(0.5, seed)))
+        rows.append(siddo("a", 1.0, seed, **all_metrics(0.5, seed)))
+    table = compare_methods(pd.DataFrame(rows), metrics=FUNCTIONAL_METRICS)
+    # 12 cells of 6 metrics; at width 1, alpha 0.1 has 2 seeds of kd and rcd against 4 of siddo
+    # (2 / C(6, 2) = 0.13), alpha 0.5 is testable: 7 cells of 2 and 2, 2 of 2 and 4 seeds
+    assert untestable_summary(table) == [
+        "warning: 54 of 72 Mann-Whitney tests cannot reach p < 0.05 whatever the data (too few "
+        "seeds); their significant, rcd_below_kd and claim_holds are NA (stats: testable False, "
+        "verdict_note):",
+        "  setup a, teacher a-t0, 2 and 2 seeds (smallest p 0.33): alpha 0.1, 0.5; T 1; width "
+        "0.5, 1; kd_vs_rcd, kd_vs_siddo, rcd_vs_siddo (7 of these 12 combinations)",
+        "  setup a, teacher a-t0, 2 and 4 seeds (smallest p 0.13): alpha 0.1; T 1; width 1; "
+        "kd_vs_siddo, rcd_vs_siddo"]
+    assert untestable_summary(compare_methods(seeds_models(4))) == []
+
+
+def test_seeds_warning_at_parse_by_hand():
+    config = {"setups": {"a": {"teachers": {"teacher": {}}},
+                         "b": {"teachers": {"t1": {}, "t2": {}}}},
+              "alphas": [0.1, 0.5], "temperatures": [1], "widths": [0.5, 1], "seeds": [0, 1, 2],
+              "stats": {"level": 0.05, "correction": "none", "metrics": ["accuracy", "loss"]}}
+    # 3 teachers x 2 widths x 2 alphas x 1 T x 3 comparisons x 2 metrics
+    assert power.planned_tests(config) == 72
+    # Holm over 72 tests: 7 seeds give 72 * 2 / 3432 = 0.042
+    assert power.seeds_warning(config) == (
+        "warning: with 3 seeds per group no Mann-Whitney test can reach p < 0.05 (smallest p "
+        "0.1); every significance verdict and claim will be NA (untestable). Use at least 4 "
+        "seeds (7 with Holm over 72 tests).")
+    config["stats"]["correction"] = "holm"
+    config["seeds"] = [0, 1, 2, 3, 4]  # 72 * 2 / 252 = 0.57
+    assert power.seeds_warning(config) == (
+        "warning: with 5 seeds per group no Mann-Whitney test can reach p < 0.05 after Holm over "
+        "72 tests (smallest p 0.0079, 0.57 after Holm); every significance verdict and claim "
+        "will be NA (untestable). Use at least 7 seeds.")
+    config["stats"]["correction"] = "bh"
+    assert power.seeds_warning(config) is None
+    config["seeds"] = [7]
+    assert power.seeds_warning(config).startswith(
+        "warning: with 1 seed per group no Mann-Whitney test can reach p < 0.05 (smallest p 1);")
+
+
+def test_planned_tests_counts_the_tests_compare_methods_runs():
+    config = {"setups": {"a": {"teachers": {"t1": {}, "t2": {}}}}, "alphas": [0.1, 0.5],
+              "temperatures": [1, 4], "widths": [0.5, 1, 2], "seeds": [0, 1],
+              "kd_masked": {"enabled": True}, "feature_matching": {"enabled": True},
+              "stats": {"metrics": ["accuracy", "correct_agreement"]}}
+    rng = np.random.default_rng(0)
+    rows = []
+    for teacher_id in ("t1", "t2"):
+        for width in config["widths"]:
+            for seed in config["seeds"]:
+                for name in methods.enabled(config):
+                    m = methods.method(name)
+                    for alpha in config["alphas"] if m.uses_alpha else [0.0]:
+                        for temperature in config["temperatures"] if m.uses_temperature else [NAN]:
+                            rows.append(model("a", name, alpha, temperature, width, seed,
+                                              teacher_id, accuracy=rng.random(),
+                                              correct_agreement=rng.random()))
+    table = compare_methods(pd.DataFrame(rows), metrics=config["stats"]["metrics"])
+    # per teacher and width: kd's 3 and kd-masked's 4 comparisons at 2 alphas x 2 T, fm's 3 at
+    # 2 alphas; times 2 metrics
+    assert power.planned_tests(config) == len(table) == 2 * 3 * (7 * 4 + 3 * 2) * 2
 
 
 # ---- asymmetry --------------------------------------------------------------------------------
