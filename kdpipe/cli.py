@@ -92,6 +92,8 @@ def statistics(args) -> int:
     spec = args.spec
     tests = stats.compare_methods(models, metrics=tuple(spec["metrics"]), level=spec["level"],
                                   correction=spec["correction"])
+    for line in stats.untestable_summary(tests):
+        print(line, file=sys.stderr)
     write_table(tests, out / "stats.parquet")
     write_table(stats.claims(tests), out / "claims.parquet")
     write_table(stats.asymmetry(models), out / "asymmetry.parquet")

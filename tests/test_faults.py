@@ -528,3 +528,39 @@ def test_other_write_errors_pass_unchanged(tmp_path):
 def test_a_local_run_leaves_nothing_in_tmp(finished):
     _, scratch = finished
     assert os.listdir(scratch) == []
+
+
+# --- too few seeds for a verdict: NA with a note, said at parse and in the statistics log -------
+
+@pytest.mark.slow
+def test_two_seeds_give_no_verdicts_and_say_so_before_and_after(finished):
+    """With 2 seeds per group no two-sided Mann-Whitney test can go below 2 / C(4, 2) = 1/3: the
+    tables hold no True or False verdict, only NA with the reason; the config check said so
+    before any job and the statistics log names the cells."""
+    workdir, _ = finished
+    t = tables(workdir)
+    assert set(t["models"].seed) == {0, 1} and set(t["models"].width) == {1.0}
+    stats, claims = t["stats"], pd.read_parquet(workdir / "results/tables/claims.parquet")
+    tested = stats.p.notna()
+    assert tested.any()
+    assert stats.significant.isna().all() and not stats.testable.any()
+    assert (stats.loc[tested, "p_min"] == 1 / 3).all()
+    assert (stats.loc[tested, "verdict_note"] == "2 and 2 seeds: the smallest two-sided p is 0.33, "
+            "not below the level 0.05; this test cannot reject").all()
+    assert stats.loc[~tested, "verdict_note"].str.startswith("no test: ").all()
+    assert stats.toward_teacher.notna().sum() > 0  # a direction, not a verdict: kept
+    assert len(claims) == 1
+    assert claims.claim_holds.isna().all() and claims.rcd_below_kd.isna().all()
+    assert claims.verdict_note.iloc[0] == stats.loc[(stats.metric == "accuracy") & (
+        stats.comparison == "kd_vs_rcd"), "verdict_note"].iloc[0]
+    log = (workdir / "results/logs/statistics.log").read_text()
+    assert (f"warning: {tested.sum()} of {tested.sum()} Mann-Whitney tests cannot reach p < 0.05 "
+            "whatever the data (too few seeds)") in log
+    assert ("  setup digits-mlp, teacher digits-mlp/teacher, 2 and 2 seeds (smallest p 0.33): "
+            "alpha 0.5; T 1; width 1; kd_vs_rcd, kd_vs_siddo, rcd_vs_siddo\n") in log
+    # the config check, at every parse: 1 teacher x 1 width x 1 alpha x 1 T x 3 comparisons x 8
+    # metrics = 24 tests; Holm over them needs 2 / C(14, 7) * 24 = 0.014 (6 seeds: 0.052)
+    parse = snakemake(workdir, "-n").stderr
+    assert ("warning: with 2 seeds per group no Mann-Whitney test can reach p < 0.05 (smallest p "
+            "0.33); every significance verdict and claim will be NA (untestable). Use at least 4 "
+            "seeds (7 with Holm over 24 tests).") in parse

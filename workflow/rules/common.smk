@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -67,6 +68,11 @@ def validate_config(config, schema_path):
 
 
 validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+# seeds too few for any test to reject are allowed (a trial run), but said before any job
+from kdpipe import power
+
+if (seeds_warning := power.seeds_warning(config)) is not None:
+    print(seeds_warning, file=sys.stderr)
 
 R = config["results"]
 # importing torch._dynamo (every optimizer does) creates a compile cache folder, by default in
