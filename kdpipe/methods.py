@@ -5,10 +5,10 @@ Only the standard library is imported: the Snakefile imports this module while i
 
 A method is a training target and a loss:
   target  "none" (cross-entropy only), "teacher" (the teacher's logits), "noise" (noise logits,
-          PROTOCOL section 1), "teacher-stage" / "noise-stage" (a named stage's output of the
-          teacher, or noise of its shape: feature-map matching)
-  loss    "ce", "kd" (PROTOCOL's distillation loss, weighted by alpha, at temperature T) or
-          "stage-mse" (CE + alpha * MSE on the stage's output)
+          docs/protocol.md section 1), "teacher-stage" / "noise-stage" (a named stage's output
+          of the teacher, or noise of its shape: feature-map matching)
+  loss    "ce", "kd" (the distillation loss of docs/protocol.md, weighted by alpha, at
+          temperature T) or "stage-mse" (CE + alpha * MSE on the stage's output)
   masked  the distillation term is restricted by the teacher's correctness (kd_masked options)
 Each distillation method names its random control; a method with comparisons gets those
 Mann-Whitney tests in every group where it has students.

@@ -1,4 +1,4 @@
-"""Functional similarity of a student to its teacher, from test-set logits (PROTOCOL.md section 2).
+"""Functional similarity of a student to its teacher, from test logits (docs/protocol.md section 2).
 
 Every function takes logits of shape [N, C] (N samples, C classes; for a language model every
 predicted token position is a sample) and, where needed, integer labels of shape [N]. Arithmetic

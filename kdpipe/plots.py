@@ -1,4 +1,4 @@
-"""Figures of the audit, drawn from the result tables alone (PROTOCOL.md section 4).
+"""Figures of the audit, drawn from the result tables alone (docs/protocol.md section 6).
 
 make_figures reads models/stats/asymmetry/scaling.parquet from a tables folder and writes every
 figure that figure_stems names; each figure is drawn by one function below that takes tables

@@ -1,4 +1,4 @@
-"""Statistics over the models table (PROTOCOL.md section 3).
+"""Statistics over the models table (docs/protocol.md sections 3-4).
 
 The models table has one row per trained model with columns setup, dataset, arch, role
 ("teacher" | "student"), teacher_id, method ("kd" | "rcd" | "siddo"; "" for teachers), alpha

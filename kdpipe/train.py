@@ -386,10 +386,11 @@ class FuseLimits:
     unfused: tuple = ()
 
 
-# Measured per device type (README, "Training engine"); on a device type not listed
-# (MPS), fuse="auto" trains every learner alone. Stacking pays where a learner's step is fixed
-# cost (launches, per-operation overhead) that enough learners share; it loses where a step is
-# arithmetic, which the stacked kernels (batched matmul, grouped convolution) do no faster.
+# Measured per device type (docs/engine.md, "Fusion"; benchmarks/RESULTS.md); on a device
+# type not listed (MPS), fuse="auto" trains every learner alone. Stacking pays where a learner's
+# step is fixed cost (launches, per-operation overhead) that enough learners share; it loses where
+# a step is arithmetic, which the stacked kernels (batched matmul, grouped convolution) do no
+# faster.
 # CPU (benchmarks/bench_training.py 4c-4d, digits, one thread, noise about 10 %): 3 students of
 # at most 100k parameters ran 0.92-1.29x the speed of one after another, 4 or more 0.97-2.2x,
 # 2 lost (0.72-1.05x); the MLP at width 2 (301k) gained at most 1.2x even 28 at a time; stacked

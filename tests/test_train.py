@@ -1,4 +1,4 @@
-"""The training loop, the losses and the controls (PROTOCOL section 1)."""
+"""The training loop, the losses and the controls (docs/protocol.md section 1)."""
 import copy
 import math
 import subprocess
@@ -342,7 +342,7 @@ def test_each_learner_draws_its_own_batch_order():
 
 
 def test_stop_at_train_loss_stops_each_learner_on_its_own():
-    """Issue 8 item 8: a learner reaching the target stops; the others are not held back, nor
+    """A learner reaching the target train loss stops; the others are not held back, nor
     is it trained on until they too reach it."""
     x, y = toy_data()
     recipe = Recipe(epochs=40, batch_size=16, lr=0.01, stop_at_train_loss=0.6)

@@ -166,8 +166,8 @@ def students_of(setup, width, seed):
 def setup_blocks(setup):
     """The setup's training jobs, the same for each of its teachers: block name -> (width,
     students). Packed: every student of `block.seeds` seeds at a time (a setup's block_seeds
-    overrides it) per width; split_runs: one job per (alpha, T, width, seed) as in PROTOCOL's
-    design, siddo one per (width, seed)."""
+    overrides it) per width; split_runs: one job per (alpha, T, width, seed), siddo one per
+    (width, seed)."""
     blocks = {}
     seeds_per_job = config["setups"][setup].get("block_seeds", config["block"]["seeds"])
     for width in WIDTHS:
@@ -293,7 +293,7 @@ def teacher_seed(wildcards, teacher=None):
 
 def package_hash(module):
     """A digest of a kdpipe module's source: editing the statistics or plotting code reruns those
-    cheap steps; training code is not tracked (see README: forcing a rerun)."""
+    cheap steps; training code is not tracked (docs/reruns.md: forcing a rerun)."""
     origin = importlib.util.find_spec(f"kdpipe.{module}").origin
     return hashlib.sha256(Path(origin).read_bytes()).hexdigest()[:16]
 
