@@ -1,6 +1,6 @@
-"""Fault injection (issue 9, "Nothing silent"): every failure stops with a message that names the
-file or config key and the remedy, and nothing half-written or silently wrong is left (README
-"When something goes wrong"). The cases of the issue and the tests that cover them:
+"""Fault injection: every failure stops with a message that names the file or config key and the
+remedy, and nothing half-written or silently wrong is left (docs/troubleshooting.md). The
+failures and the tests that cover them:
 
 1. divergence: training stops naming learner, epoch and loss
    (test_a_non_finite_loss_stops_training_naming_learner_epoch_and_loss,
@@ -64,7 +64,8 @@ from kdpipe.train import Checkpoint, Learner, RandomLogits, Recipe, TrainingDive
 # --- 1. divergence: training, metrics, a teacher at chance -------------------------------------
 
 def test_a_non_finite_loss_stops_training_naming_learner_epoch_and_loss():
-    """Issue 9: at SGD lr 1e4 the logits became NaN and were scored as perfect agreement."""
+    """At SGD lr 1e4 the logits become NaN, which would score as perfect agreement: training
+    stops instead."""
     x, y = toy_data()
     learners = [Learner("kd", fresh_mlp(width=1), order_seed=0),
                 Learner("rcd", fresh_mlp(width=1), RandomLogits(len(x), 3, seed=1), 0.5,
@@ -76,7 +77,8 @@ def test_a_non_finite_loss_stops_training_naming_learner_epoch_and_loss():
 
 @pytest.mark.slow
 def test_a_diverging_run_stops_naming_learner_epoch_and_loss_and_scores_nothing(tmp_path):
-    """SGD at lr 1e4 once made every logit NaN, scored as perfect agreement."""
+    """At SGD lr 1e4 every logit becomes NaN, which would score as perfect agreement: the job
+    stops naming learner, epoch and loss, and no table is written."""
     write_config(tmp_path, widths=[1], seeds=[0],
                  setups={"digits-mlp": {"dataset": "digits", "arch": "mlp",
                                         "recipe": {"epochs": 2, "batch_size": 32,
@@ -93,7 +95,7 @@ def test_a_diverging_run_stops_naming_learner_epoch_and_loss_and_scores_nothing(
 def test_non_finite_logits_are_refused(bad):
     good = np.array([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0]])
     broken = good.copy()
-    broken[1] = bad  # an all-NaN row used to count as agreeing with a class-0 teacher
+    broken[1] = bad  # argmax of an all-NaN row is 0: it would agree with a class-0 teacher
     labels = np.array([2, 0])
     for student, teacher, name in ((broken, good, "student logits"), (good, broken, "teacher logits")):
         with pytest.raises(ValueError, match=f"{name} are not finite.*row 1"):
@@ -331,7 +333,8 @@ def test_a_lost_student_file_stops_collect_with_the_remedy_which_works(finished,
 # --- 4. a damaged checkpoint, damaged prepared data --------------------------------------------
 
 def test_a_damaged_checkpoint_is_set_aside_and_training_starts_over(tmp_path, capsys):
-    """Issue 9: a truncated checkpoint blocked its job forever, naming no file."""
+    """A truncated checkpoint is named and set aside, and training starts over, rather than
+    blocking its job."""
     x, y = toy_data()
     recipe = Recipe(epochs=4, batch_size=16)
     checkpoint = Checkpoint(tmp_path / "state.pt", every=2, key="job")
@@ -426,7 +429,7 @@ def test_bad_config_stops_before_any_job_naming_key_and_value(tmp_path, change, 
 @pytest.mark.slow
 def test_a_yaml_syntax_error_stops_before_any_job_and_verbose_names_line_and_column(tmp_path):
     """Snakemake reads the file before the workflow starts and says no more than that it is not
-    YAML; its --verbose traceback names where (README "When something goes wrong")."""
+    YAML; its --verbose traceback names where (docs/troubleshooting.md)."""
     config = tmp_path / "config.yaml"
     config.write_text("datasets:\n  digits: {family: digits\nseeds: [0]\n")  # an unclosed brace
     result = snakemake(tmp_path, "-n", "--verbose", check=False)

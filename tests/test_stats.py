@@ -94,7 +94,7 @@ def test_toward_teacher_false_on_zero_or_nan_none_for_performance_and_rejects_ot
 
 
 def test_direction_is_the_effect_size_not_the_medians():
-    # the case: x has the higher median (5 > 4) but tends to be smaller (effect -0.28)
+    # x has the higher median (5 > 4) but tends to be smaller (effect -0.28)
     x, y = [0, 0, 5, 5, 5], [4, 4, 4, 6, 6]
     test = mann_whitney(x, y)
     assert test["median_1"] > test["median_2"]
