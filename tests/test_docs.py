@@ -18,6 +18,7 @@ PAGES = [REPO / "README.md", CONFIG_README, REPO / "benchmarks/RESULTS.md",
 
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+FILE = re.compile(r"\.(parquet|csv|py|md|yaml|png|pdf|svg|json|npy|pt|smk|rst|txt|log)$")
 
 
 def prose(text: str) -> str:
@@ -73,10 +74,12 @@ def text_files() -> dict[str, str]:
     return texts
 
 
-def test_pages_exist():
+def test_the_pages_the_readme_promises_exist():
+    for name in ("protocol", "outputs", "engine", "cluster", "reruns", "troubleshooting",
+                 "choices"):
+        assert (REPO / "docs" / f"{name}.md").is_file(), name
     for page in PAGES:
         assert page.is_file(), page
-    assert len(PAGES) > 3
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(REPO).as_posix())
@@ -95,7 +98,8 @@ def test_every_relative_link_resolves_to_a_file_and_heading(page):
 
 
 def test_the_link_checker_sees_links_anchors_and_code():
-    text = "# A title: `x` (y)\n\n[a](b.md#c) ![i](d.png)\n\n    [not](a-link.md)\n\n`[no](e.md)`\n"
+    text = ("# A title: `x` (y)\n\n[a](b.md#c) ![i](d.png)\n\n    [not](a-link.md)\n\n"
+            "`[no](e.md)`\n")
     assert LINK.findall(prose(text)) == ["b.md#c", "d.png"]
     assert slug("A title: x (y)") == "a-title-x-y"
     assert slug("7. The paper's scope") == "7-the-papers-scope"
@@ -167,6 +171,23 @@ def test_config_readme_names_no_key_the_schema_lacks():
     assert not unknown, f"config/README.md describes keys the schema does not have: {unknown}"
 
 
+def test_keys_named_in_the_pages_are_schema_keys():
+    """A dotted name in code quotes that starts with a top-level key (`stats.level`,
+    `setups.<name>.recipe.lr`) is a key of the schema or a mapping on the way to one; file names
+    such as `stats.parquet` are not keys."""
+    keys = schema_keys()
+    top = {key.split(".")[0] for key in keys}
+    prefixes = {".".join(key.split(".")[:n]) for key in keys for n in range(1, key.count(".") + 2)}
+    stale = []
+    for page in PAGES:
+        for name in re.findall(r"`([^`\s]+)`", page.read_text()):
+            parts = name.split(".")
+            if (parts[0] in top and len(parts) > 1 and not FILE.search(name)
+                    and not any(matches(name, prefix) for prefix in prefixes)):
+                stale.append(f"{page.relative_to(REPO)}: {name}")
+    assert not stale, stale
+
+
 # CI's own script is the one file that may name a folder beside the repository: it runs on a
 # machine laid out for it. This file names the pattern it looks for.
 OUTSIDE_ALLOWED = {".ci/run", "tests/test_docs.py"}
@@ -178,8 +199,8 @@ def test_nothing_in_the_repository_names_a_path_outside_it():
     assert not offending, f"files naming ../shared: {offending}"
 
 
-# Words of the project's development history, which a user cannot follow: a page, comment or
-# test names what a thing is or protects instead.
+# Words of the project's development history, which a user cannot follow, and the folders of a
+# development machine: a page, comment or test names what a thing is or protects instead.
 HISTORY = [re.compile(r"\bthe issue\b", re.I), re.compile(r"\bissue \d", re.I),
            re.compile(r"\bthe latest session\b", re.I), re.compile(r"\bmachine [AB]\b"),
            re.compile(r"/work/")]
