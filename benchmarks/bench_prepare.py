@@ -14,15 +14,16 @@ target is a peak of at most about 2.5x the prepared file.
     python benchmarks/bench_prepare.py --fraction 1 --only tinyimagenet
     python benchmarks/bench_prepare.py --work /big/disk      # where the synthetic files go
 
-The synthetic files are deleted after each case. Pixels are smooth random images (JPEGs of
-realistic size and decoding cost), audio is noise at 16 kHz, 16-bit, 1 s per clip.
+The synthetic files are deleted after each case. They are written by the writers of the test
+fixtures (tests/fixtures.py), the same code that writes the tests' small data sets: pixels are
+smooth random images (JPEGs of realistic size and decoding cost), audio is noise at 16 kHz,
+16-bit, 1 s per clip.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -33,6 +34,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+import fixtures  # noqa: E402  (the writers of the official layouts)
 
 # The real sizes: (train, test) samples; Speech Commands also its validation clips (left out).
 REAL = {
@@ -55,78 +58,38 @@ def scaled(n: int, fraction: float) -> int:
     return max(1, round(n * fraction))
 
 
-def smooth_images(rng, n: int, size: int) -> np.ndarray:
-    """uint8 [n, size, size, 3]: 8x8 random colours upsampled, then a little noise."""
-    coarse = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
-    images = coarse.repeat(size // 8, axis=1).repeat(size // 8, axis=2)
-    return images + rng.integers(0, 8, images.shape, dtype=np.uint8)
-
-
 def write_cifar10(raw: Path, fraction: float, rng) -> None:
-    folder = raw / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
     train, test = (scaled(n, fraction) for n in REAL["cifar10"])
-    splits = [(f"data_batch_{i + 1}", len(rows)) for i, rows in
-              enumerate(np.array_split(np.arange(train), 5))] + [("test_batch", test)]
-    for name, n in splits:
-        with open(folder / name, "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                         b"labels": rng.integers(0, 10, n).tolist()}, f, protocol=2)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [f"class{i}".encode() for i in range(10)]}, f, protocol=2)
+    fixtures.write_cifar10(raw, rng.integers(0, 256, (train + test, 32, 32, 3), dtype=np.uint8),
+                           rng.integers(0, 10, train + test), test)
 
 
 def write_svhn(raw: Path, fraction: float, rng) -> None:
-    from scipy.io import savemat
-
-    raw.mkdir(parents=True)
-    for name, n in zip(("train_32x32.mat", "test_32x32.mat"), REAL["svhn"]):
-        n = scaled(n, fraction)
-        x = np.ascontiguousarray(smooth_images(rng, n, 32).transpose(1, 2, 3, 0))
-        savemat(raw / name, {"X": x, "y": rng.integers(1, 11, (n, 1)).astype(np.uint8)})
+    train, test = (scaled(n, fraction) for n in REAL["svhn"])
+    fixtures.write_svhn(raw, fixtures.smooth_images(rng, train + test, 32),
+                        rng.integers(0, 10, train + test), test)
 
 
 def write_tinyimagenet(raw: Path, fraction: float, rng) -> None:
-    from PIL import Image
-
-    root = raw / "tiny-imagenet-200"
     wnids = [f"n{i:08d}" for i in range(200)]
-    (root / "val" / "images").mkdir(parents=True)
-    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
     per_class = scaled(500, fraction)
-    for wnid in wnids:
-        folder = root / "train" / wnid / "images"
-        folder.mkdir(parents=True)
-        for k, image in enumerate(smooth_images(rng, per_class, 64)):
-            Image.fromarray(image).save(folder / f"{wnid}_{k}.JPEG", quality=90)
-    lines = []
-    for k, image in enumerate(smooth_images(rng, scaled(REAL["tinyimagenet"][1], fraction), 64)):
-        Image.fromarray(image).save(root / "val" / "images" / f"val_{k}.JPEG", quality=90)
-        lines.append(f"val_{k}.JPEG\t{wnids[k % 200]}\t0\t0\t63\t63")
-    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    val = fixtures.smooth_images(rng, scaled(REAL["tinyimagenet"][1], fraction), 64)
+    fixtures.write_tinyimagenet(
+        raw, wnids, ((wnid, fixtures.smooth_images(rng, per_class, 64)) for wnid in wnids),
+        ((image, wnids[k % 200]) for k, image in enumerate(val)))
 
 
 def write_speechcommands(raw: Path, fraction: float, rng) -> None:
-    import soundfile
-
-    root = raw / "speech_commands_v0.02"
-    words = [f"word{i:02d}" for i in range(35)]
     train, test, validation = (scaled(n, fraction) for n in REAL["speechcommands"])
-    lists = {"testing_list.txt": [], "validation_list.txt": []}
-    clip = (rng.standard_normal(16000) * 3000).astype(np.int16)
-    for k in range(train + test + validation):
-        word = words[k % 35]
-        relative = f"{word}/speaker{k:06d}_nohash_0.wav"
-        (root / word).mkdir(parents=True, exist_ok=True)
-        # one noise clip, rolled: distinct files without drawing 1.6 billion samples
-        soundfile.write(root / relative, np.roll(clip, k), 16000, "PCM_16")
-        if k < test:
-            lists["testing_list.txt"].append(relative)
-        elif k < test + validation:
-            lists["validation_list.txt"].append(relative)
-    for name, lines in lists.items():
-        (root / name).write_text("\n".join(lines) + "\n")
-    (root / "_background_noise_").mkdir()
+    clip = rng.standard_normal(16000) * 3000 / 32768
+
+    def clips():
+        for k in range(train + test + validation):
+            split = "testing" if k < test else "validation" if k < test + validation else "train"
+            # one noise clip, rolled: distinct files without drawing 1.6 billion samples
+            yield f"word{k % 35:02d}/speaker{k:06d}_nohash_0.wav", np.roll(clip, k), split
+
+    fixtures.write_speechcommands(raw, clips())
 
 
 WRITERS = {"cifar10": write_cifar10, "svhn": write_svhn, "tinyimagenet": write_tinyimagenet,

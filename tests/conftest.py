@@ -39,10 +39,15 @@ def device(request) -> str:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The small real data sets beside the project (KDPIPE_SHARED_DATA, default ../shared/data)."""
-    root = Path(os.environ.get("KDPIPE_SHARED_DATA", REPO.parent / "shared" / "data"))
+    """The folder of small real data sets named by KDPIPE_SHARED_DATA, for the extra tests on
+    real data (tests/test_data_real.py); they skip where it is unset, and fail where it names
+    no folder."""
+    if not os.environ.get("KDPIPE_SHARED_DATA"):
+        pytest.skip("KDPIPE_SHARED_DATA is unset: it names the folder of small real data sets "
+                    "(Tiny Shakespeare, FSDD recordings, CIFAR-10 JPEGs) these extra tests read")
+    root = Path(os.environ["KDPIPE_SHARED_DATA"]).resolve()
     if not root.is_dir():
-        pytest.skip(f"shared data folder {root} is absent (set KDPIPE_SHARED_DATA)")
+        pytest.fail(f"KDPIPE_SHARED_DATA is {root}, which is not a folder", pytrace=False)
     return root
 
 

@@ -1,38 +1,48 @@
-"""Character-level families on the real Tiny Shakespeare text and on small UTF-8 files."""
+"""Character-level families on generated text (tests/fixtures.py) and on small UTF-8 files."""
 import hashlib
+import urllib.request
 
 import pytest
 import torch
-from fixtures import shared
+from fixtures import build_shakespeare, synthetic_text
 
 from kdpipe import data
 from kdpipe.data import DataError, text
 
 
 @pytest.fixture(scope="module")
-def shakespeare_dir(shared_data):
-    """The shared folder of the official Tiny Shakespeare input.txt, read in place."""
-    return shared(shared_data, "tinyshakespeare/input.txt").parent
+def shakespeare_dir(tmp_path_factory):
+    """A raw folder whose input.txt is ``synthetic_text(40_000)``, not the official file."""
+    raw = tmp_path_factory.mktemp("shakespeare")
+    build_shakespeare(raw)
+    return raw
 
 
 def decode(ids, classes):
     return "".join(classes[i] for i in ids.tolist())
 
 
-def test_tinyshakespeare_file_is_the_official_one(shakespeare_dir):
-    raw = (shakespeare_dir / "input.txt").read_bytes()
-    assert len(raw) == 1_115_394
-    assert hashlib.sha256(raw).hexdigest() == text.SHAKESPEARE_SHA256
+def test_shakespeare_acquire_keeps_a_verified_copy_and_refuses_another_file(shakespeare_dir,
+                                                                            monkeypatch):
+    def refuse(url, *args, **kwargs):
+        raise AssertionError(f"acquire tried to download {url}")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    with pytest.raises(DataError, match="input.txt: sha256 is .*not the official one"):
+        text.shakespeare.acquire({}, shakespeare_dir)
+    digest = hashlib.sha256((shakespeare_dir / "input.txt").read_bytes()).hexdigest()
+    monkeypatch.setattr(text, "SHAKESPEARE_SHA256", digest)  # as if it were the official file
+    text.shakespeare.acquire({}, shakespeare_dir)
 
 
 def test_shakespeare_windows_split_and_vocabulary(shakespeare_dir):
-    corpus = (shakespeare_dir / "input.txt").read_text(encoding="utf-8")
+    corpus = synthetic_text(40_000)
     prepared = text.shakespeare.prepare({"context": 32}, shakespeare_dir)
+    split = len(corpus) - round(len(corpus) * 0.1)  # the last 10 % is the test text
     classes = prepared["classes"]
-    assert len(classes) == 65 and classes == sorted(set(corpus))
+    assert classes == sorted(set(corpus[:split]))
     assert prepared["meta"] == {"kind": "sequence", "context": 32, "stride": 32}
 
-    split = len(corpus) - round(len(corpus) * 0.1)  # the last 10 % is the test text
     x_train, y_train = prepared["x_train"], prepared["y_train"]
     x_test, y_test = prepared["x_test"], prepared["y_test"]
     assert x_train.dtype == y_train.dtype == x_test.dtype == torch.int64
@@ -40,7 +50,9 @@ def test_shakespeare_windows_split_and_vocabulary(shakespeare_dir):
     assert x_test.shape == y_test.shape == ((len(corpus) - split - 33) // 32 + 1, 32)
     assert decode(x_train[0], classes) == corpus[:32]
     assert decode(y_train[0], classes) == corpus[1:33]  # x shifted by one
-    assert decode(x_train[-1], classes) + decode(y_train[-1, -1:], classes) in corpus[:split]
+    last = len(x_train) - 1
+    assert decode(x_train[-1], classes) == corpus[32 * last:32 * last + 32]
+    assert decode(y_train[-1], classes) == corpus[32 * last + 1:32 * last + 33]
     assert decode(x_test[0], classes) == corpus[split:split + 32]
     assert decode(x_test[1], classes) == corpus[split + 32:split + 64]  # no overlap
     assert torch.equal(y_test[:, :-1], x_test[:, 1:])
@@ -93,7 +105,9 @@ def test_registry_prepare_and_load(shakespeare_dir, tmp_path):
     out = tmp_path / "shakespeare.pt"
     data.prepare("shakespeare", {"context": 128}, shakespeare_dir, out)
     dataset = data.load(out)
-    assert dataset.num_classes == 65 and dataset.input_shape == (128,)
-    assert dataset.meta["kind"] == "sequence"
+    corpus = synthetic_text(40_000)
+    assert dataset.classes == sorted(set(corpus[:len(corpus) - 4000]))
+    assert dataset.input_shape == (128,) and dataset.meta["kind"] == "sequence"
+    assert decode(dataset.x_test[0], dataset.classes) == corpus[-4000:-4000 + 128]
     assert data.family("shakespeare") is text.shakespeare
     assert data.family("textfile") is text.textfile

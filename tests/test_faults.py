@@ -482,8 +482,8 @@ def test_an_absent_cuda_device_is_named():
     assert jobs.setup_torch(1, "cpu") == "cpu"
 
 
-def test_a_single_class_is_refused_when_prepared(shared_data, tmp_path):
-    build_speechcommands(tmp_path, shared_data)
+def test_a_single_class_is_refused_when_prepared(tmp_path):
+    build_speechcommands(tmp_path)
     out = tmp_path / "one-word.pt"
     with pytest.raises(DataError, match="dataset 'speechcommands': 1 class"):
         data.prepare("speechcommands", {"words": ["one"]}, tmp_path, out)
