@@ -118,7 +118,7 @@ def test_svhn_maps_label_10_to_digit_0(svhn_dir, sample):
 
 def test_svhn_missing_or_corrupt_mat_is_a_data_error(svhn_dir):
     mat = svhn_dir / "test_32x32.mat"
-    mat.write_bytes(mat.read_bytes()[:500])
+    mat.write_bytes(mat.read_bytes()[:120])  # not even a header
     with pytest.raises(DataError, match="test_32x32.mat: unreadable"):
         family("svhn").prepare({}, svhn_dir)
     mat.unlink()

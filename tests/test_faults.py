@@ -35,26 +35,33 @@ Clear messages:
 - names with spaces: test_names_that_a_path_cannot_carry_are_refused, the name rows of
   test_bad_config_stops_before_any_job_naming_key_and_value.
 - nothing left in /tmp: test_a_local_run_leaves_nothing_in_tmp.
+- data files cut short (an interrupted download or extraction) are refused by name, never read
+  in part: the section "data files cut short" at the end.
 """
 import errno
+import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import urllib.request
 
 import numpy as np
 import pandas as pd
 import pytest
+import soundfile
 import torch
+from scipy.io import savemat
 
 from conftest import (ENV, LABELS, REPO, TEACHER, TEACHER_CONFIDENCE, TINY, fresh_mlp, job_spec,
                       kdpipe_step, logits_for, planned_jobs, prepare_digits, schema_errors,
                       snakemake, tables, toy_data, write_audit_study, write_config)
-from fixtures import build_speechcommands
+from fixtures import (WNIDS, build_cifar10, build_imagefolder, build_shakespeare,
+                      build_speechcommands, build_svhn, build_tinyimagenet, tone)
 from kdpipe import audit, data, io, jobs
-from kdpipe.data import DataError, family
+from kdpipe.data import DataError, audio, family, text
 from kdpipe.io import ResultError
 from kdpipe.metrics import accuracy, cross_entropy, student_metrics
 from kdpipe.tables import collect_rows
@@ -567,3 +574,92 @@ def test_two_seeds_give_no_verdicts_and_say_so_before_and_after(finished):
     assert ("warning: with 2 seeds per group no Mann-Whitney test can reach p < 0.05 (smallest p "
             "0.33); every significance verdict and claim will be NA (untestable). Use at least 4 "
             "seeds (7 with Holm over 24 tests).") in parse
+
+
+# --- data files cut short: refused by name, with the sizes and the remedy ----------------------
+
+def cut(path, keep: float) -> tuple[int, int]:
+    """Truncate ``path`` to ``keep`` of its bytes; return (its size before, its size after)."""
+    whole = path.read_bytes()
+    path.write_bytes(whole[:int(len(whole) * keep)])
+    return len(whole), path.stat().st_size
+
+
+@pytest.mark.parametrize("subtype, channels", [("PCM_16", 1), ("PCM_U8", 1), ("PCM_24", 2),
+                                               ("FLOAT", 1)])
+def test_a_wav_cut_short_is_refused_not_zero_padded(tmp_path, subtype, channels):
+    """libsndfile reads the samples a cut WAV still holds; the clip would be padded to length."""
+    samples = tone(440.0, 0.5, 16000)
+    path = tmp_path / "clip.wav"
+    soundfile.write(path, np.stack([samples] * channels, axis=1), 16000, subtype)
+    whole, present = cut(path, 0.5)
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}: cut short: its WAV header says "
+                                        rf"the file holds {whole:,} bytes .*but it has "
+                                        rf"{present:,}.*re-download or re-extract"):
+        audio.read_wav(path)
+    path.write_bytes(path.read_bytes()[:30])  # cut inside the format chunk
+    with pytest.raises(DataError, match=r"clip.wav: cut short: .*chunk 'fmt '"):
+        audio.read_wav(path)
+
+
+def test_a_speech_commands_clip_cut_short_stops_prepare_naming_it(tmp_path):
+    build_speechcommands(tmp_path)
+    clip = tmp_path / "speech_commands_v0.02" / "one" / sorted(
+        p.name for p in (tmp_path / "speech_commands_v0.02" / "one").iterdir())[0]
+    cut(clip, 0.6)
+    with pytest.raises(DataError, match=rf"{re.escape(str(clip))}: cut short"):
+        family("speechcommands").prepare({}, tmp_path)
+
+
+def test_a_cifar_batch_cut_short_is_named_with_the_remedy(tmp_path):
+    build_cifar10(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_4"
+    _, present = cut(batch, 0.9)
+    with pytest.raises(DataError, match=rf"data_batch_4: corrupt pickle, or cut short "
+                                        rf"\({present:,} bytes.*acquire the data set again"):
+        family("cifar10").prepare({}, tmp_path)
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "compressed"])
+@pytest.mark.parametrize("keep", [0.5, 0.9999])
+def test_an_svhn_mat_cut_short_is_named_with_its_sizes(tmp_path, compressed, keep):
+    """The official files are compressed MATLAB 5 files; even the last bytes are missed."""
+    build_svhn(tmp_path)
+    path = tmp_path / "train_32x32.mat"
+    mat = {"X": np.zeros((32, 32, 3, 30), np.uint8) + 7, "y": np.ones((30, 1), np.uint8)}
+    savemat(path, mat, do_compression=compressed)
+    whole, present = cut(path, keep)
+    with pytest.raises(DataError, match=rf"train_32x32.mat: cut short: its variables' headers "
+                                        rf"say the file holds at least [\d,]+ bytes, but it has "
+                                        rf"{present:,}.*acquire the data set again"):
+        family("svhn").prepare({}, tmp_path)
+    assert present < whole
+
+
+def test_a_tinyimagenet_jpeg_cut_short_is_named(tmp_path):
+    build_tinyimagenet(tmp_path)
+    image = tmp_path / "tiny-imagenet-200" / "train" / WNIDS[2] / "images" / f"{WNIDS[2]}_1.JPEG"
+    _, present = cut(image, 0.7)
+    with pytest.raises(DataError, match=rf"{WNIDS[2]}_1.JPEG: unreadable image, damaged or cut "
+                                        rf"short \({present:,} bytes; image file is truncated"):
+        family("tinyimagenet").prepare({}, tmp_path)
+
+
+def test_a_png_cut_short_is_named(tmp_path):
+    build_imagefolder(tmp_path)
+    image = sorted((tmp_path / "dog").iterdir())[0]
+    cut(image, 0.8)
+    with pytest.raises(DataError, match=rf"{image.name}: unreadable image, damaged or cut short"):
+        family("imagefolder").prepare({"test_fraction": 0.25}, tmp_path)
+
+
+def test_a_tiny_shakespeare_cut_short_fails_its_checksum(tmp_path, monkeypatch):
+    """A text cannot say its length; the official play's sha256 can."""
+    build_shakespeare(tmp_path)
+    path = tmp_path / "input.txt"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    monkeypatch.setattr(text, "SHAKESPEARE_SHA256", digest)  # as if it were the official file
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, *args, **kwargs: pytest.fail(url))
+    cut(path, 0.5)
+    with pytest.raises(DataError, match=r"input.txt: sha256 is .*not the official one: delete it"):
+        family("shakespeare").acquire({}, tmp_path)

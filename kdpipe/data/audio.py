@@ -12,9 +12,10 @@ Every audio family (speechcommands, urbansound8k, audiofolder) takes these optio
   so silence and zero padding stay finite (ln 1e-6 = -13.8).
 
 WAV files are read with soundfile (libsndfile: 8-bit unsigned, 16/24/32-bit PCM and float,
-any number of channels), never with torchaudio.load, which needs FFmpeg. Channels are averaged
-to mono, every clip is resampled to 16 kHz (torchaudio.functional.resample) and cut or
-zero-padded at its end to a fixed length, so that a data set stacks into one tensor.
+any number of channels), never with torchaudio.load, which needs FFmpeg; a file shorter than
+its WAV header says is refused by name. Channels are averaged to mono, every clip is resampled
+to 16 kHz (torchaudio.functional.resample) and cut or zero-padded at its end to a fixed length,
+so that a data set stacks into one tensor.
 """
 from __future__ import annotations
 
@@ -54,11 +55,40 @@ def read_wav(path: Path):
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: audio file is missing")
+    check_wav_size(path)
     try:
         samples, rate = soundfile.read(path, dtype="float32", always_2d=True)
     except (soundfile.SoundFileError, RuntimeError) as error:
         raise DataError(f"{path}: not a readable WAV file ({error})") from error
     return samples.mean(axis=1), rate
+
+
+def check_wav_size(path: Path) -> None:
+    """Refuse a RIFF WAVE file shorter than its chunk headers say (libsndfile reads the samples
+    that are there, so a clip cut off by an interrupted download or extraction would pass as a
+    shorter clip, zero-padded). Other formats, and data sizes a streaming writer leaves unknown
+    (0 or 0xFFFFFFFF), are left to libsndfile."""
+    import struct
+
+    present = path.stat().st_size
+    with open(path, "rb") as f:
+        header = f.read(12)
+        if len(header) < 12 or header[:4] not in (b"RIFF", b"RIFX") or header[8:] != b"WAVE":
+            return
+        order = "<" if header[:4] == b"RIFF" else ">"  # RIFX: the big-endian variant
+        while len(chunk := f.read(8)) == 8:
+            name, length = chunk[:4], struct.unpack(order + "I", chunk[4:])[0]
+            expected = f.tell() + length
+            if name == b"data" and length in (0, 0xFFFFFFFF):
+                return
+            if expected > present:
+                raise DataError(
+                    f"{path}: cut short: its WAV header says the file holds {expected:,} bytes "
+                    f"(chunk {name.decode('latin-1')!r}), but it has {present:,}; the download "
+                    "or extraction was interrupted: re-download or re-extract the data set")
+            if name == b"data":
+                return
+            f.seek(length + (length & 1), 1)  # chunks are padded to an even length
 
 
 def resample(samples, rate: int, new_rate: int = SAMPLE_RATE):

@@ -102,7 +102,11 @@ def read_batch(path: Path) -> dict:
         with open(path, "rb") as f:
             batch = pickle.load(f, encoding="bytes")  # the files were written by Python 2
     except Exception as error:  # a damaged pickle can fail with almost any exception type
-        raise DataError(f"{path}: corrupt pickle ({type(error).__name__}: {error})") from None
+        # A pickle ends with its STOP opcode, so a file cut short never loads: it fails here.
+        raise DataError(f"{path}: corrupt pickle, or cut short ({path.stat().st_size:,} bytes; "
+                        f"{type(error).__name__}: {error}); delete {path.parent} and acquire the "
+                        "data set again, which re-extracts the archive (or re-downloads it)"
+                        ) from None
     if not isinstance(batch, dict):
         raise DataError(f"{path}: holds a {type(batch).__name__}, expected a dict")
     return batch

@@ -86,15 +86,21 @@ def read_image(path: Path, size=None, grey: bool = False) -> np.ndarray:
     from PIL import Image
 
     try:
+        # Decodes the whole file. A file cut short fails here ("image file is truncated"): PIL
+        # fills the missing part with grey only when PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set,
+        # which kdpipe never does (a PNG that lacks no more than its last checksum and end chunk
+        # loads whole, its pixels complete).
         with Image.open(path) as image:
-            image = image.convert("L" if grey else "RGB")  # decodes the whole file
+            image = image.convert("L" if grey else "RGB")
             if size is not None and image.size != (size[1], size[0]):
                 image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             pixels = np.asarray(image, dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"{path}: missing image file") from None
     except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for unreadable files
-        raise DataError(f"{path}: unreadable image ({error})") from None
+        raise DataError(f"{path}: unreadable image, damaged or cut short "
+                        f"({path.stat().st_size:,} bytes; {error}); re-download or re-extract "
+                        "the data set, or copy the file again") from None
     return pixels[None] if grey else pixels.transpose(2, 0, 1)
 
 

@@ -3,7 +3,7 @@
 Reads the official MATLAB files ``train_32x32.mat`` (73,257 images) and ``test_32x32.mat``
 (26,032): X uint8 [32, 32, 3, N] (height, width, channel, image) and y [N, 1] with digits 1..9
 as themselves and digit 0 as label 10; we map 10 to 0, so label d is digit d. The "extra" set is
-not used. No options.
+not used. No options. A file shorter than its variables' headers say is refused by name.
 """
 from __future__ import annotations
 
@@ -42,10 +42,12 @@ def read_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise DataError(f"{path}: missing; acquire the data set again or download it from "
                         f"{URL}{path.name}")
+    check_mat_size(path)
     try:
         mat = scipy.io.loadmat(path, variable_names=("X", "y"))
-    except (OSError, ValueError, NotImplementedError, scipy.io.matlab.MatReadError) as error:
-        raise DataError(f"{path}: unreadable .mat file ({error})") from None
+    except Exception as error:  # a damaged file can fail in scipy with almost any exception type
+        raise DataError(f"{path}: unreadable .mat file ({type(error).__name__}: {error}); "
+                        "delete it and acquire the data set again") from None
     for key in ("X", "y"):
         if key not in mat:
             raise DataError(f"{path}: no variable {key!r}")
@@ -60,3 +62,29 @@ def read_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
     y[y == 10] = 0
     # copied here, so that the .mat array is freed before the next split is read
     return np.ascontiguousarray(x.transpose(3, 2, 0, 1)), y
+
+
+def check_mat_size(path: Path) -> None:
+    """Refuse a MATLAB 5 file shorter than its variables' tags say: each top-level element
+    starts with its type and byte count (uint32 each, in the byte order the header names).
+    Other versions are left to scipy."""
+    import struct
+
+    present = path.stat().st_size
+    with open(path, "rb") as f:
+        header = f.read(128)
+        order = {b"IM": "<", b"MI": ">"}.get(header[126:128])
+        if len(header) < 128 or not header.startswith(b"MATLAB 5.0 MAT-file") or order is None:
+            return
+        offset = 128
+        while offset < present:
+            f.seek(offset)
+            tag = f.read(8)
+            length = struct.unpack(order + "I", tag[4:])[0] if len(tag) == 8 else 0
+            expected = offset + 8 + length
+            if expected > present:
+                raise DataError(
+                    f"{path}: cut short: its variables' headers say the file holds at least "
+                    f"{expected:,} bytes, but it has {present:,}; the download was interrupted: "
+                    f"delete it and acquire the data set again (or download {URL}{path.name})")
+            offset = expected
