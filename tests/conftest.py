@@ -27,6 +27,35 @@ def pytest_addoption(parser):
                           "training, the training jobs): cpu (default), cuda, cuda:N")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA device; the one kind of test that "
+                                       "may skip under KDPIPE_FAIL_ON_SKIP")
+
+
+def fail_a_skip(report):
+    """Turn a skip report into a failure under KDPIPE_FAIL_ON_SKIP=1 (set by .ci/run): where
+    everything the tests need is provided, a skip would pass a test that never ran."""
+    if report.skipped and not hasattr(report, "wasxfail") \
+            and os.environ.get("KDPIPE_FAIL_ON_SKIP") == "1":
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped under KDPIPE_FAIL_ON_SKIP=1, which allows no skip: {reason}"
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test's skip fails under KDPIPE_FAIL_ON_SKIP=1, unless the test is marked gpu."""
+    report = yield
+    return report if item.get_closest_marker("gpu") else fail_a_skip(report)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    """A skipped module fails under KDPIPE_FAIL_ON_SKIP=1 too."""
+    return fail_a_skip((yield))
+
+
 @pytest.fixture(scope="session")
 def device(request) -> str:
     """The device those tests train on: ``pytest --device cuda`` runs them on a GPU, set up as a

@@ -1,6 +1,6 @@
 """`snakemake --profile slurm` through a real SLURM: the one-node cluster that .ci/run starts
-with tests/slurm/start_cluster.sh. Skips, saying why, where no cluster answers; fails instead
-under CI (CI=true), where the cluster must be up."""
+with tests/slurm/start_cluster.sh. Skips, saying why, where no cluster answers; .ci/run, which
+starts the cluster, makes that skip a failure (KDPIPE_FAIL_ON_SKIP, tests/conftest.py)."""
 import json
 import os
 import re
@@ -50,9 +50,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(autouse=True)
 def cluster():
-    """Skip where no cluster answers, but fail under CI: there a skip would pass as green."""
-    if PROBLEM is not None and os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true but the SLURM cluster is not usable: {PROBLEM}", pytrace=False)
+    """Skip where no cluster answers (a failure under .ci/run)."""
     if PROBLEM is not None:
         pytest.skip(PROBLEM)
 
