@@ -1,13 +1,15 @@
 """Statistics over the models table (docs/protocol.md sections 3-4).
 
 The models table has one row per trained model with columns setup, dataset, arch, role
-("teacher" | "student"), teacher_id, method ("kd" | "rcd" | "siddo"; "" for teachers), alpha
+("teacher" | "student"), teacher_id, method (a name of kdpipe.methods; "" for teachers), alpha
 (siddo rows carry 0.0, teachers NaN), temperature (NaN for siddo and teachers), width, seed and
 the metric columns of kdpipe.metrics.student_metrics. Only student rows enter the statistics.
 
-siddo does not depend on alpha or T (it is trained once per (setup, width, seed)), so a kd or rcd
-group (setup, alpha, temperature, width) is compared with the siddo rows of the same setup and
-width whose teacher_id is among the group's teachers, whatever their alpha and temperature.
+The methods are arguments, with the registry's as defaults (kdpipe.methods): the comparisons of
+each lead method, the reference method and the methods reported against it. The reference
+(siddo in a study) does not depend on alpha or T (it is trained once per (setup, width, seed)),
+so a group (setup, teacher_id, alpha, temperature, width) of the other methods is compared with
+the reference rows of the same setup, teacher and width, whatever their alpha and temperature.
 """
 from __future__ import annotations
 
@@ -16,14 +18,12 @@ import pandas as pd
 from scipy.stats import (false_discovery_control, mannwhitneyu, permutation_test, rankdata,
                          wilcoxon)
 
-from kdpipe.methods import COMPARISONS_OF, DISTILLED
+from kdpipe.methods import COMPARISONS_OF, CONTROL, DISTILLED, LEAD, REFERENCE, versus
 from kdpipe.metrics import FUNCTIONAL_METRICS, HIGHER_IS_CLOSER, PERFORMANCE_METRICS
 from kdpipe.power import CORRECTIONS, min_p
 
 # One teacher's students at one (alpha, temperature, width): the unit every test compares.
 GROUP = ["setup", "teacher_id", "alpha", "temperature", "width"]
-# (name, first method, second method) of each distillation method: kdpipe.methods
-COMPARISONS = COMPARISONS_OF["kd"]
 # scaling fits: every trained width, or only the widths whose students start from fresh weights
 SCALING_WIDTHS = ("all", "fresh-init")
 
@@ -144,21 +144,37 @@ def adjust_pvalues(p, method: str) -> np.ndarray:
     return adjusted
 
 
-def _method_groups(models: pd.DataFrame):
-    """Yield ((setup, teacher_id, alpha, temperature, width), {method: rows, "siddo": rows}).
+def _method_groups(models: pd.DataFrame, methods, reference: str):
+    """Yield ((setup, teacher_id, alpha, temperature, width), {method: rows for each of
+    ``methods``, reference: rows}).
 
-    One item per group holding distilled student rows; siddo rows are matched by setup, teacher
-    and width, regardless of their alpha and temperature.
+    One item per group holding student rows of ``methods``; the reference's rows are matched by
+    setup, teacher and width, regardless of their alpha and temperature.
     """
+    if reference in methods:
+        raise ValueError(f"the reference method {reference!r} is among the methods compared "
+                         f"with it: {', '.join(methods)}")
     students = models[models["role"] == "student"]
-    siddo = students[students["method"] == "siddo"]
-    distilled = students[students["method"].isin(DISTILLED)]
-    for key, rows in distilled.groupby(GROUP, dropna=False, sort=True):
+    pool = students[students["method"] == reference]
+    compared = students[students["method"].isin(list(methods))]
+    for key, rows in compared.groupby(GROUP, dropna=False, sort=True):
         setup, teacher_id, _, _, width = key
-        matched = siddo[(siddo["setup"] == setup) & (siddo["teacher_id"] == teacher_id)
-                        & (siddo["width"] == width)]
-        arms = {method: rows[rows["method"] == method] for method in DISTILLED}
-        yield key, {**arms, "siddo": matched}
+        matched = pool[(pool["setup"] == setup) & (pool["teacher_id"] == teacher_id)
+                       & (pool["width"] == width)]
+        arms = {method: rows[rows["method"] == method] for method in methods}
+        yield key, {**arms, reference: matched}
+
+
+def _compared_methods(comparisons: dict, reference: str) -> tuple:
+    """The methods other than ``reference`` that ``comparisons`` (lead -> (name, first, second)
+    triples) name, in order of appearance; a lead must be one of its own comparisons' methods."""
+    named = []
+    for lead, group in comparisons.items():
+        if lead == reference or not any(lead in (first, second) for _, first, second in group):
+            raise ValueError(f"lead method {lead!r} must differ from the reference {reference!r} "
+                             f"and take part in its comparisons {[c[0] for c in group]}")
+        named += [lead] + [m for _, first, second in group for m in (first, second)]
+    return tuple(dict.fromkeys(m for m in named if m != reference))
 
 
 def _seed_pairs(first: pd.DataFrame, second: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -175,14 +191,20 @@ def _seed_pairs(first: pd.DataFrame, second: pd.DataFrame) -> tuple[np.ndarray, 
 
 
 def compare_methods(models: pd.DataFrame, metrics=FUNCTIONAL_METRICS + PERFORMANCE_METRICS,
-                    level: float = 0.05, correction: str = "none") -> pd.DataFrame:
-    """Mann-Whitney tests over seeds of kd vs siddo, kd vs rcd and rcd vs siddo (and, where
-    kd-masked or fm students were trained, theirs: kdpipe.methods.COMPARISONS_OF), with the
-    Wilcoxon signed-rank test paired by seed beside each (wilcoxon_paired: n_pairs, p_paired,
+                    level: float = 0.05, correction: str = "none", comparisons=COMPARISONS_OF,
+                    reference: str = REFERENCE) -> pd.DataFrame:
+    """Mann-Whitney tests over seeds of each lead method's comparisons, with the Wilcoxon
+    signed-rank test paired by seed beside each (wilcoxon_paired: n_pairs, p_paired,
     p_paired_note).
 
-    One row per (setup, alpha, temperature, width) that has kd (or kd-masked, fm) rows, metric
-    and comparison, sorted by those columns. toward_teacher follows the sign of the effect size
+    ``comparisons`` maps a lead method to its comparisons (name, first method, second method),
+    run in every group where the lead has students; the default, kdpipe.methods.COMPARISONS_OF,
+    gives kd vs siddo, kd vs rcd and rcd vs siddo (and, where kd-masked or fm students were
+    trained, theirs). ``reference`` is the method matched by setup, teacher and width whatever
+    its alpha and T (siddo); every other method named is grouped by alpha, T and width too.
+
+    One row per (setup, alpha, temperature, width) that has rows of a lead, metric and
+    comparison, sorted by those columns. toward_teacher follows the sign of the effect size
     (see toward_teacher); it is NA for accuracy and loss, which have no teacher direction.
     significant = p < level and, for a functional metric, toward the teacher; for accuracy and
     loss p < level alone (two-sided). With correction "holm" or "bh" a p_adjusted column is
@@ -200,11 +222,12 @@ def compare_methods(models: pd.DataFrame, metrics=FUNCTIONAL_METRICS + PERFORMAN
     if unknown:
         raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: "
                          f"{', '.join(FUNCTIONAL_METRICS + PERFORMANCE_METRICS)}")
+    compared = _compared_methods(comparisons, reference)
     rows = []
-    for (setup, teacher_id, alpha, temperature, width), arms in _method_groups(models):
-        comparisons = [c for lead, group in COMPARISONS_OF.items() if not arms[lead].empty
-                       for c in group]
-        for comparison, first, second in comparisons:
+    for (setup, teacher_id, alpha, temperature, width), arms in _method_groups(models, compared,
+                                                                               reference):
+        asked = [c for lead, group in comparisons.items() if not arms[lead].empty for c in group]
+        for comparison, first, second in asked:
             in_first, in_second = _seed_pairs(arms[first], arms[second])
             for metric in metrics:
                 x = arms[first][metric].to_numpy(dtype=np.float64)
@@ -318,30 +341,34 @@ def untestable_summary(stats: pd.DataFrame) -> list[str]:
     return lines
 
 
-def claims(stats: pd.DataFrame) -> pd.DataFrame:
-    """Claim (2) of the paper, "rcd matches or beats kd's accuracy", as the data says it.
+def claims(stats: pd.DataFrame, lead: str = LEAD, control: str = CONTROL) -> pd.DataFrame:
+    """Claim (2) of the paper, "rcd matches or beats kd's accuracy", as the data says it; for
+    another method, "``control`` matches or beats ``lead``'s accuracy" (defaults: kd and its
+    random control rcd, kdpipe.methods).
 
-    One row per (setup, teacher_id, alpha, temperature, width) with a kd vs rcd accuracy test in
-    ``stats`` (compare_methods): both medians, the effect size (positive: kd more accurate), p
-    (and p_adjusted where a correction was used), p_paired, and rcd_below_kd = the test is
-    significant with kd above rcd. claim_holds = not rcd_below_kd: rcd's accuracy is not
-    significantly below kd's. Both are NA where the test is not testable (too few seeds to
-    reject, or no p: an arm without finite accuracy), since "not significantly below" then
-    says nothing; the stats row's level, p_min (p_min_adjusted), testable and verdict_note
-    follow.
+    One row per (setup, teacher_id, alpha, temperature, width) with a lead vs control accuracy
+    test in ``stats`` (compare_methods; the comparison named by kdpipe.methods.versus): both
+    medians (median_accuracy_<lead>, median_accuracy_<control>), the effect size (positive: the
+    lead more accurate), p (and p_adjusted where a correction was used), p_paired, and
+    <control>_below_<lead> = the test is significant with the lead above the control.
+    claim_holds = not <control>_below_<lead>: the control's accuracy is not significantly below
+    the lead's. Both are NA where the test is not testable (too few seeds to reject, or no p:
+    an arm without finite accuracy), since "not significantly below" then says nothing; the
+    stats row's level, p_min (p_min_adjusted), testable and verdict_note follow.
     """
-    rows = stats[(stats["metric"] == "accuracy") & (stats["comparison"] == "kd_vs_rcd")]
+    comparison, _, _ = versus(lead, control)
+    rows = stats[(stats["metric"] == "accuracy") & (stats["comparison"] == comparison)]
     p_columns = ["p"] + (["p_adjusted"] if "p_adjusted" in stats else [])
     table = rows[GROUP + ["median_1", "median_2", "effect_size"] + p_columns + ["p_paired"]]
-    table = table.rename(columns={"median_1": "median_accuracy_kd",
-                                  "median_2": "median_accuracy_rcd"})
+    table = table.rename(columns={"median_1": f"median_accuracy_{lead}",
+                                  "median_2": f"median_accuracy_{control}"})
     below = (rows["significant"].fillna(False).to_numpy(dtype=bool)
              & (rows["effect_size"] > 0).to_numpy())
     testable = rows["testable"].to_numpy(dtype=bool)
-    table = table.assign(
-        claim="rcd accuracy not significantly below kd",
-        rcd_below_kd=pd.array(np.where(testable, below, None), dtype="boolean"),
-        claim_holds=pd.array(np.where(testable, ~below, None), dtype="boolean"))
+    table = table.assign(**{
+        "claim": f"{control} accuracy not significantly below {lead}",
+        f"{control}_below_{lead}": pd.array(np.where(testable, below, None), dtype="boolean"),
+        "claim_holds": pd.array(np.where(testable, ~below, None), dtype="boolean")})
     power = ["level", "p_min"] + (["p_min_adjusted"] if "p_min_adjusted" in stats else [])
     table = pd.concat([table, rows[power + ["testable", "verdict_note"]]], axis=1)
     return table.reset_index(drop=True)
@@ -375,32 +402,36 @@ def _whole(n: float):
     return pd.NA if np.isnan(n) else int(n)
 
 
-def asymmetry(models: pd.DataFrame) -> pd.DataFrame:
-    """The asymmetric payoff: median correct and incorrect agreement of each distilled method
-    (kd, rcd, and kd-masked, rcd-masked, fm, fm-rcd where trained) against siddo.
+def asymmetry(models: pd.DataFrame, methods=DISTILLED, reference: str = REFERENCE) -> pd.DataFrame:
+    """The asymmetric payoff: median correct and incorrect agreement of each of ``methods``
+    against the ``reference`` method (defaults: kd, rcd, and kd-masked, rcd-masked, fm, fm-rcd
+    where trained, against siddo; the reference is matched as in compare_methods).
 
-    One row per (setup, alpha, temperature, width) and method with rows. Medians are taken on
-    the exact counts (agreement * n_teacher_correct, resp. n_teacher_incorrect; see _median_count)
-    and reported as shares: delta_x = (median count of the method - median count of siddo) / n,
-    exactly 0 when the median counts are equal. ratio = delta_incorrect / delta_correct; it is
-    NaN when either delta is NaN or delta_correct is 0, and ratio_note then says why ("" when the
-    ratio is defined).
+    One row per (setup, alpha, temperature, width) and method with rows, sorted by those columns.
+    Medians are taken on the exact counts (agreement * n_teacher_correct, resp.
+    n_teacher_incorrect; see _median_count) and reported as shares: delta_x = (median count of
+    the method - median count of the reference) / n, exactly 0 when the median counts are equal.
+    The reference's medians are the columns median_correct_<reference> and
+    median_incorrect_<reference>. ratio = delta_incorrect / delta_correct; it is NaN when either
+    delta is NaN or delta_correct is 0, and ratio_note then says why ("" when the ratio is
+    defined).
     """
     rows = []
-    for (setup, teacher_id, alpha, temperature, width), arms in _method_groups(models):
-        siddo = arms["siddo"]
-        count_correct_siddo, _ = _median_count(siddo, "correct_agreement", "n_teacher_correct")
-        count_incorrect_siddo, _ = _median_count(siddo, "incorrect_agreement",
+    for (setup, teacher_id, alpha, temperature, width), arms in _method_groups(models, methods,
+                                                                               reference):
+        count_correct_reference, _ = _median_count(arms[reference], "correct_agreement",
+                                               "n_teacher_correct")
+        count_incorrect_reference, _ = _median_count(arms[reference], "incorrect_agreement",
                                                  "n_teacher_incorrect")
-        for method in DISTILLED:
+        for method in methods:
             if arms[method].empty:
                 continue
             count_correct, n_correct = _median_count(arms[method], "correct_agreement",
                                                      "n_teacher_correct")
             count_incorrect, n_incorrect = _median_count(arms[method], "incorrect_agreement",
                                                          "n_teacher_incorrect")
-            delta_correct = (count_correct - count_correct_siddo) / n_correct
-            delta_incorrect = (count_incorrect - count_incorrect_siddo) / n_incorrect
+            delta_correct = (count_correct - count_correct_reference) / n_correct
+            delta_incorrect = (count_incorrect - count_incorrect_reference) / n_incorrect
             ratio, note = float("nan"), ""
             if np.isnan(delta_correct):
                 note = "delta_correct undefined (no finite correct_agreement)"
@@ -417,13 +448,14 @@ def asymmetry(models: pd.DataFrame) -> pd.DataFrame:
                 "n_teacher_correct": _whole(n_correct), "n_teacher_incorrect": _whole(n_incorrect),
                 "median_correct": count_correct / n_correct,
                 "median_incorrect": count_incorrect / n_incorrect,
-                "median_correct_siddo": count_correct_siddo / n_correct,
-                "median_incorrect_siddo": count_incorrect_siddo / n_incorrect,
+                f"median_correct_{reference}": count_correct_reference / n_correct,
+                f"median_incorrect_{reference}": count_incorrect_reference / n_incorrect,
                 "delta_correct": delta_correct, "delta_incorrect": delta_incorrect,
                 "ratio": ratio, "ratio_note": note,
             })
     columns = GROUP + ["method", "n_teacher_correct", "n_teacher_incorrect", "median_correct",
-                       "median_incorrect", "median_correct_siddo", "median_incorrect_siddo",
+                       "median_incorrect", f"median_correct_{reference}",
+                       f"median_incorrect_{reference}",
                        "delta_correct", "delta_incorrect", "ratio", "ratio_note"]
     table = pd.DataFrame(rows, columns=columns)
     table = table.astype({"n_teacher_correct": "Int64", "n_teacher_incorrect": "Int64"})
@@ -509,13 +541,14 @@ def _fit(width, correct, incorrect, bootstrap, rng, intervals) -> dict:
 
 
 def scaling(models: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
-            widths: str = "all") -> pd.DataFrame:
+            widths: str = "all", methods=DISTILLED, reference: str = REFERENCE) -> pd.DataFrame:
     """Capacity scaling: slopes of correct and incorrect agreement against log2(width).
 
-    One row per (setup, teacher_id, alpha, temperature, method) for each method (siddo: alpha 0,
-    temperature NaN), fitted by least squares over every student model in the group (one point
-    per model, not per-width medians). slope_ratio = slope_incorrect / slope_correct, NaN when
-    slope_correct is 0 or NaN (fewer than two distinct widths).
+    One row per (setup, teacher_id, alpha, temperature, method) for each of ``methods`` and the
+    ``reference`` method (defaults: kdpipe.methods; siddo has alpha 0, temperature NaN),
+    fitted by least squares over every student model in the group (one point per model, not
+    per-width medians). slope_ratio = slope_incorrect / slope_correct, NaN when slope_correct is
+    0 or NaN (fewer than two distinct widths).
 
     ``widths``: "all" fits every trained width; "fresh-init" leaves out width 1, whose students
     start from the teacher's own initial weights while the others start fresh. The table's
@@ -531,7 +564,8 @@ def scaling(models: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
     reach large values of either sign, and the interval is then wide and can be far from
     symmetric about slope_ratio.
 
-    Relative to siddo (every method but siddo): siddo's agreement changes with width too, so
+    Relative to the reference (every method but the reference; the column names end in
+    _vs_<reference>, below _vs_siddo): siddo's agreement changes with width too, so
     slope_correct_vs_siddo and slope_incorrect_vs_siddo are the slopes of the per-model
     differences method - siddo of the same (width, seed) (equal to the method's slope minus
     siddo's when every seed has both), over the n_pairs_vs_siddo such pairs, and
@@ -545,15 +579,20 @@ def scaling(models: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
         raise ValueError(f"bootstrap must be >= 0, got {bootstrap}")
     if widths not in SCALING_WIDTHS:
         raise ValueError(f"unknown scaling widths {widths!r}; expected one of {SCALING_WIDTHS}")
+    if reference in methods:
+        raise ValueError(f"the reference method {reference!r} is among the methods compared "
+                         f"with it: {', '.join(methods)}")
     rng = np.random.default_rng(seed)
     students = models[(models["role"] == "student")
-                      & models["method"].isin([*DISTILLED, "siddo"])]
+                      & models["method"].isin([*methods, reference])]
     if widths == "fresh-init":
         students = students[students["width"] != 1]
     keys = ["setup", "teacher_id", "alpha", "temperature", "method"]
     agreements = ["correct_agreement", "incorrect_agreement"]
-    siddo = students[students["method"] == "siddo"]
-    relative = ["slope_correct_vs_siddo", "slope_incorrect_vs_siddo", "slope_ratio_vs_siddo"]
+    pool = students[students["method"] == reference]
+    versus_reference = f"_vs_{reference}"
+    relative = [f"{name}{versus_reference}"
+                for name in ("slope_correct", "slope_incorrect", "slope_ratio")]
     rows = []
     # dropna=False: siddo's temperature is NaN and must stay a group key
     for (setup, teacher_id, alpha, temperature, method), group in students.groupby(keys,
@@ -562,17 +601,17 @@ def scaling(models: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
         fit = _fit(width, *(group[a].to_numpy(dtype=np.float64) for a in agreements),
                    bootstrap, rng, intervals=["slope_ratio"])
         versus = {f"{name}{end}": float("nan") for name in relative for end in ("", "_low", "_high")}
-        own = siddo[(siddo["setup"] == setup) & (siddo["teacher_id"] == teacher_id)]
-        pairs = own.iloc[:0] if method == "siddo" else group.merge(own, on=["width", "seed"],
-                                                                   suffixes=("", "_siddo"))
+        own = pool[(pool["setup"] == setup) & (pool["teacher_id"] == teacher_id)]
+        pairs = own.iloc[:0] if method == reference else group.merge(
+            own, on=["width", "seed"], suffixes=("", "_reference"))
         n_pairs = len(pairs)
         if n_pairs:
-            differences = [(pairs[a] - pairs[f"{a}_siddo"]).to_numpy(dtype=np.float64)
+            differences = [(pairs[a] - pairs[f"{a}_reference"]).to_numpy(dtype=np.float64)
                            for a in agreements]
             paired_fit = _fit(pairs["width"].to_numpy(dtype=np.float64), *differences,
                               bootstrap, rng, intervals=["slope_correct", "slope_incorrect",
                                                          "slope_ratio"])
-            versus = {f"{name}_vs_siddo{end}": paired_fit[f"{name}{end}"]
+            versus = {f"{name}{versus_reference}{end}": paired_fit[f"{name}{end}"]
                       for name in ("slope_correct", "slope_incorrect", "slope_ratio")
                       for end in ("", "_low", "_high")}
         rows.append({
@@ -582,10 +621,10 @@ def scaling(models: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
             "slope_correct": fit["slope_correct"], "slope_incorrect": fit["slope_incorrect"],
             "slope_ratio": fit["slope_ratio"], "slope_ratio_low": fit["slope_ratio_low"],
             "slope_ratio_high": fit["slope_ratio_high"], "bootstrap": fit["bootstrap"],
-            "n_pairs_vs_siddo": n_pairs, **versus,
+            f"n_pairs{versus_reference}": n_pairs, **versus,
         })
     columns = keys + ["widths", "n_widths", "n_models", "slope_correct", "slope_incorrect",
                       "slope_ratio", "slope_ratio_low", "slope_ratio_high", "bootstrap",
-                      "n_pairs_vs_siddo"]
+                      f"n_pairs{versus_reference}"]
     columns += [f"{name}{end}" for name in relative for end in ("", "_low", "_high")]
     return pd.DataFrame(rows, columns=columns)
