@@ -45,9 +45,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kdpipe.methods import ALWAYS
+from kdpipe.methods import CONTROL, LEAD, REFERENCE
 
-METHODS = ALWAYS  # kd, rcd, siddo, in the order and colours of kdpipe.plots
+SHOWN = (LEAD, CONTROL)  # the methods whose copies the figure draws beside the reference's
 ERROR_COLUMNS = {"setup": "str", "teacher_id": "str", "true_class": "int64", "predicted_class": "int64",
                  "count": "int64", "share_of_errors": "float64", "mean_confidence": "float64",
                  "teacher_accuracy": "float64", "chance_accuracy": "float64", "at_chance": "bool"}
@@ -121,29 +121,33 @@ def teacher_errors(models, results):
     Teachers in (setup, teacher_id) order; within a teacher, count descending, ties by
     (true_class, predicted_class). A teacher without errors has no rows.
     """
+    parts = [errors_of(teacher.setup, teacher.teacher_id, *_load(results, teacher))
+             for teacher in _teachers(models).itertuples()]
+    return _frame(parts, ERROR_COLUMNS)
+
+
+def errors_of(setup: str, teacher_id: str, logits, labels):
+    """One teacher's rows of the teacher_errors table, from its test logits [N, C] and labels [N]."""
     import pandas as pd
 
-    parts = []
-    for teacher in _teachers(models).itertuples():
-        logits, labels = _load(results, teacher)
-        c = logits.shape[1]
-        predicted = logits.argmax(axis=1)
-        wrong = predicted != labels
-        pair = labels[wrong] * c + predicted[wrong]
-        counts = np.bincount(pair, minlength=c * c)
-        confidence_sums = np.bincount(pair, weights=max_probability(logits[wrong]), minlength=c * c)
-        present = np.flatnonzero(counts)
-        order = present[np.lexsort((present, -counts[present]))]
-        chance = chance_accuracy(labels)
-        parts.append(pd.DataFrame({
-            "setup": teacher.setup, "teacher_id": teacher.teacher_id,
-            "true_class": order // c, "predicted_class": order % c, "count": counts[order],
-            "share_of_errors": counts[order] / wrong.sum(),
-            "mean_confidence": confidence_sums[order] / counts[order],
-            "teacher_accuracy": 1 - wrong.mean(), "chance_accuracy": chance,
-            "at_chance": at_chance((~wrong).sum(), len(labels), chance),
-        }))
-    return _frame(parts, ERROR_COLUMNS)
+    logits, labels = _checked(logits, labels)
+    c = logits.shape[1]
+    predicted = logits.argmax(axis=1)
+    wrong = predicted != labels
+    pair = labels[wrong] * c + predicted[wrong]
+    counts = np.bincount(pair, minlength=c * c)
+    confidence_sums = np.bincount(pair, weights=max_probability(logits[wrong]), minlength=c * c)
+    present = np.flatnonzero(counts)
+    order = present[np.lexsort((present, -counts[present]))]
+    chance = chance_accuracy(labels)
+    return _frame([pd.DataFrame({
+        "setup": setup, "teacher_id": teacher_id,
+        "true_class": order // c, "predicted_class": order % c, "count": counts[order],
+        "share_of_errors": counts[order] / wrong.sum(),
+        "mean_confidence": confidence_sums[order] / counts[order],
+        "teacher_accuracy": 1 - wrong.mean(), "chance_accuracy": chance,
+        "at_chance": at_chance((~wrong).sum(), len(labels), chance),
+    })], ERROR_COLUMNS)
 
 
 def copied_errors(models, results):
@@ -153,30 +157,36 @@ def copied_errors(models, results):
     which the teacher errs. The counts are the students' ``copied_by_class`` column; a student
     without it is counted from its logits, scored on its teacher's labels file.
     """
-    import pandas as pd
-
     teachers = _teachers(models).set_index("teacher_id", drop=False)
     students = models[models["role"] == "student"]
     orphans = sorted(set(students["teacher_id"]) - set(teachers.index))
     if orphans:
         raise ValueError(f"students of teacher(s) {', '.join(orphans)} that have no teacher row")
-    parts = []
-    for teacher_id, group in students.groupby("teacher_id", sort=True):
-        teacher_logits, labels = _load(results, teachers.loc[teacher_id])
-        wrong = teacher_logits.argmax(axis=1) != labels
-        n_errors = np.bincount(labels[wrong], minlength=teacher_logits.shape[1])
-        erring = np.flatnonzero(n_errors)
-        if not len(erring):
-            continue
-        copied = _copied_counts(group, teacher_logits, labels, results)[:, erring]  # [students, classes]
-        repeat = np.repeat(np.arange(len(group)), len(erring))
-        columns = {key: group[key].to_numpy()[repeat] for key in ["setup"] + STUDENT_KEYS}
-        parts.append(pd.DataFrame({
-            **columns, "teacher_id": teacher_id, "true_class": np.tile(erring, len(group)),
-            "n_teacher_errors": np.tile(n_errors[erring], len(group)), "copied": copied.ravel(),
-            "copied_share": copied.ravel() / np.tile(n_errors[erring], len(group)),
-        }))
-    return _frame(parts, COPIED_COLUMNS)
+    parts = [copies_of(group, teacher_id, *_load(results, teachers.loc[teacher_id]), results)
+             for teacher_id, group in students.groupby("teacher_id", sort=True)]
+    return _frame([part for part in parts if len(part)], COPIED_COLUMNS)
+
+
+def copies_of(students, teacher_id: str, teacher_logits, labels, results=None):
+    """The copied_errors rows of one teacher's ``students`` (rows of the models table), from the
+    teacher's test logits [N, C] and labels [N] (no rows where the teacher makes no error). A
+    student without ``copied_by_class`` is counted from its logits, below ``results``."""
+    import pandas as pd
+
+    teacher_logits, labels = _checked(teacher_logits, labels)
+    wrong = teacher_logits.argmax(axis=1) != labels
+    n_errors = np.bincount(labels[wrong], minlength=teacher_logits.shape[1])
+    erring = np.flatnonzero(n_errors)
+    if not len(erring):
+        return _frame([], COPIED_COLUMNS)
+    copied = _copied_counts(students, teacher_logits, labels, results)[:, erring]  # [students, classes]
+    repeat = np.repeat(np.arange(len(students)), len(erring))
+    columns = {key: students[key].to_numpy()[repeat] for key in ["setup"] + STUDENT_KEYS}
+    return _frame([pd.DataFrame({
+        **columns, "teacher_id": teacher_id, "true_class": np.tile(erring, len(students)),
+        "n_teacher_errors": np.tile(n_errors[erring], len(students)), "copied": copied.ravel(),
+        "copied_share": copied.ravel() / np.tile(n_errors[erring], len(students)),
+    })], COPIED_COLUMNS)
 
 
 def _copied_counts(students, teacher_logits, labels, results) -> np.ndarray:
@@ -270,15 +280,15 @@ def _write_audit_figure(setup, stem, errors, copied, logits_path, labels_path, c
 
 
 def audit_figure(setup, errors_table, copied_table, teacher_logits, labels, classes: dict | None = None,
-                 width: float = 1.0, colors: dict | None = None):
+                 width: float = 1.0, colors: dict | None = None, methods=SHOWN, reference=REFERENCE):
     """The 2x2 audit of one setup's teacher, a matplotlib Figure.
 
     Top left, the confusion matrix of its errors (diagonal masked); top right, its TOP_K most
     frequent (true -> predicted) confusions with its mean confidence on them; bottom left, its
     confidence on the test samples it gets right and wrong; bottom right, per true class, the
     share of its errors each student method copies: bars are medians over seeds and dots seeds,
-    for kd and rcd at the smallest trained alpha and T and for siddo (no alpha or T), all at the
-    trained width closest to ``width``. ``teacher_logits`` and ``labels`` are the teacher's test
+    for ``methods`` (default kd and rcd) at their smallest trained alpha and T and for the
+    ``reference`` method (siddo: no alpha or T), all at the trained width closest to ``width``. ``teacher_logits`` and ``labels`` are the teacher's test
     logits [N, C] and labels [N]; the tables are those of teacher_errors and copied_errors.
     classes: setup -> class names; colors: method -> colour (default kdpipe.plots.method_colors()).
     A teacher at chance accuracy gets a warning under the title.
@@ -306,7 +316,7 @@ def audit_figure(setup, errors_table, copied_table, teacher_logits, labels, clas
     _confusion_panel(axes[0, 0], matrix, names)
     _top_pairs_panel(axes[0, 1], errors.head(TOP_K), names)
     _confidence_panel(axes[1, 0], *confidence(logits, labels))
-    _copied_panel(axes[1, 1], copied, width, names, colors)
+    _copied_panel(axes[1, 1], copied, width, names, colors, methods, reference)
     title = (f"{setup}: the teacher's test errors and the students that copy them\n"
              f"{n_errors} errors in {len(labels)} test samples (teacher accuracy "
              f"{1 - n_errors / len(labels):.1%})")
@@ -380,7 +390,7 @@ def _confidence_panel(ax, on_right, on_wrong) -> None:
     ax.legend(loc="upper left")
 
 
-def _copied_panel(ax, copied, width, names, colors) -> None:
+def _copied_panel(ax, copied, width, names, colors, methods=SHOWN, reference=REFERENCE) -> None:
     """Per true class, grouped bars of the median copied share by method, with one dot per seed."""
     if copied.empty:
         ax.set_title("share of the teacher's errors the students copy")
@@ -388,14 +398,18 @@ def _copied_panel(ax, copied, width, names, colors) -> None:
         return
     width = min(copied["width"].unique(), key=lambda w: abs(w - width))
     at_width = copied[np.isclose(copied["width"], width)]
-    distilled = at_width[at_width["method"].isin(["kd", "rcd"])]
+    distilled = at_width[at_width["method"].isin(list(methods))]
     if distilled.empty:
-        shown, chosen = at_width, "no kd or rcd students"
+        shown, chosen = at_width, f"no {' or '.join(methods)} students"
     else:
+        # students without alpha or T (kdpipe compare's groups) have NaN there: NaN matches NaN
         alpha, temperature = distilled["alpha"].min(), distilled["temperature"].min()
-        shown = at_width[(at_width["method"] == "siddo")
-                         | (np.isclose(at_width["alpha"], alpha) & np.isclose(at_width["temperature"], temperature))]
-        chosen = f"kd, rcd at alpha = {alpha:g}, T = {temperature:g}"
+        shown = at_width[(at_width["method"] == reference)
+                         | (np.isclose(at_width["alpha"], alpha, equal_nan=True)
+                            & np.isclose(at_width["temperature"], temperature, equal_nan=True))]
+        at = [f"{name} = {value:g}" for name, value in (("alpha", alpha), ("T", temperature))
+              if np.isfinite(value)]
+        chosen = ", ".join(methods) + (f" at {', '.join(at)}" if at else "")
     n_errors = shown.groupby("true_class")["n_teacher_errors"].first()
     if len(n_errors) > MAX_CLASSES_SHOWN:
         n_errors = n_errors.nlargest(MAX_CLASSES_SHOWN, keep="first").sort_index()
@@ -403,7 +417,7 @@ def _copied_panel(ax, copied, width, names, colors) -> None:
     else:
         class_note = "true class"
     x = {c: i for i, c in enumerate(n_errors.index)}
-    methods = [m for m in METHODS if (shown["method"] == m).any()]
+    methods = [m for m in (*methods, reference) if (shown["method"] == m).any()]
     step = 0.8 / max(len(methods), 1)
     for k, method in enumerate(methods):
         rows = shown[(shown["method"] == method) & shown["true_class"].isin(x)]
@@ -420,7 +434,7 @@ def _copied_panel(ax, copied, width, names, colors) -> None:
     ax.set_xlabel(f"{class_note} (below: its teacher errors)")
     ax.set_ylabel("share of the teacher's errors copied\n(student predicts the teacher's wrong class)")
     ax.set_title(f"errors copied by the students (bars: median over seeds, dots: seeds)\n"
-                 f"width {width:g}; {chosen}; siddo: no alpha or T")
+                 f"width {width:g}; {chosen}; {reference}: no alpha or T")
     ax.legend(loc="upper center", ncols=len(methods), fontsize="small")
 
 

@@ -12,7 +12,9 @@ seaborn's style and context apply only while make_figures runs.
 Conventions of every figure: methods in the order kd, rcd, siddo, one colour each; a dot is one
 student (one seed) and a bar joined by a line is the median over seeds. siddo does not depend on
 alpha or T, so against those it is drawn as a reference across the panel: median line and
-interquartile band.
+interquartile band. The methods drawn are arguments of the figures with the registry's defaults
+(kdpipe.methods: the lead method kd, its control rcd, the reference siddo), so that figures 1
+and 2 also draw the groups of ``kdpipe compare``.
 """
 from __future__ import annotations
 
@@ -29,13 +31,14 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from kdpipe.io import atomic_path
-from kdpipe.methods import ALWAYS, ORDER, figure_stems
+from kdpipe.methods import (ALWAYS, COMPARISONS_OF, CONTROL, LEAD, ORDER, REFERENCE, figure_stems,
+                            versus)
 from kdpipe.metrics import FUNCTIONAL_METRICS, HIGHER_IS_CLOSER
-from kdpipe.stats import COMPARISONS, asymmetry
+from kdpipe.stats import asymmetry
 from kdpipe.tables import of_teachers, primary_teachers
 
 METHODS = ALWAYS  # kd, rcd, siddo
-MASKED_METHODS = ("kd", "kd-masked", "rcd-masked")  # figure 7: our kd-masked against kd
+SHOWN = (LEAD, CONTROL)  # the methods drawn as dots against the reference: kd, rcd
 TABLES = ("models", "stats", "asymmetry", "scaling")
 DEFAULT_OPTIONS = {
     "formats": ["png", "pdf"],
@@ -66,9 +69,10 @@ PAYOFF = (("correct_agreement", "slope_correct", "delta_correct"),
           ("incorrect_agreement", "slope_incorrect", "delta_incorrect"))
 
 
-def method_colors(palette: str = "colorblind") -> dict:
-    """The colour of each method: the first colours of a seaborn palette, in registry order."""
-    return dict(zip(ORDER, sns.color_palette(palette, len(ORDER))))
+def method_colors(palette: str = "colorblind", methods=ORDER) -> dict:
+    """The colour of each method: the first colours of a seaborn palette, in ``methods`` order
+    (default: the registry's)."""
+    return dict(zip(methods, sns.color_palette(palette, len(methods))))
 
 
 def make_figures(tables_dir, out_dir, options: dict | None = None,
@@ -185,62 +189,69 @@ def shown_widths_and_temperature(models, width: float, temperature: float) -> tu
 
 # ---- the figures -------------------------------------------------------------------------------
 
-def fig1_functional(models, stats, setup, width, temperature, colors) -> Figure:
-    """Every functional metric of kd and rcd students by alpha, with siddo as reference.
+def fig1_functional(models, stats, setup, width, temperature, colors, methods=SHOWN,
+                    reference=REFERENCE) -> Figure:
+    """Every functional metric of the students of ``methods`` (default kd and rcd) by alpha, with
+    the ``reference`` method (siddo) as reference band.
 
-    A star marks an alpha where kd differs from siddo significantly toward the teacher, "n/a" one
-    where the test cannot reject with so few seeds (see _significance_marks).
+    A star marks an alpha where the lead, methods[0], differs from the reference significantly
+    toward the teacher, "n/a" one where the test cannot reject with so few seeds (see
+    _significance_marks). ``width`` or ``temperature`` None keeps every one: students without
+    alpha (``kdpipe compare``'s groups) are drawn at one position.
     """
-    students = _students(models, setup, width, temperature)
-    alphas = _levels(students, "alpha")
+    lead = methods[0]
+    students = _students(models, setup, width, temperature, reference)
+    alphas = _levels(students, "alpha", methods)
     to_x = partial(_level_index, alphas)
-    tests = _kd_vs_siddo(stats, setup, width, temperature)
+    tests = _versus(stats, versus(lead, reference)[0], setup, width, temperature)
     fig = Figure(figsize=(11, 6.6), layout="constrained")
     axes = fig.subplots(2, 3, sharex=True)
     untestable = False
     for ax, metric in zip(axes.flat, FUNCTIONAL_METRICS):
-        _metric_panel(ax, students, metric, "alpha", to_x, colors)
+        _metric_panel(ax, students, metric, "alpha", to_x, colors, methods, reference)
         untestable |= _significance_marks(ax, tests[tests["metric"] == metric], "alpha", to_x,
-                                          colors["kd"])
+                                          colors[lead])
         ax.set_title(METRIC_LABELS[metric][0])
         ax.set_ylabel(_value_label(metric))
     for ax in axes[-1]:
         _level_axis(ax, alphas, "alpha (weight of the distillation term)")
     fig.suptitle(f"{setup}: functional similarity of the student to its teacher\n"
-                 f"student width {width:g}, T = {temperature:g}, {_n_seeds(students)}")
-    handles, labels = _method_legend(colors, stats, untestable)
+                 f"{_cell(width, temperature)}{_n_seeds(students)}")
+    handles, labels = _method_legend(colors, stats, untestable, methods, reference)
     fig.legend(handles, labels, loc="outside lower center", ncols=2, frameon=False)
     return fig
 
 
-def fig2_payoff(models, stats, asymmetry_table, setup, width, temperature, colors) -> Figure:
+def fig2_payoff(models, stats, asymmetry_table, setup, width, temperature, colors, methods=SHOWN,
+                reference=REFERENCE) -> Figure:
     """Agreement where the teacher is right and where it is wrong, by alpha: the asymmetric payoff.
 
-    Under each alpha: kd's delta (median kd - median siddo) from the asymmetry table. Stars and
-    "n/a" marks as in figure 1.
+    Under each alpha: the lead's delta (median lead - median reference; default kd and siddo)
+    from the asymmetry table. Methods, stars, "n/a" marks and None as in figure 1.
     """
-    students = _students(models, setup, width, temperature)
-    alphas = _levels(students, "alpha")
+    lead = methods[0]
+    students = _students(models, setup, width, temperature, reference)
+    alphas = _levels(students, "alpha", methods)
     to_x = partial(_level_index, alphas)
-    tests = _kd_vs_siddo(stats, setup, width, temperature)
-    kd = asymmetry_table[(asymmetry_table["setup"] == setup) & (asymmetry_table["method"] == "kd")
-                         & _isclose(asymmetry_table["width"], width)
-                         & _isclose(asymmetry_table["temperature"], temperature)]
+    tests = _versus(stats, versus(lead, reference)[0], setup, width, temperature)
+    deltas = _cell_rows(asymmetry_table[asymmetry_table["method"] == lead], setup, width,
+                        temperature)
     fig = Figure(figsize=(9, 4.8), layout="constrained")
     axes = fig.subplots(1, 2, sharex=True)
     untestable = False
     for ax, (metric, _, delta) in zip(axes, PAYOFF):
-        _metric_panel(ax, students, metric, "alpha", to_x, colors)
+        _metric_panel(ax, students, metric, "alpha", to_x, colors, methods, reference)
         untestable |= _significance_marks(ax, tests[tests["metric"] == metric], "alpha", to_x,
-                                          colors["kd"])
-        _delta_labels(ax, to_x(kd["alpha"]), kd[delta].to_numpy(dtype=float), colors["kd"])
+                                          colors[lead])
+        _delta_labels(ax, to_x(deltas["alpha"]), deltas[delta].to_numpy(dtype=float), colors[lead])
         ax.set_title(METRIC_LABELS[metric][0])
         ax.set_ylabel(_value_label(metric))
         _level_axis(ax, alphas, "alpha (weight of the distillation term)")
-    fig.suptitle(f"{setup}: what kd transfers where the teacher is right vs. where it is wrong\n"
-                 f"student width {width:g}, T = {temperature:g}, {_n_seeds(students)}; "
-                 r"$\Delta$ = median kd $-$ median siddo")
-    handles, labels = _method_legend(colors, stats, untestable)
+    fig.suptitle(f"{setup}: what {lead} transfers where the teacher is right vs. where it is "
+                 "wrong\n"
+                 f"{_cell(width, temperature)}{_n_seeds(students)}; "
+                 rf"$\Delta$ = median {lead} $-$ median {reference}")
+    handles, labels = _method_legend(colors, stats, untestable, methods, reference)
     fig.legend(handles, labels, loc="outside lower center", ncols=2, frameon=False)
     return fig
 
@@ -281,14 +292,14 @@ def _accuracy_tests(ax, stats, setup, width, temperature, to_x) -> bool:
     room. Each text's gid is "accuracy:<comparison>". Whether an "n/a" was written."""
     rows = stats[(stats["setup"] == setup) & (stats["metric"] == "accuracy")
                  & _isclose(stats["width"], width) & _isclose(stats["temperature"], temperature)
-                 & stats["comparison"].isin([name for name, _, _ in COMPARISONS])]
+                 & stats["comparison"].isin([name for name, _, _ in COMPARISONS_OF[LEAD]])]
     if rows.empty:
         return False
     low, high = ax.get_ylim()
     ax.set_ylim(low, high + 0.25 * (high - low))
     p_column = "p_adjusted" if "p_adjusted" in rows else "p"
     untestable = False
-    for line, (name, first, second) in enumerate(COMPARISONS):
+    for line, (name, first, second) in enumerate(COMPARISONS_OF[LEAD]):
         for row in rows[rows["comparison"] == name].itertuples():
             p = getattr(row, p_column)
             text = f"{first}-{second} p " + (f"{p:.2g}" if np.isfinite(p) else "n/a")
@@ -324,7 +335,7 @@ def fig4_width(models, scaling_table, setup, temperature, colors) -> Figure:
     fig = Figure(figsize=(3.6 * len(alphas) + 0.8, 7), layout="constrained")
     axes = fig.subplots(2, len(alphas), sharex=True, sharey="row", squeeze=False)
     for col, alpha in enumerate(alphas):
-        at_alpha = students[(students["method"] == "siddo") | _isclose(students["alpha"], alpha)]
+        at_alpha = students[(students["method"] == REFERENCE) | _isclose(students["alpha"], alpha)]
         for row, (metric, slope_column, _) in enumerate(PAYOFF):
             ax = axes[row, col]
             if at_alpha[metric].isna().all():
@@ -351,7 +362,7 @@ def fig4_width(models, scaling_table, setup, temperature, colors) -> Figure:
             if row == 1:
                 _width_axis(ax, widths)
     fig.suptitle(f"{setup}: agreement with the teacher against student width (T = {temperature:g}, "
-                 f"{_n_seeds(students)}); siddo (no alpha) repeated in every column\n"
+                 f"{_n_seeds(students)}); {REFERENCE} (no alpha) repeated in every column\n"
                  "lines: least-squares fit on log2(width) over all models "
                  + ("of every width but 1\n(fresh-init widths: width-1 students start from the "
                     "teacher's initial weights)" if fresh_init else "of every width"))
@@ -394,13 +405,14 @@ def fig5_teacher_loss(models, widths: dict, temperature) -> Figure:
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("teacher train loss (mean cross-entropy, nats; log scale)")
-        ax.set_ylabel(r"$\Delta$ agreement: median kd $-$ median siddo")
+        ax.set_ylabel(rf"$\Delta$ agreement: median {LEAD} $-$ median {REFERENCE}")
         ax.set_title(METRIC_LABELS[metric][0])
         ax.margins(x=0.2, y=0.15)
     shown = sorted(set(widths.values()))
     width_text = f"{shown[0]:g}" if len(shown) == 1 else ", ".join(f"{s} {w:g}" for s, w in widths.items())
-    fig.suptitle(f"Teacher train loss against what kd transfers (student width {width_text}, "
-                 f"T = {temperature:g})\none point per teacher and alpha; 0 = no more agreement than siddo")
+    fig.suptitle(f"Teacher train loss against what {LEAD} transfers (student width {width_text}, "
+                 f"T = {temperature:g})\none point per teacher and alpha; "
+                 f"0 = no more agreement than {REFERENCE}")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=max(len(alphas), 1), frameon=False)
     return fig
@@ -410,8 +422,8 @@ def fig7_masked(models, setup, width, temperature, colors) -> Figure:
     """Our kd-masked (the KD term only where the teacher is right) against kd, by alpha: does it
     copy fewer of the teacher's errors without losing accuracy?"""
     return _variant_figure(
-        _students(models, setup, width, temperature), ("kd", "kd-masked", "rcd-masked"),
-        ("kd-masked", "kd"), colors,
+        _students(models, setup, width, temperature), (LEAD, "kd-masked", "rcd-masked"),
+        ("kd-masked", LEAD), colors,
         f"{setup}: kd-masked (ours: no KD term on the teacher's errors) against kd\n"
         f"student width {width:g}, T = {temperature:g}")
 
@@ -419,7 +431,7 @@ def fig7_masked(models, setup, width, temperature, colors) -> Figure:
 def fig8_fm(models, setup, width, colors) -> Figure:
     """Feature-map matching (fm) and its random control (fm-rcd) against siddo, by alpha."""
     return _variant_figure(
-        _students(models, setup, width), ("fm", "fm-rcd"), ("fm", "siddo"), colors,
+        _students(models, setup, width), ("fm", "fm-rcd"), ("fm", REFERENCE), colors,
         f"{setup}: feature-map matching (fm) and its random control\nstudent width {width:g}")
 
 
@@ -436,9 +448,10 @@ def _variant_figure(students, methods, delta, colors, title) -> Figure:
             _no_data(ax)
             continue
         _metric_panel(ax, students, metric, "alpha", to_x, colors, methods)
-        siddo = students.loc[students["method"] == "siddo", metric].dropna()
-        medians = students[students["method"] != "siddo"].groupby(["method", "alpha"])[metric].median()
-        reference = [siddo.median() if delta[1] == "siddo" else medians.get((delta[1], a), np.nan)
+        pool = students.loc[students["method"] == REFERENCE, metric].dropna()
+        others = students[students["method"] != REFERENCE]
+        medians = others.groupby(["method", "alpha"])[metric].median()
+        reference = [pool.median() if delta[1] == REFERENCE else medians.get((delta[1], a), np.nan)
                      for a in alphas]
         deltas = [medians.get((delta[0], a), np.nan) - r for a, r in zip(alphas, reference)]
         _delta_labels(ax, to_x(alphas), np.asarray(deltas, dtype=float), colors[delta[0]])
@@ -448,8 +461,8 @@ def _variant_figure(students, methods, delta, colors, title) -> Figure:
     fig.suptitle(f"{title}, {_n_seeds(students)}; " + rf"$\Delta$ = median {delta[0]} $-$ median {delta[1]}")
     handles = [Line2D([], [], color=colors[m], marker="o", markersize=4, lw=1.2) for m in methods]
     labels = [f"{m}: dots = seeds, line = medians" for m in methods]
-    handles.append((Patch(color=colors["siddo"], alpha=0.2, lw=0), Line2D([], [], color=colors["siddo"], lw=1.5)))
-    labels.append("siddo: median and IQR band")
+    handles.append(_band_handle(colors[REFERENCE]))
+    labels.append(f"{REFERENCE}: median and IQR band")
     fig.legend(handles, labels, loc="outside lower center", ncols=len(methods) + 1, frameon=False)
     return fig
 
@@ -464,18 +477,18 @@ def fig6_temperature(models, stats, setup, width, colors) -> Figure:
     alphas = _levels(students, "alpha")
     temperatures = _levels(students, "temperature")
     to_x = partial(_level_index, temperatures)
-    tests = _kd_vs_siddo(stats, setup, width)
+    tests = _versus(stats, versus(LEAD, REFERENCE)[0], setup, width)
     untestable = False
     fig = Figure(figsize=(3.4 * len(alphas) + 1.2, 2.3 * len(FUNCTIONAL_METRICS) + 1.4), layout="constrained")
     axes = fig.subplots(len(FUNCTIONAL_METRICS), len(alphas), sharex=True, squeeze=False)
     for col, alpha in enumerate(alphas):
-        at_alpha = students[(students["method"] == "siddo") | _isclose(students["alpha"], alpha)]
+        at_alpha = students[(students["method"] == REFERENCE) | _isclose(students["alpha"], alpha)]
         marked = tests[_isclose(tests["alpha"], alpha)]
         for row, metric in enumerate(FUNCTIONAL_METRICS):
             ax = axes[row, col]
             _metric_panel(ax, at_alpha, metric, "temperature", to_x, colors)
             untestable |= _significance_marks(ax, marked[marked["metric"] == metric],
-                                              "temperature", to_x, colors["kd"])
+                                              "temperature", to_x, colors[LEAD])
             if row == 0:
                 ax.set_title(f"alpha = {alpha:g}")
             if col == 0:
@@ -503,26 +516,27 @@ def teacher_transfer(models, widths: dict, temperature) -> pd.DataFrame:
             continue
         students = _students(models, setup, widths[setup], temperature)
         table = asymmetry(students[students["teacher_id"] == teacher_id])
-        kd = table[table["method"] == "kd"].assign(teacher_id=teacher_id,
-                                                   teacher_train_loss=teacher["train_loss"].iloc[0])
-        parts.append(kd[columns])
+        lead = table[table["method"] == LEAD].assign(
+            teacher_id=teacher_id, teacher_train_loss=teacher["train_loss"].iloc[0])
+        parts.append(lead[columns])
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
 
 
 # ---- drawing helpers ---------------------------------------------------------------------------
 
-def _metric_panel(ax, students, metric, by, to_x, colors, methods=("kd", "rcd")) -> None:
-    """Dots per seed of ``methods`` with their medians along ``by``; siddo as a horizontal
-    reference (median line and IQR band)."""
+def _metric_panel(ax, students, metric, by, to_x, colors, methods=SHOWN,
+                  reference=REFERENCE) -> None:
+    """Dots per seed of ``methods`` with their medians along ``by``; the reference method as a
+    horizontal reference (median line and IQR band)."""
     if students[metric].isna().all():
         _no_data(ax)
         return
     _dots_and_medians(ax, students, metric, by, to_x, methods, colors)
-    siddo = students.loc[students["method"] == "siddo", metric].dropna()
-    if len(siddo):
-        q1, median, q3 = siddo.quantile([0.25, 0.5, 0.75])
-        ax.axhspan(q1, q3, color=colors["siddo"], alpha=0.2, lw=0, zorder=1)
-        ax.axhline(median, color=colors["siddo"], lw=1.5, zorder=1)
+    pool = students.loc[students["method"] == reference, metric].dropna()
+    if len(pool):
+        q1, median, q3 = pool.quantile([0.25, 0.5, 0.75])
+        ax.axhspan(q1, q3, color=colors[reference], alpha=0.2, lw=0, zorder=1)
+        ax.axhline(median, color=colors[reference], lw=1.5, zorder=1)
 
 
 def _dots_and_medians(ax, students, metric, by, to_x, methods, colors, medians=True) -> None:
@@ -586,22 +600,30 @@ def _delta_labels(ax, xs, deltas, color) -> None:
                 fontsize="small", color=color)
 
 
-def _method_legend(colors, stats=None, untestable=False) -> tuple[list, list]:
-    """Legend handles and labels for kd and rcd dots-and-medians and the siddo reference band;
-    with the stats table, the star of significant kd vs siddo transfer at its level, and with
-    ``untestable`` the "n/a" mark."""
-    handles = [Line2D([], [], color=colors[m], marker="o", markersize=4, lw=1.2) for m in ("kd", "rcd")]
-    labels = [f"{m}: dots = seeds, line = medians" for m in ("kd", "rcd")]
-    handles.append((Patch(color=colors["siddo"], alpha=0.2, lw=0), Line2D([], [], color=colors["siddo"], lw=1.5)))
-    labels.append("siddo: median and IQR band (no alpha or T)")
+def _method_legend(colors, stats=None, untestable=False, methods=SHOWN,
+                   reference=REFERENCE) -> tuple[list, list]:
+    """Legend handles and labels for the dots-and-medians of ``methods`` (kd and rcd) and the
+    reference band (siddo); with the stats table, the star of significant transfer of the lead,
+    methods[0], against the reference at its level, and with ``untestable`` the "n/a" mark."""
+    lead = methods[0]
+    handles = [Line2D([], [], color=colors[m], marker="o", markersize=4, lw=1.2) for m in methods]
+    labels = [f"{m}: dots = seeds, line = medians" for m in methods]
+    handles.append(_band_handle(colors[reference]))
+    labels.append(f"{reference}: median and IQR band (no alpha or T)")
     if stats is not None:
-        handles.append(Line2D([], [], color=colors["kd"], ls="none", **SIGNIFICANT_MARK))
+        handles.append(Line2D([], [], color=colors[lead], ls="none", **SIGNIFICANT_MARK))
         adjusted = " (adjusted)" if "p_adjusted" in stats else ""
-        labels.append(f"kd vs siddo: Mann-Whitney p{adjusted} < {_level(stats)}, toward the teacher")
+        labels.append(f"{lead} vs {reference}: Mann-Whitney p{adjusted} < {_level(stats)}, "
+                      "toward the teacher")
     if untestable:
-        handles.append(Line2D([], [], color=colors["kd"], ls="none", **UNTESTABLE_MARK))
+        handles.append(Line2D([], [], color=colors[lead], ls="none", **UNTESTABLE_MARK))
         labels.append(_untestable_label(stats))
     return handles, labels
+
+
+def _band_handle(color) -> tuple:
+    """The legend handle of a reference drawn as a median line over an IQR band."""
+    return (Patch(color=color, alpha=0.2, lw=0), Line2D([], [], color=color, lw=1.5))
 
 
 def _level(stats) -> str:
@@ -628,10 +650,14 @@ def _no_data(ax) -> None:
 
 
 def _level_axis(ax, levels, label) -> None:
-    """Ticks at the positions 0..n-1 of evenly placed levels, labelled with their values."""
-    ax.set_xticks(range(len(levels)), [f"{v:g}" for v in levels])
+    """Ticks at the positions 0..n-1 of evenly placed levels, labelled with their values; no
+    tick label and no axis label for the one level of students without a value (NaN)."""
+    if np.isnan(levels).all():
+        ax.set_xticks([0], [""])
+    else:
+        ax.set_xticks(range(len(levels)), [f"{v:g}" for v in levels])
+        ax.set_xlabel(label)
     ax.set_xlim(-0.5, len(levels) - 0.5)
-    ax.set_xlabel(label)
 
 
 def _width_axis(ax, widths) -> None:
@@ -648,8 +674,9 @@ def _dodge(n: int, step: float = 0.14) -> np.ndarray:
 
 # ---- table selection ---------------------------------------------------------------------------
 
-def _students(models, setup, width=None, temperature=None) -> pd.DataFrame:
-    """Students of a setup: kd and rcd at ``temperature`` and all siddo (no T), at ``width``.
+def _students(models, setup, width=None, temperature=None, reference=REFERENCE) -> pd.DataFrame:
+    """Students of a setup: every method at ``temperature`` and all of the reference method
+    (siddo: no T), at ``width``.
 
     None keeps every width or every temperature.
     """
@@ -657,40 +684,61 @@ def _students(models, setup, width=None, temperature=None) -> pd.DataFrame:
     if width is not None:
         rows = rows[_isclose(rows["width"], width)]
     if temperature is not None:
-        rows = rows[(rows["method"] == "siddo") | _isclose(rows["temperature"], temperature)]
+        rows = rows[(rows["method"] == reference) | _isclose(rows["temperature"], temperature)]
     return rows
 
 
-def _kd_vs_siddo(stats, setup, width, temperature=None) -> pd.DataFrame:
-    """The kd vs siddo rows of the stats table at a setup, width and (None: every) temperature.
-
-    The stats step's ``significant`` and ``testable`` columns are used as they are, so a
-    configured multiple-testing correction carries over.
-    """
-    rows = stats[(stats["setup"] == setup) & (stats["comparison"] == "kd_vs_siddo")
-                 & _isclose(stats["width"], width)]
+def _cell_rows(table, setup, width=None, temperature=None) -> pd.DataFrame:
+    """The rows of a stats or asymmetry table at a setup, width and temperature (None: every)."""
+    rows = table[table["setup"] == setup]
+    if width is not None:
+        rows = rows[_isclose(rows["width"], width)]
     if temperature is not None:
         rows = rows[_isclose(rows["temperature"], temperature)]
     return rows
 
 
+def _versus(stats, comparison, setup, width=None, temperature=None) -> pd.DataFrame:
+    """The rows of one comparison (kd_vs_siddo) of the stats table at a setup, width and
+    temperature (None: every).
+
+    The stats step's ``significant`` and ``testable`` columns are used as they are, so a
+    configured multiple-testing correction carries over.
+    """
+    return _cell_rows(stats[stats["comparison"] == comparison], setup, width, temperature)
+
+
+def _cell(width, temperature) -> str:
+    """The start of a figure's second title line: the width and T shown, where one is."""
+    parts = [] if width is None else [f"student width {width:g}"]
+    parts += [] if temperature is None else [f"T = {temperature:g}"]
+    return "".join(f"{part}, " for part in parts)
+
+
 def _scaling_value(scaling_table, setup, method, alpha, temperature, column) -> float:
-    """A slope of the scaling table; siddo's row is matched by setup alone (it has no alpha or T)."""
+    """A slope of the scaling table; the reference's row is matched by setup alone (it has no
+    alpha or T)."""
     rows = scaling_table[(scaling_table["setup"] == setup) & (scaling_table["method"] == method)]
-    if method != "siddo":
+    if method != REFERENCE:
         rows = rows[_isclose(rows["alpha"], alpha) & _isclose(rows["temperature"], temperature)]
     return float(rows[column].iloc[0]) if len(rows) else float("nan")
 
 
-def _levels(students, column) -> np.ndarray:
-    """The sorted distinct values of ``column`` (alpha or temperature) among kd and rcd students."""
-    return np.sort(students.loc[students["method"].isin(["kd", "rcd"]), column].dropna().unique())
+def _levels(students, column, methods=SHOWN) -> np.ndarray:
+    """The sorted distinct values of ``column`` (alpha or temperature) among the students of
+    ``methods`` (kd and rcd); [NaN], one level, where they have none (``kdpipe compare``)."""
+    levels = np.sort(students.loc[students["method"].isin(list(methods)), column].dropna().unique())
+    return levels if len(levels) else np.array([np.nan])
 
 
 def _level_index(levels, values) -> np.ndarray:
-    """The position in ``levels`` of each value (the nearest level, so float rounding is harmless)."""
+    """The position in ``levels`` of each value (the nearest level, so float rounding is
+    harmless); 0 for every value where the one level is NaN."""
     values = np.asarray(values, dtype=float).reshape(-1, 1)
-    return np.abs(values - np.asarray(levels, dtype=float)).argmin(axis=1)
+    levels = np.asarray(levels, dtype=float)
+    if np.isnan(levels).all():
+        return np.zeros(len(values), dtype=int)
+    return np.abs(values - levels).argmin(axis=1)
 
 
 def _closest(values, target: float) -> float:
