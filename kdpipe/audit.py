@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from kdpipe.methods import CONTROL, LEAD, REFERENCE
+from kdpipe.metrics import max_probability
 
 SHOWN = (LEAD, CONTROL)  # the methods whose copies the figure draws beside the reference's
 ERROR_COLUMNS = {"setup": "str", "teacher_id": "str", "true_class": "int64", "predicted_class": "int64",
@@ -78,12 +79,6 @@ def confidence(teacher_logits, labels) -> tuple[np.ndarray, np.ndarray]:
     top = max_probability(logits)
     right = logits.argmax(axis=1) == labels
     return top[right], top[~right]
-
-
-def max_probability(logits) -> np.ndarray:
-    """Row-wise max_c softmax(z)_c = 1 / sum_c exp(z_c - max z), in float64 without overflow."""
-    z = np.asarray(logits, dtype=np.float64)
-    return 1.0 / np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1)
 
 
 def copied_by_class(student_logits, teacher_logits, labels) -> list[int]:

@@ -75,7 +75,8 @@ def collect(args) -> int:
     for manifest in lines(args.manifests_file) if args.manifests_file else []:
         for row in json.loads(Path(manifest).read_text())["students"]:
             manifests[args.results / row] = manifest
-    table = collect_rows(rows + list(manifests), args.results, manifests)
+    table = collect_rows(rows + list(manifests), args.results, manifests,
+                         ece_bins=args.spec["ece_bins"])
     write_table(table, Path(args.out))
     print(f"collected {len(table)} models into {args.out}", file=sys.stderr)
     return 0
@@ -167,6 +168,8 @@ def parser() -> argparse.ArgumentParser:
                         "students this teacher's rows reference instead of training them again")
 
     s = step("collect", collect, "Merge per-model rows into models.parquet (+ .csv).")
+    s.add_argument("--spec", type=spec_arg, required=True,
+                   help='JSON: {"ece_bins": 15} (confidence bins of the calibration error)')
     s.add_argument("--rows-file", type=Path, required=True, help="text file, one row.json per line")
     s.add_argument("--manifests-file", type=Path,
                    help="text file, one block manifest per line: adds its students' rows")

@@ -21,7 +21,9 @@ FUNCTIONAL_METRICS = (
 # For these a higher value means closer to the teacher; for the other functional metrics, lower.
 HIGHER_IS_CLOSER = ("prediction_agreement", "correct_agreement", "incorrect_agreement")
 # The student's own performance: tested between methods too, but with no teacher direction.
-PERFORMANCE_METRICS = ("accuracy", "loss")
+PERFORMANCE_METRICS = ("accuracy", "loss", "ece")
+# Confidence bins of the expected calibration error: 15, the usual choice (stats.ece_bins)
+ECE_BINS = 15
 
 
 def _matrix(x, name: str = "logits") -> np.ndarray:
@@ -84,6 +86,38 @@ def cross_entropy(logits, labels) -> float:
     logp = log_softmax(logits)
     labels = _labels(labels, len(logp))
     return float(-np.mean(logp[np.arange(len(logp)), labels]))
+
+
+def max_probability(logits) -> np.ndarray:
+    """Row-wise largest softmax probability max_c softmax(z)_c = 1 / sum_c exp(z_c - max z), in
+    float64 without overflow; in [1/C, 1]."""
+    z = np.asarray(logits, dtype=np.float64)
+    return 1.0 / np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1)
+
+
+def expected_calibration_error(logits, labels, bins: int = ECE_BINS) -> float:
+    """Expected calibration error (docs/protocol.md section 8): the sum over ``bins`` equal-width
+    confidence bins (lo, hi] of (share of samples in the bin) * |accuracy in the bin - mean
+    confidence in the bin|, a sample's confidence being its largest softmax probability and its
+    prediction the argmax of its logits. In [0, 1].
+
+    The bin edges are numpy.linspace(0, 1, bins + 1): a confidence equal to an edge falls in the
+    bin below it, a confidence of 1 in the last bin (confidences are at least 1/C > 0, so none
+    falls below the first). An empty bin adds nothing. Each bin's term is
+    |sum of its correct - sum of its confidences| / N, the same number without a division by
+    the bin's size.
+    """
+    z = _logits(logits)
+    labels = _labels(labels, len(z))
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
+        raise ValueError(f"the number of confidence bins must be an integer >= 1, got {bins!r}")
+    confidence = max_probability(z)
+    correct = (z.argmax(axis=1) == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.searchsorted(edges, confidence, side="left") - 1  # edges[i] < c <= edges[i + 1]
+    gaps = (np.bincount(index, weights=correct, minlength=bins)
+            - np.bincount(index, weights=confidence, minlength=bins))
+    return float(np.abs(gaps).sum() / len(z))
 
 
 def activation_distance(p, q) -> float:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from kdpipe.io import ResultError, atomic_path
+from kdpipe.metrics import ECE_BINS, expected_calibration_error
 
 MODEL_COLUMNS = {  # name -> dtype; the order is the table's
     "setup": "string", "dataset": "string", "arch": "string", "role": "string",
@@ -19,7 +20,9 @@ MODEL_COLUMNS = {  # name -> dtype; the order is the table's
     "activation_distance": "float64", "js_divergence": "float64",
     "prediction_agreement": "float64", "correct_agreement": "float64",
     "incorrect_agreement": "float64", "n_teacher_correct": "int64", "n_teacher_incorrect": "int64",
-    "rank_disagreement": "float64", "logits_path": "string", "labels_path": "string",
+    "rank_disagreement": "float64",
+    "ece": "float64", "ece_gap": "float64",  # computed by collect from the logits (collect_rows)
+    "logits_path": "string", "labels_path": "string",
     "copied_by_class": "object",  # students: per true class, teacher errors copied (kdpipe.audit)
 }
 
@@ -89,9 +92,9 @@ def read_labels(path: Path) -> np.ndarray:
     return labels
 
 
-def check_logits(path: Path, n_labels: int, n_classes, row_path, manifest=None) -> int:
+def check_logits(path: Path, n_labels: int, n_classes, row_path, manifest=None) -> np.ndarray:
     """Check a model's test logits: float32 [N, C] (N test labels, C classes), all finite.
-    Returns C."""
+    Returns them, memory-mapped."""
     problem = None
     try:
         logits = np.load(path, mmap_mode="r")
@@ -109,29 +112,44 @@ def check_logits(path: Path, n_labels: int, n_classes, row_path, manifest=None) 
     if problem is not None:
         raise ResultError(f"test logits {path} of {row_path} are {problem}; "
                           f"{remedy(row_path, manifest)}")
-    return logits.shape[1]
+    return logits
 
 
-def collect_rows(row_files: list, results, manifests: dict | None = None) -> pd.DataFrame:
+def collect_rows(row_files: list, results, manifests: dict | None = None,
+                 ece_bins: int = ECE_BINS) -> pd.DataFrame:
     """Read every row.json into one table, sorted so that the same study gives the same bytes.
 
     Each row and the files it lists are checked first: a missing or damaged row, labels or logits
     file (not float32 [N, C] for the N test labels and the teacher's C classes, or not finite) or
     a metric that is NaN where it must be a number raises ResultError naming the file and the
     remedy. ``manifests`` maps a student's row file to the manifest of the block that wrote it.
+
+    The logits are read here anyway, so the calibration columns are computed here, for every
+    model and without retraining: ``ece`` (kdpipe.metrics.expected_calibration_error with
+    ``ece_bins`` bins) and, for a student, ``ece_gap`` = its ece minus its teacher's (NaN for
+    teachers). A student whose teacher has no row among ``row_files`` raises ResultError.
     """
     results = Path(results)
     manifests = manifests or {}
     rows = {path: read_row(path, manifests.get(path)) for path in row_files}
-    labels, classes = {}, {}  # labels_path -> N; teacher_id -> C
+    labels, classes, teacher_ece = {}, {}, {}  # labels_path -> labels; teacher_id -> C, ece
     # teachers first: their logits give the number of classes their students must have
     for path, row in sorted(rows.items(), key=lambda item: item[1]["role"] != "teacher"):
         check_metrics(row, path, manifests.get(path))
         if row["labels_path"] not in labels:
-            labels[row["labels_path"]] = len(read_labels(results / row["labels_path"]))
-        n_classes = check_logits(results / row["logits_path"], labels[row["labels_path"]],
-                                 classes.get(row["teacher_id"]), path, manifests.get(path))
-        classes.setdefault(row["teacher_id"], n_classes)
+            labels[row["labels_path"]] = read_labels(results / row["labels_path"])
+        y = labels[row["labels_path"]]
+        logits = check_logits(results / row["logits_path"], len(y),
+                              classes.get(row["teacher_id"]), path, manifests.get(path))
+        row["ece"] = expected_calibration_error(logits, y, ece_bins)
+        if row["role"] == "teacher":
+            classes[row["teacher_id"]] = logits.shape[1]
+            teacher_ece[row["teacher_id"]] = row["ece"]
+        elif row["teacher_id"] not in teacher_ece:
+            raise ResultError(f"model row {path}: its teacher {row['teacher_id']} has no row "
+                              "among the rows collected, so its ece_gap is undefined")
+        else:
+            row["ece_gap"] = row["ece"] - teacher_ece[row["teacher_id"]]
     # rows stored before devices were recorded have none
     table = pd.DataFrame([{"device": "", **row} for row in rows.values()],
                          columns=list(MODEL_COLUMNS))

@@ -202,9 +202,9 @@ def test_compare_methods_table():
                                    "median_2", "toward_teacher", "n_pairs", "p_paired",
                                    "p_paired_note", "significant", "level", "p_min", "testable",
                                    "verdict_note"]
-    # two kd groups (alpha 0.1, 0.5) x eight metrics (six functional, accuracy, loss) x three
-    # comparisons; rcd at 0.9 has no kd
-    assert len(table) == 2 * 8 * 3
+    # two kd groups (alpha 0.1, 0.5) x nine metrics (six functional, accuracy, loss, ece) x
+    # three comparisons; rcd at 0.9 has no kd
+    assert len(table) == 2 * 9 * 3
     assert set(table["metric"]) == set(FUNCTIONAL_METRICS + PERFORMANCE_METRICS)
     assert sorted(table["alpha"].unique()) == [0.1, 0.5]
     key = ["setup", "alpha", "temperature", "width", "metric", "comparison"]

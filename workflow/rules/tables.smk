@@ -17,13 +17,15 @@ rule collect:
         f"{R}/logs/collect.log",
     params:
         results=lambda w, output: Path(output.models).parent.parent,
+        # collect computes the calibration error from the logits: a new bin count reruns it
+        spec=json.dumps({"ece_bins": config["stats"]["ece_bins"]}),
     run:
         write_lines(output.rows, input.teachers)
         write_lines(output.manifests, input.blocks)
         shell(
             "python -m kdpipe collect --rows-file {output.rows:q}"
             " --manifests-file {output.manifests:q} --results {params.results:q}"
-            " --out {output.models:q} 2> {log:q}"
+            " --spec {params.spec:q} --out {output.models:q} 2> {log:q}"
         )
 
 
