@@ -119,6 +119,60 @@ def audit(args) -> int:
     return 0
 
 
+def compare_groups(args) -> int:
+    from kdpipe.compare import compare, write_comparison
+
+    groups = dict(args.group)
+    if len(groups) < len(args.group):
+        names = [name for name, _ in args.group]
+        raise ResultError(f"group {next(n for n in names if names.count(n) > 1)!r} is given "
+                          "twice; give each group once")
+    result = compare(args.teacher, args.labels, groups, args.reference,
+                     seed_pattern=args.seed_pattern, level=args.level,
+                     correction=args.correction, ece_bins=args.ece_bins)
+    written = write_comparison(result, args.out, formats=args.formats, dpi=args.dpi)
+    print(comparison_summary(result))
+    print(f"wrote {len(written)} files to {args.out}", file=sys.stderr)
+    return 0
+
+
+def comparison_summary(result) -> str:
+    """What ``kdpipe compare`` prints: the groups, then each comparison's tests and the
+    asymmetric payoff, the numbers of the stats and asymmetry tables rounded for reading."""
+    models, stats = result.models, result.stats
+    teacher = models[models["role"] == "teacher"].iloc[0]
+    lines = [f"teacher: {len(result.labels)} test samples, {result.teacher_logits.shape[1]} "
+             f"classes, accuracy {teacher['accuracy']:.4f}, ece {teacher['ece']:.4f}"]
+    for group in (*result.groups, result.reference):
+        seeds = models.loc[models["method"] == group, "seed"].tolist()
+        role = " (reference)" if group == result.reference else ""
+        lines.append(f"{group}{role}: {len(seeds)} students, seeds {', '.join(map(str, seeds))}")
+    p_column = "p_adjusted" if "p_adjusted" in stats else "p"
+    shown = ["metric", "median_1", "median_2", "effect_size", p_column, "p_paired", "significant"]
+    for comparison, rows in stats.groupby("comparison", sort=False):
+        first, second = comparison.split("_vs_")
+        lines += ["", f"{comparison}: two-sided Mann-Whitney, level {rows['level'].iloc[0]:g}; "
+                      f"median_1 = {first}, median_2 = {second}; p_paired: Wilcoxon by seed"]
+        table = rows[shown].astype({"significant": "object"}).fillna("n/a")
+        lines.append(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    lines += ["", f"asymmetric payoff against {result.reference} (median agreement, method "
+                  f"minus {result.reference}):"]
+    for row in result.asymmetry.itertuples():
+        ratio = f"{row.ratio:.3g}" if row.ratio == row.ratio else f"n/a ({row.ratio_note})"
+        lines.append(f"  {row.method}: delta_correct {row.delta_correct:+.4f}, delta_incorrect "
+                     f"{row.delta_incorrect:+.4f}, ratio {ratio}")
+    return "\n".join(lines)
+
+
+def group_arg(text: str) -> tuple[str, str]:
+    """NAME=PATTERN: a group's name and the glob pattern of its logits files."""
+    name, equals, pattern = text.partition("=")
+    if not equals or not name or not pattern:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATTERN (e.g. kd='runs/kd/*.npy'), "
+                                         f"got {text!r}")
+    return name, pattern
+
+
 # --- parser ------------------------------------------------------------------------------------
 
 def parser() -> argparse.ArgumentParser:
@@ -186,6 +240,34 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", type=spec_arg, required=True, help="JSON plotting options")
     s.add_argument("--tables", type=Path, required=True, help="tables folder")
     s.add_argument("--out", type=Path, required=True, help="figures folder")
+
+    s = step("compare", compare_groups,
+             "Compare groups of students of one teacher from their test logits: the models, "
+             "Mann-Whitney (and paired Wilcoxon) tests, asymmetry and teacher-error audit "
+             "tables, figures 1 and 2 and the audit figure (docs/compare.md).")
+    s.add_argument("--teacher", type=Path, required=True,
+                   help="the teacher's test logits: .npy float [N, C], or .pt holding one tensor")
+    s.add_argument("--labels", type=Path, required=True, help="the test labels: .npy int [N]")
+    s.add_argument("--group", type=group_arg, action="append", required=True,
+                   metavar="NAME=PATTERN",
+                   help="a group of students: its name and a glob pattern of their logits "
+                        "files, one per seed (quote the pattern); give it once per group")
+    s.add_argument("--reference", required=True,
+                   help="the group every other group is compared with (siddo's role); the "
+                        "others are also compared pairwise, in the order given")
+    s.add_argument("--seed-pattern",
+                   help="a regular expression with one group that captures each file's seed "
+                        r"from its path, e.g. '_s(\d+)/' or 'seed(\d+)'; default: files are "
+                        "numbered 0, 1, ... in sorted order within each group")
+    s.add_argument("--level", type=float, default=0.05, help="significance level (default 0.05)")
+    s.add_argument("--correction", choices=["none", "holm", "bh"], default="none",
+                   help="multiple-testing correction over the table (default none)")
+    s.add_argument("--ece-bins", type=int,
+                   help="confidence bins of the expected calibration error (default 15)")
+    s.add_argument("--formats", nargs="+", choices=["png", "pdf", "svg"], default=["png", "pdf"],
+                   help="figure formats (default: png pdf)")
+    s.add_argument("--dpi", type=int, default=150, help="raster resolution (default 150)")
+    s.add_argument("--out", type=Path, required=True, help="output folder")
 
     s = step("audit", audit, "Tables and figures of each teacher's errors and the students' copies.")
     s.add_argument("--spec", type=spec_arg, required=True, help="JSON plotting options")

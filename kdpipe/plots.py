@@ -540,15 +540,16 @@ def _metric_panel(ax, students, metric, by, to_x, colors, methods=SHOWN,
 
 
 def _dots_and_medians(ax, students, metric, by, to_x, methods, colors, medians=True) -> None:
-    """One dot per student at to_x(value of ``by``), methods side by side; optionally median bars."""
+    """One dot per student at to_x(value of ``by``), methods side by side; optionally median bars.
+    Students without a value of ``by`` (NaN: ``kdpipe compare``'s) form one level of their own."""
     for method, offset in zip(methods, _dodge(len(methods))):
-        rows = students.loc[students["method"] == method, [by, metric]].dropna()
+        rows = students.loc[students["method"] == method, [by, metric]].dropna(subset=[metric])
         if rows.empty:
             continue
         ax.scatter(np.asarray(to_x(rows[by]), dtype=float) + offset, rows[metric], s=16, color=colors[method],
                    alpha=0.6, linewidths=0, zorder=2)
         if medians:
-            median = rows.groupby(by)[metric].median()
+            median = rows.groupby(by, dropna=False)[metric].median()
             ax.plot(np.asarray(to_x(median.index), dtype=float) + offset, median.to_numpy(), color=colors[method],
                     marker="_", markersize=14, markeredgewidth=2.2, lw=1.2, zorder=3)
 
