@@ -257,10 +257,10 @@ def _students(groups: dict, reference: str, seed_pattern) -> list[tuple]:
         try:
             pattern = re.compile(seed_pattern)
         except re.error as error:
-            raise InputError(f"seed pattern {seed_pattern!r} is not a regular expression "
+            raise InputError(f"seed pattern '{seed_pattern}' is not a regular expression "
                              f"({error})") from None
         if pattern.groups != 1:
-            raise InputError(f"seed pattern {seed_pattern!r} has {pattern.groups} groups; it "
+            raise InputError(f"seed pattern '{seed_pattern}' has {pattern.groups} groups; it "
                              r"needs exactly one, around the seed's digits, e.g. 'seed(\d+)'")
     students = []
     for group, sources in groups.items():
@@ -270,7 +270,7 @@ def _students(groups: dict, reference: str, seed_pattern) -> list[tuple]:
         if isinstance(sources, (str, Path)):
             matched = sorted(glob.glob(str(sources)))
             if not matched:
-                raise InputError(f"group {group}: the pattern {str(sources)!r} matches no file")
+                raise InputError(f"group {group}: the pattern '{sources}' matches no file")
             sources = matched
         sources = list(sources)
         paths = all(isinstance(s, (str, Path)) for s in sources)
@@ -286,7 +286,7 @@ def _students(groups: dict, reference: str, seed_pattern) -> list[tuple]:
             if pattern is not None and isinstance(source, (str, Path)):
                 found = pattern.search(str(source))
                 if found is None or not (found.group(1) or "").isdigit():
-                    raise InputError(f"group {group}: the seed pattern {seed_pattern!r} does "
+                    raise InputError(f"group {group}: the seed pattern '{seed_pattern}' does "
                                      f"not capture a whole number in {source}")
                 seed = int(found.group(1))
             if seed in seeds:

@@ -590,8 +590,8 @@ def scaling(models: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
     keys = ["setup", "teacher_id", "alpha", "temperature", "method"]
     agreements = ["correct_agreement", "incorrect_agreement"]
     pool = students[students["method"] == reference]
-    versus_reference = f"_vs_{reference}"
-    relative = [f"{name}{versus_reference}"
+    suffix = f"_vs_{reference}"
+    relative = [f"{name}{suffix}"
                 for name in ("slope_correct", "slope_incorrect", "slope_ratio")]
     rows = []
     # dropna=False: siddo's temperature is NaN and must stay a group key
@@ -600,7 +600,8 @@ def scaling(models: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
         width = group["width"].to_numpy(dtype=np.float64)
         fit = _fit(width, *(group[a].to_numpy(dtype=np.float64) for a in agreements),
                    bootstrap, rng, intervals=["slope_ratio"])
-        versus = {f"{name}{end}": float("nan") for name in relative for end in ("", "_low", "_high")}
+        against = {f"{name}{end}": float("nan") for name in relative
+                   for end in ("", "_low", "_high")}
         own = pool[(pool["setup"] == setup) & (pool["teacher_id"] == teacher_id)]
         pairs = own.iloc[:0] if method == reference else group.merge(
             own, on=["width", "seed"], suffixes=("", "_reference"))
@@ -611,9 +612,9 @@ def scaling(models: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
             paired_fit = _fit(pairs["width"].to_numpy(dtype=np.float64), *differences,
                               bootstrap, rng, intervals=["slope_correct", "slope_incorrect",
                                                          "slope_ratio"])
-            versus = {f"{name}{versus_reference}{end}": paired_fit[f"{name}{end}"]
-                      for name in ("slope_correct", "slope_incorrect", "slope_ratio")
-                      for end in ("", "_low", "_high")}
+            against = {f"{name}{suffix}{end}": paired_fit[f"{name}{end}"]
+                       for name in ("slope_correct", "slope_incorrect", "slope_ratio")
+                       for end in ("", "_low", "_high")}
         rows.append({
             "setup": setup, "teacher_id": teacher_id, "alpha": alpha, "temperature": temperature,
             "method": method, "widths": widths,
@@ -621,10 +622,10 @@ def scaling(models: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
             "slope_correct": fit["slope_correct"], "slope_incorrect": fit["slope_incorrect"],
             "slope_ratio": fit["slope_ratio"], "slope_ratio_low": fit["slope_ratio_low"],
             "slope_ratio_high": fit["slope_ratio_high"], "bootstrap": fit["bootstrap"],
-            f"n_pairs{versus_reference}": n_pairs, **versus,
+            f"n_pairs{suffix}": n_pairs, **against,
         })
     columns = keys + ["widths", "n_widths", "n_models", "slope_correct", "slope_incorrect",
                       "slope_ratio", "slope_ratio_low", "slope_ratio_high", "bootstrap",
-                      f"n_pairs{versus_reference}"]
+                      f"n_pairs{suffix}"]
     columns += [f"{name}{end}" for name in relative for end in ("", "_low", "_high")]
     return pd.DataFrame(rows, columns=columns)

@@ -1,9 +1,11 @@
+import json
 import math
 
 import numpy as np
 import pytest
 from scipy.spatial.distance import jensenshannon
 from scipy.special import logsumexp
+from scipy.special import softmax as scipy_softmax
 from scipy.stats import kendalltau
 
 from kdpipe.metrics import (
@@ -11,6 +13,7 @@ from kdpipe.metrics import (
     activation_distance,
     agreement_split,
     cross_entropy,
+    expected_calibration_error,
     js_divergence,
     prediction_agreement,
     rank_disagreement,
@@ -217,3 +220,103 @@ def test_student_metrics_hand_worked_three_classes():
 def test_minus_infinity_is_a_class_of_zero_probability():
     result = student_metrics([[0.0, -np.inf]], [[0.0, -np.inf]], np.array([0]))
     assert result["accuracy"] == 1.0 and result["js_divergence"] == 0.0
+
+
+# ---- calibration --------------------------------------------------------------------------------
+
+INF = float("inf")
+
+
+def confident(p, c=4):
+    """Logits of one sample whose largest softmax probability is p, on class 0, the rest even."""
+    return np.log([p] + [(1 - p) / (c - 1)] * (c - 1))
+
+
+def ece_by_bins(logits, labels, bins):
+    """The expected calibration error written out bin by bin, as Guo et al. (2017) do: bins
+    (lo, hi] of numpy.linspace(0, 1, bins + 1), confidence the largest softmax probability."""
+    p = scipy_softmax(np.asarray(logits, dtype=np.float64), axis=1)
+    confidence, correct = p.max(axis=1), p.argmax(axis=1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    total = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (confidence > lo) & (confidence <= hi)
+        if inside.any():
+            total += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return total
+
+
+def test_ece_hand_worked():
+    """Four bins (0, .25], (.25, .5], (.5, .75], (.75, 1] of six samples, by hand:
+    bin 1: confidence .25 (on its edge), wrong: 1/6 * |0 - .25|;
+    bin 2: .5 (on its edge) wrong, .5 right, .4 right: 3/6 * |2/3 - 1.4/3| = 0.1;
+    bin 3: empty; bin 4: 1 right, .9 wrong: 2/6 * |1/2 - .95| = 0.15."""
+    logits = np.array([[0, 0, 0, 0], [0, 0, -INF, -INF], [0, 0, -INF, -INF], confident(0.4),
+                       [0, -INF, -INF, -INF], confident(0.9)])
+    labels = np.array([1, 1, 0, 0, 0, 2])  # every argmax is class 0
+    assert expected_calibration_error(logits, labels, bins=4) == pytest.approx(0.25 / 6 + 0.25,
+                                                                             abs=1e-15)
+
+
+def test_ece_a_confidence_on_an_edge_falls_in_the_bin_below():
+    # .5 is the upper edge of (.25, .5]: with .3 in one bin, 1 * |1/2 - .4|; had it opened
+    # (.5, .75] instead, the two bins would give 1/2 * .5 + 1/2 * .7
+    logits = np.array([[0, 0, -INF, -INF], confident(0.3)])
+    assert expected_calibration_error(logits, np.array([1, 0]), bins=4) == pytest.approx(0.1)
+
+
+def test_ece_confidence_one_and_empty_bins():
+    certain = np.array([[0, -INF, -INF], [5, -INF, -INF]])
+    # confidence 1 lands in the last bin, the 14 others are empty and add nothing
+    assert expected_calibration_error(certain, np.array([0, 0]), bins=15) == 0.0
+    assert expected_calibration_error(certain, np.array([1, 2]), bins=15) == 1.0
+    # one bin: |accuracy - mean confidence|
+    logits = np.array([confident(0.9), confident(0.6), confident(0.3)])
+    assert expected_calibration_error(logits, np.array([0, 1, 0]), bins=1) == pytest.approx(
+        abs(2 / 3 - 0.6))
+
+
+@pytest.mark.parametrize("bins", [1, 2, 7, 15, 40])
+def test_ece_matches_the_bin_by_bin_formula(bins):
+    rng = np.random.default_rng(bins)
+    logits = rng.normal(0.0, 3.0, size=(2000, 10)).astype(np.float32)
+    labels = np.where(rng.random(2000) < 0.7, logits.argmax(axis=1), rng.integers(0, 10, 2000))
+    assert expected_calibration_error(logits, labels, bins) == pytest.approx(
+        ece_by_bins(logits, labels, bins), abs=1e-12)
+
+
+@pytest.mark.parametrize("bins", [0, -1, 2.5, True])
+def test_ece_refuses_a_bin_count_that_is_not_a_positive_integer(bins):
+    with pytest.raises(ValueError, match="confidence bins must be an integer >= 1"):
+        expected_calibration_error(np.zeros((2, 3)), np.array([0, 1]), bins)
+
+
+def test_collect_computes_ece_and_the_gap_to_the_teacher_from_the_logits(tmp_path):
+    """The models table's ece (with the bin count asked for) and ece_gap come from the stored
+    logits: the rows written by training carry neither."""
+    from kdpipe.tables import collect_rows
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 300)
+    np.save(tmp_path / "labels.npy", labels)
+    row = {"setup": "s", "dataset": "d", "arch": "mlp", "teacher_id": "s/teacher",
+           "width": 1.0, "seed": 0, "accuracy": 0.5, "loss": 1.0, "train_loss": 1.0,
+           "n_teacher_correct": 150, "n_teacher_incorrect": 150, "labels_path": "labels.npy"}
+    student = {"activation_distance": 0.1, "js_divergence": 0.1, "prediction_agreement": 0.5,
+               "correct_agreement": 0.5, "incorrect_agreement": 0.5, "rank_disagreement": 0.2}
+    logits, paths = {}, []
+    for name, extra in (("teacher", {"role": "teacher", "method": ""}),
+                        ("kd", {"role": "student", "method": "kd", "alpha": 0.5,
+                                "temperature": 1.0, **student})):
+        logits[name] = rng.normal(0.0, 2.0, size=(300, 5)).astype(np.float32)
+        np.save(tmp_path / f"{name}.npy", logits[name])
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({**row, **extra, "logits_path": f"{name}.npy"}))
+        paths.append(path)
+    table = collect_rows(paths, tmp_path, ece_bins=7).set_index("method")
+    expected = {name: ece_by_bins(logits[name], labels, 7) for name in logits}
+    assert table.loc["", "ece"] == pytest.approx(expected["teacher"], abs=1e-12)
+    assert table.loc["kd", "ece"] == pytest.approx(expected["kd"], abs=1e-12)
+    assert table.loc["kd", "ece_gap"] == pytest.approx(expected["kd"] - expected["teacher"],
+                                                       abs=1e-12)
+    assert np.isnan(table.loc["", "ece_gap"])

@@ -30,7 +30,7 @@ def synthetic_models(temperatures, rng_seed=0) -> pd.DataFrame:
                 "n_teacher_correct": 1000 - n_incorrect, "n_teacher_incorrect": n_incorrect,
                 "labels_path": f"{setup}/labels.npy"}
         rows.append({**base, "role": "teacher", "method": "", "alpha": NAN, "temperature": NAN, "width": 1.0,
-                     "seed": 0, "accuracy": 0.88 if i == 0 else 1.0, "loss": 0.4, "train_loss": 0.02 * 10**i,
+                     "seed": 0, "accuracy": 0.88 if i == 0 else 1.0, "loss": 0.4, "ece": 0.02, "train_loss": 0.02 * 10**i,
                      "logits_path": f"{setup}/teacher/logits.npy"})
         arms = [("siddo", 0.0, NAN)] + [(m, a, t) for m in ("kd", "rcd") for a in ALPHAS for t in temperatures]
         for width in WIDTHS:
@@ -47,7 +47,7 @@ def synthetic_models(temperatures, rng_seed=0) -> pd.DataFrame:
                     rows.append({
                         **base, "role": "student", "method": method, "alpha": alpha, "temperature": temperature,
                         "width": width, "seed": seed, "accuracy": 0.86 + 0.02 * (method == "kd") + noise[3],
-                        "loss": 0.45,
+                        "loss": 0.45, "ece": 0.03 + abs(noise[3]),
                         "train_loss": 0.01, "activation_distance": distance, "js_divergence": distance**2 / 2,
                         "prediction_agreement": correct * 0.88 + incorrect * 0.12,
                         "correct_agreement": correct, "incorrect_agreement": incorrect,

@@ -323,6 +323,54 @@ def test_compare_methods_level_and_missing_arm():
                                             "no test: 5 and 0 seeds with a finite value"}
 
 
+def test_methods_comparisons_and_reference_are_arguments():
+    """Methods named outside the registry: "x" and its control "y" at two alphas against the
+    reference "ref", which has no alpha or T and is matched by setup, teacher and width alone."""
+    rng = np.random.default_rng(3)
+    rows, values = [teacher("a")], {}
+    for seed in range(6):
+        for alpha in (0.1, 0.5):
+            for method in ("x", "y"):
+                value = rng.random()
+                values.setdefault((method, alpha), []).append(value)
+                rows.append(model("a", method, alpha, 1.0, 1, seed, accuracy=value,
+                                  correct_agreement=(400 + seed) / 800,
+                                  incorrect_agreement=(100 + 10 * seed) / 200))
+        value = rng.random()
+        values.setdefault("ref", []).append(value)
+        rows.append(model("a", "ref", NAN, NAN, 1, seed, accuracy=value,
+                          correct_agreement=400 / 800, incorrect_agreement=100 / 200))
+        rows.append(model("a", "ref", NAN, NAN, 2, seed, accuracy=9.0))  # another width
+    models = pd.DataFrame(rows)
+    comparisons = {"x": (methods.versus("x", "ref"), methods.versus("x", "y"))}
+    table = compare_methods(models, metrics=["accuracy"], comparisons=comparisons,
+                            reference="ref").set_index(["alpha", "comparison"])
+    assert sorted(table.index) == [(a, c) for a in (0.1, 0.5) for c in ("x_vs_ref", "x_vs_y")]
+    for alpha in (0.1, 0.5):
+        assert table.loc[(alpha, "x_vs_ref"), "p"] == pytest.approx(
+            mannwhitneyu(values[("x", alpha)], values["ref"]).pvalue)
+        assert table.loc[(alpha, "x_vs_y"), "p"] == pytest.approx(
+            mannwhitneyu(values[("x", alpha)], values[("y", alpha)]).pvalue)
+        assert table.loc[(alpha, "x_vs_ref"), "p_paired"] == pytest.approx(
+            wilcoxon(np.subtract(values[("x", alpha)], values["ref"])).pvalue)
+    # the reference's columns are named after it; x's median count is 402.5 of 800 against 400
+    payoff = asymmetry(models, methods=("x", "y"), reference="ref")
+    assert {"median_correct_ref", "median_incorrect_ref"} <= set(payoff.columns)
+    x = payoff[payoff["method"] == "x"]
+    np.testing.assert_allclose(x["delta_correct"], 2.5 / 800)
+    np.testing.assert_allclose(x["delta_incorrect"], 25 / 200)
+    fits = scaling(models, bootstrap=0, methods=("x", "y"), reference="ref")
+    assert set(fits["method"]) == {"x", "y", "ref"} and "n_pairs_vs_ref" in fits
+    # the claim: y's accuracy against x's, where x_vs_y was tested
+    claim = claims(compare_methods(models, metrics=["accuracy"], comparisons=comparisons,
+                                   reference="ref"), lead="x", control="y")
+    assert list(claim["alpha"]) == [0.1, 0.5]
+    assert {"median_accuracy_x", "median_accuracy_y", "y_below_x"} <= set(claim.columns)
+    assert (claim["claim"] == "y accuracy not significantly below x").all()
+    with pytest.raises(ValueError, match="reference method 'ref' is among the methods"):
+        asymmetry(models, methods=("x", "ref"), reference="ref")
+
+
 # ---- power: what a test of so many seeds can reject ------------------------------------------
 
 @pytest.mark.parametrize("n1, n2", [(1, 1), (1, 2), (2, 2), (2, 3), (3, 3), (1, 9), (3, 4),
