@@ -205,9 +205,9 @@ def compare_methods(models: pd.DataFrame, metrics=FUNCTIONAL_METRICS + PERFORMAN
 
     One row per (setup, alpha, temperature, width) that has rows of a lead, metric and
     comparison, sorted by those columns. toward_teacher follows the sign of the effect size
-    (see toward_teacher); it is NA for accuracy and loss, which have no teacher direction.
-    significant = p < level and, for a functional metric, toward the teacher; for accuracy and
-    loss p < level alone (two-sided). With correction "holm" or "bh" a p_adjusted column is
+    (see toward_teacher); it is NA for accuracy, loss and ece (PERFORMANCE_METRICS), which have
+    no teacher direction. significant = p < level and, for a functional metric, toward the
+    teacher; for those p < level alone (two-sided). With correction "holm" or "bh" a p_adjusted column is
     added and used for significant; the family is the whole table (every non-NaN p of every
     setup, group, metric and comparison). p_paired is a second check and is not adjusted.
 
