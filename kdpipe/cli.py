@@ -176,7 +176,9 @@ def group_arg(text: str) -> tuple[str, str]:
 # --- parser ------------------------------------------------------------------------------------
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m kdpipe", description=__doc__.split("\n\n")[0])
+    # installed, the package is also the command `kdpipe` (pyproject.toml's [project.scripts])
+    prog = "kdpipe" if Path(sys.argv[0]).name == "kdpipe" else "python -m kdpipe"
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     steps = p.add_subparsers(dest="step", required=True, metavar="STEP")
 
     def step(name, func, help):
