@@ -96,6 +96,10 @@ def compare(teacher, labels, groups: dict, reference: str, seed_pattern: str | N
     from kdpipe.tables import MODEL_COLUMNS
 
     ece_bins = m.ECE_BINS if ece_bins is None else ece_bins
+    if isinstance(ece_bins, bool) or not isinstance(ece_bins, int) or ece_bins < 1:
+        raise InputError(f"the number of confidence bins must be an integer >= 1, got {ece_bins!r}")
+    if not 0 < level < 1:
+        raise InputError(f"the level must lie between 0 and 1, got {level}")
     metrics = m.FUNCTIONAL_METRICS + m.PERFORMANCE_METRICS if metrics is None else tuple(metrics)
     teacher_name = teacher if isinstance(teacher, (str, Path)) else "the teacher's logits"
     teacher_logits = _logits(_load(teacher, "teacher logits"), teacher_name)

@@ -217,6 +217,14 @@ def test_a_seed_pattern_without_one_group_or_without_a_match(inputs):
                       r"number in {folder}/kd/s0.npy", seed_pattern=r"seed(\d+)")
 
 
+def test_a_level_or_bin_count_out_of_range():
+    teacher, labels, groups = toy()
+    with pytest.raises(InputError, match="the level must lie between 0 and 1, got 5"):
+        kdpipe.compare(teacher, labels, groups, reference="base", level=5)
+    with pytest.raises(InputError, match="confidence bins must be an integer >= 1, got 0"):
+        kdpipe.compare(teacher, labels, groups, reference="base", ece_bins=0)
+
+
 def test_the_command_says_what_is_wrong_and_exits_1(inputs):
     result = run_compare(inputs, "--teacher", "teacher.npy", "--labels", "labels.npy",
                          "--group", "kd=kd/*.npy", "--group", "base=nothing/*.npy",
