@@ -225,13 +225,16 @@ def test_a_level_or_bin_count_out_of_range():
         kdpipe.compare(teacher, labels, groups, reference="base", ece_bins=0)
 
 
-def test_the_command_says_what_is_wrong_and_exits_1(inputs):
+@pytest.mark.parametrize("second, message", [
+    ("base=nothing/*.npy", "group base: the pattern 'nothing/*.npy' matches no file"),
+    ("kd=base/*.npy", "group 'kd' is given twice; give each group once"),
+])
+def test_the_command_says_what_is_wrong_and_exits_1(inputs, second, message):
     result = run_compare(inputs, "--teacher", "teacher.npy", "--labels", "labels.npy",
-                         "--group", "kd=kd/*.npy", "--group", "base=nothing/*.npy",
+                         "--group", "kd=kd/*.npy", "--group", second,
                          "--reference", "base", "--out", "out")
     assert result.returncode == 1
-    assert ("kdpipe compare: error: group base: the pattern 'nothing/*.npy' matches no file"
-            in result.stderr)
+    assert f"kdpipe compare: error: {message}" in result.stderr
     assert not (inputs / "out").exists()
 
 
