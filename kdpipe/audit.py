@@ -122,7 +122,8 @@ def teacher_errors(models, results):
 
 
 def errors_of(setup: str, teacher_id: str, logits, labels):
-    """One teacher's rows of the teacher_errors table, from its test logits [N, C] and labels [N]."""
+    """One teacher's rows of the teacher_errors table, from its test logits [N, C] and labels
+    [N]."""
     import pandas as pd
 
     logits, labels = _checked(logits, labels)
@@ -174,7 +175,8 @@ def copies_of(students, teacher_id: str, teacher_logits, labels, results=None):
     erring = np.flatnonzero(n_errors)
     if not len(erring):
         return _frame([], COPIED_COLUMNS)
-    copied = _copied_counts(students, teacher_logits, labels, results)[:, erring]  # [students, classes]
+    # [students, classes]
+    copied = _copied_counts(students, teacher_logits, labels, results)[:, erring]
     repeat = np.repeat(np.arange(len(students)), len(erring))
     columns = {key: students[key].to_numpy()[repeat] for key in ["setup"] + STUDENT_KEYS}
     return _frame([pd.DataFrame({
@@ -275,7 +277,8 @@ def _write_audit_figure(setup, stem, errors, copied, logits_path, labels_path, c
 
 
 def audit_figure(setup, errors_table, copied_table, teacher_logits, labels, classes: dict | None = None,
-                 width: float = 1.0, colors: dict | None = None, methods=SHOWN, reference=REFERENCE):
+                 width: float = 1.0, colors: dict | None = None, methods=SHOWN,
+                 reference=REFERENCE):
     """The 2x2 audit of one setup's teacher, a matplotlib Figure.
 
     Top left, the confusion matrix of its errors (diagonal masked); top right, its TOP_K most
@@ -283,8 +286,9 @@ def audit_figure(setup, errors_table, copied_table, teacher_logits, labels, clas
     confidence on the test samples it gets right and wrong; bottom right, per true class, the
     share of its errors each student method copies: bars are medians over seeds and dots seeds,
     for ``methods`` (default kd and rcd) at their smallest trained alpha and T and for the
-    ``reference`` method (siddo: no alpha or T), all at the trained width closest to ``width``. ``teacher_logits`` and ``labels`` are the teacher's test
-    logits [N, C] and labels [N]; the tables are those of teacher_errors and copied_errors.
+    ``reference`` method (siddo: no alpha or T), all at the trained width closest to ``width``.
+    ``teacher_logits`` and ``labels`` are the teacher's test logits [N, C] and labels [N]; the
+    tables are those of teacher_errors and copied_errors.
     classes: setup -> class names; colors: method -> colour (default kdpipe.plots.method_colors()).
     A teacher at chance accuracy gets a warning under the title.
     """

@@ -85,8 +85,8 @@ def compare(teacher, labels, groups: dict, reference: str, seed_pattern: str | N
 
     ``metrics`` (default: every functional metric, accuracy, loss and ece), ``level`` and
     ``correction`` are those of kdpipe.stats.compare_methods; ``ece_bins`` the confidence bins of
-    the calibration error (default kdpipe.metrics.ECE_BINS). Every value is checked first: a bad
-    one raises InputError naming the file or group and the problem.
+    the calibration error (default kdpipe.metrics.ECE_BINS). Every input is checked before a
+    table is made: a bad one raises InputError naming the file or group and the problem.
     """
     import numpy as np
     import pandas as pd
@@ -96,8 +96,9 @@ def compare(teacher, labels, groups: dict, reference: str, seed_pattern: str | N
     from kdpipe.tables import MODEL_COLUMNS
 
     ece_bins = m.ECE_BINS if ece_bins is None else ece_bins
-    if isinstance(ece_bins, bool) or not isinstance(ece_bins, int) or ece_bins < 1:
-        raise InputError(f"the number of confidence bins must be an integer >= 1, got {ece_bins!r}")
+    if isinstance(ece_bins, bool) or not isinstance(ece_bins, (int, np.integer)) or ece_bins < 1:
+        raise InputError("the number of confidence bins must be an integer >= 1, got "
+                         f"{ece_bins!r}")
     if not 0 < level < 1:
         raise InputError(f"the level must lie between 0 and 1, got {level}")
     metrics = m.FUNCTIONAL_METRICS + m.PERFORMANCE_METRICS if metrics is None else tuple(metrics)

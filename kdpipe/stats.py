@@ -207,9 +207,9 @@ def compare_methods(models: pd.DataFrame, metrics=FUNCTIONAL_METRICS + PERFORMAN
     comparison, sorted by those columns. toward_teacher follows the sign of the effect size
     (see toward_teacher); it is NA for accuracy, loss and ece (PERFORMANCE_METRICS), which have
     no teacher direction. significant = p < level and, for a functional metric, toward the
-    teacher; for those p < level alone (two-sided). With correction "holm" or "bh" a p_adjusted column is
-    added and used for significant; the family is the whole table (every non-NaN p of every
-    setup, group, metric and comparison). p_paired is a second check and is not adjusted.
+    teacher; for those p < level alone (two-sided). With correction "holm" or "bh" a p_adjusted
+    column is added and used for significant; the family is the whole table (every non-NaN p of
+    every setup, group, metric and comparison). p_paired is a second check and is not adjusted.
 
     Power (kdpipe.power): level is the level used; p_min the smallest two-sided p an exact test
     of the row's sizes can give (NaN without a p); with a correction, p_min_adjusted is p_min

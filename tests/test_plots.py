@@ -30,8 +30,8 @@ def synthetic_models(temperatures, rng_seed=0) -> pd.DataFrame:
                 "n_teacher_correct": 1000 - n_incorrect, "n_teacher_incorrect": n_incorrect,
                 "labels_path": f"{setup}/labels.npy"}
         rows.append({**base, "role": "teacher", "method": "", "alpha": NAN, "temperature": NAN, "width": 1.0,
-                     "seed": 0, "accuracy": 0.88 if i == 0 else 1.0, "loss": 0.4, "ece": 0.02, "train_loss": 0.02 * 10**i,
-                     "logits_path": f"{setup}/teacher/logits.npy"})
+                     "seed": 0, "accuracy": 0.88 if i == 0 else 1.0, "loss": 0.4, "train_loss": 0.02 * 10**i,
+                     "ece": 0.02, "logits_path": f"{setup}/teacher/logits.npy"})
         arms = [("siddo", 0.0, NAN)] + [(m, a, t) for m in ("kd", "rcd") for a in ALPHAS for t in temperatures]
         for width in WIDTHS:
             for seed in SEEDS:
