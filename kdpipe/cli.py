@@ -2,7 +2,9 @@
 
 Each step reads its settings as one JSON ``--spec`` (the rule passes exactly the config values the
 step depends on, so Snakemake reruns a step when, and only when, one of them changes) and writes
-its outputs atomically. Heavy imports happen inside the steps: ``--help`` stays instant.
+its outputs atomically. Heavy imports happen inside the steps: ``--help`` stays instant. The steps'
+functions raise; only ``main`` turns an error into ``kdpipe <step>: error: <message>`` and exit
+status 1.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from kdpipe.data import DataError
 from kdpipe.io import ResultError
+from kdpipe.jobs import JobError
 
 
 def spec_arg(text: str) -> dict:
@@ -289,7 +292,8 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     try:
         code = args.func(args)
-    except (DataError, ResultError) as error:  # a missing or damaged input, a full disk: say what
+    # a missing or damaged input, a full disk, an absent device, diverged training: say what
+    except (DataError, ResultError, JobError) as error:
         print(f"kdpipe {args.step}: error: {error}", file=sys.stderr)
         return 1
     print(f"{args.step} done in {time.perf_counter() - start:.1f} s", file=sys.stderr)

@@ -9,6 +9,9 @@ carries a digest of everything its result depends on; a rerun of the block skips
 whose row has the expected digest, so that adding an alpha, a temperature, a seed or a method
 trains only the new students, and a changed recipe or retrained teacher retrains what depends on
 it. The block's declared output is a manifest listing its students' rows.
+
+Every function raises (JobError, kdpipe.data.DataError, kdpipe.io.ResultError) rather than
+exiting: the command line (kdpipe.cli) turns those into a message and an exit status.
 """
 from __future__ import annotations
 
@@ -23,6 +26,11 @@ from kdpipe.methods import method
 
 TEACHER_INIT, TEACHER_WEIGHTS = "init.pt", "model.pt"
 TEST_LOGITS, TRAIN_LOGITS, ROW, TIMING = "logits.npy", "train_logits.npy", "row.json", "timing.json"
+
+
+class JobError(Exception):
+    """A training job cannot do what it is asked: its device is absent, a student it shares is
+    not there, its training diverged. The message says what, and what to do."""
 
 
 def digest(obj) -> str:
@@ -58,9 +66,9 @@ def setup_torch(threads: int, device: str) -> str:
     found = {"cuda": torch.cuda.device_count(), "mps": int(torch.backends.mps.is_available())}
     kind, _, index = device.partition(":")
     if kind != "cpu" and int(index or 0) >= found[kind]:
-        raise SystemExit(f"kdpipe: error: config device is {device!r}, but torch finds "
-                         f"{found[kind]} {kind.upper()} device(s) here (torch {torch.__version__}, "
-                         f"CUDA build: {torch.version.cuda}); set device: auto or cpu")
+        raise JobError(f"config device is {device!r}, but torch finds {found[kind]} "
+                       f"{kind.upper()} device(s) here (torch {torch.__version__}, CUDA build: "
+                       f"{torch.version.cuda}); set device: auto or cpu")
     if kind == "cuda":
         # cuDNN's and cuBLAS's default kernels sum in a run-dependent order: on an H200 the
         # CNNs' weights differed run to run after 3 epochs (fused and alone), and were identical
@@ -249,7 +257,7 @@ def train_teacher(spec: dict, data: Path, labels: Path, out: Path, results: Path
         seconds = train([learner], dataset.x_train, dataset.y_train, recipe,
                         log=EpochLog(f"{spec['setup']} teacher", recipe.epochs), checkpoint=saved)
     except TrainingDiverged as error:
-        raise SystemExit(f"kdpipe train-teacher: error: {error}") from None
+        raise JobError(str(error)) from error
     save_state(model, out / TEACHER_WEIGHTS)
     train_loss, train_logits = evaluate(model, dataset.x_train, dataset.y_train,
                                         recipe.eval_batch_size, keep=True)
@@ -303,8 +311,8 @@ def train_block(spec: dict, data: Path, labels: Path, teacher_dir: Path, manifes
         if siddo_from is not None and student["method"] == "siddo":
             source = student_folder(siddo_from, student)
             if not finished(source / ROW, trained, key="train_digest"):
-                raise SystemExit(f"{source} holds no finished siddo student with these settings; "
-                                 f"the block of {siddo_from} trains it")
+                raise JobError(f"{source} holds no finished siddo student with these settings; "
+                               f"the block of {siddo_from} trains it")
         plan.append((student, folder, trained, digest([trained, teacher.fingerprint]), source))
     unscored = [p for p in plan if not finished(p[1] / ROW, p[3])]
     # trained anew: a student of its own whose trained weights are not stored; the others only
@@ -326,7 +334,7 @@ def train_block(spec: dict, data: Path, labels: Path, teacher_dir: Path, manifes
             seconds = train(learners, dataset.x_train, dataset.y_train, recipe,
                             log=EpochLog(label, recipe.epochs), checkpoint=saved)
         except TrainingDiverged as error:  # no student of the block is written: say why
-            raise SystemExit(f"kdpipe train-block: error: {error}") from None
+            raise JobError(str(error)) from error
         for (student, folder, trained, row_digest, _), learner in zip(todo, learners):
             write_student(spec, student, learner.model, dataset, folder, folder, trained,
                           row_digest, teacher_logits, y, labels, results,

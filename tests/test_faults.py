@@ -483,8 +483,8 @@ def test_other_devices_are_refused(device):
 
 
 def test_an_absent_cuda_device_is_named():
-    with pytest.raises(SystemExit, match=r"config device is 'cuda:99', but torch finds \d+ CUDA "
-                                         r"device\(s\) here .*set device: auto or cpu"):
+    with pytest.raises(jobs.JobError, match=r"config device is 'cuda:99', but torch finds \d+ "
+                                            r"CUDA device\(s\) here .*set device: auto or cpu"):
         jobs.setup_torch(1, "cuda:99")
     assert jobs.setup_torch(1, "cpu") == "cpu"
 
