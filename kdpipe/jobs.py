@@ -8,7 +8,8 @@ before a rerun): they are the store of finished students. A student's row.json, 
 carries a digest of everything its result depends on; a rerun of the block skips each student
 whose row has the expected digest, so that adding an alpha, a temperature, a seed or a method
 trains only the new students, and a changed recipe or retrained teacher retrains what depends on
-it. The block's declared output is a manifest listing its students' rows.
+it. The block's declared output is a manifest listing its students' rows. How a digest stays the
+same when a setting is added: kdpipe.digests.
 
 Every function raises (JobError, kdpipe.data.DataError, kdpipe.io.ResultError) rather than
 exiting: the command line (kdpipe.cli) turns those into a message and an exit status.
@@ -22,6 +23,7 @@ import os
 import sys
 from pathlib import Path
 
+from kdpipe.digests import NEUTRAL, digest, without_neutral
 from kdpipe.methods import method
 
 TEACHER_INIT, TEACHER_WEIGHTS = "init.pt", "model.pt"
@@ -31,10 +33,6 @@ TEST_LOGITS, TRAIN_LOGITS, ROW, TIMING = "logits.npy", "train_logits.npy", "row.
 class JobError(Exception):
     """A training job cannot do what it is asked: its device is absent, a student it shares is
     not there, its training diverged. The message says what, and what to do."""
-
-
-def digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def relative(path, results) -> str:
@@ -126,19 +124,18 @@ class Teacher:
 def training_settings(spec: dict, student: dict, data_fp: str, teacher: Teacher,
                       kind: str) -> dict:
     """Everything a student's trained weights depend on, ``kind`` being the kind of device
-    (``device_kind``) that draws its random streams. siddo does not depend on the teacher
-    except through theta0 at width 1: teachers sharing a seed share their siddo students."""
+    (``device_kind``) that draws its random streams, without the settings at their neutral
+    values (kdpipe.digests). siddo does not depend on the teacher except through theta0 at
+    width 1: teachers sharing a seed share their siddo students. A student of another kind of
+    device is another student: kept apart, a block moved to a GPU never pairs new kd students
+    with rcd or siddo students drawn from a CPU's streams (their shared initial weights are what
+    those controls control for)."""
     m = method(student["method"])
     settings = {"method": m.name, "seed": student["seed"], "width": float(spec["width"]),
                 "arch": spec["arch"], "recipe": spec["recipe"], "data": data_fp,
                 "options": {k: v for k, v in student.items()
-                            if k not in ("method", "seed", "run", "alpha", "temperature")}}
-    # a student of another kind of device is another student: kept apart, a block moved to a GPU
-    # never pairs new kd students with rcd or siddo students drawn from a CPU's streams (their
-    # shared initial weights are what those controls control for). CPU students, the first
-    # stored, keep the digests they had before devices were told apart.
-    if kind != "cpu":
-        settings["device"] = kind
+                            if k not in ("method", "seed", "run", "alpha", "temperature")},
+                "device": kind}
     if m.uses_alpha:
         settings["alpha"] = float(student["alpha"])
     if m.uses_temperature:
@@ -147,7 +144,7 @@ def training_settings(spec: dict, student: dict, data_fp: str, teacher: Teacher,
         settings["teacher"] = teacher.fingerprint
     elif float(spec["width"]) == 1.0:
         settings["init"] = teacher.init_fingerprint
-    return settings
+    return without_neutral(settings, NEUTRAL)
 
 
 def finished(row_path: Path, expected: str, key="digest") -> bool:
@@ -250,8 +247,8 @@ def train_teacher(spec: dict, data: Path, labels: Path, out: Path, results: Path
     recipe = Recipe(**spec["recipe"])
     kind = device_kind(device)  # a run killed on one kind of device never resumes on another
     saved = checkpoint(checkpoint_dir, checkpoint_every, "teacher",
-                       json.dumps([spec, data_fingerprint(spec, data, labels), kind],
-                                  sort_keys=True))
+                       json.dumps([without_neutral(spec), data_fingerprint(spec, data, labels),
+                                   kind], sort_keys=True))
     learner = Learner("teacher", model, order_seed=seed_for("order", "teacher", spec["seed"]))
     try:
         seconds = train([learner], dataset.x_train, dataset.y_train, recipe,

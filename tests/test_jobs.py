@@ -1,9 +1,11 @@
 """The training jobs at the command line (kdpipe/jobs.py): initial weights, the store of finished
-students, chunked evaluation, the copied errors per class."""
+students and its digests (kdpipe/digests.py), chunked evaluation, the copied errors per class."""
+import hashlib
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import torch
 
 from conftest import ENV, job_spec, kdpipe_step, prepare_digits
 from kdpipe import jobs, models
+from kdpipe.digests import NEUTRAL, digest, without_neutral
 from kdpipe.train import generator, seed_for
 
 
@@ -32,7 +35,9 @@ def block(*args, **kwargs) -> str:
 
 
 def block_args(work: Path, device: str, width: float, seeds, epochs: int, name: str,
-               methods=("kd", "rcd", "siddo"), teacher="teacher") -> list:
+               methods=("kd", "rcd", "siddo"), teacher="teacher", recipe=None) -> list:
+    """A block's arguments; ``recipe``: the spec's recipe (default: ``epochs`` of batches of
+    32)."""
     students = []
     for seed in seeds:
         for m in methods:
@@ -41,7 +46,8 @@ def block_args(work: Path, device: str, width: float, seeds, epochs: int, name: 
                 student.update(alpha=0.5, temperature=1.0)
             students.append(student)
     return ["train-block", "--spec",
-            job_spec(width=width, students=students, recipe={"epochs": epochs, "batch_size": 32}),
+            job_spec(width=width, students=students,
+                     recipe=recipe or {"epochs": epochs, "batch_size": 32}),
             "--data", work / "data/digits.pt", "--labels", work / "data/digits.labels.npy",
             "--teacher", work / "s" / teacher, "--manifest", work / f"s/{teacher}/blocks/{name}.json",
             "--results", work, "--device", device]
@@ -122,6 +128,60 @@ def test_a_block_moved_to_another_kind_of_device_trains_its_students_anew(teache
         assert "kdpipe train-block: error: config device is 'cuda:99'" in moved.stderr
         for m, row in rows.items():  # the finished students stay as they were
             assert json.loads((work / f"s/teacher/{m}/moved_s0/row.json").read_text()) == row
+
+
+def test_a_setting_at_its_neutral_value_retrains_nothing_and_another_value_retrains(teacher,
+                                                                                   device):
+    """kdpipe.digests: precision and stop_at_train_loss came after the first stored students.
+    At their neutral values (fp32, None) a block finds its students finished whether its spec
+    leaves the settings out (as the workflow's specs do) or spells them out, so adding a setting
+    retrains nothing. At another value (a default moved away from the neutral one) the students
+    are other students, as they are after any change of a setting without a neutral value."""
+    work = teacher
+    before = {"epochs": 1, "batch_size": 32}
+    filled = {**before, "precision": "fp32", "stop_at_train_loss": None}
+    log = block(work, device, 0.5, [4], 1, "neutral", recipe=before)
+    assert "block of 3 students: 0 already finished, training 3" in log
+    log = block(work, device, 0.5, [4], 1, "neutral", recipe=filled)
+    assert "block of 3 students: 3 already finished, training 0" in log
+    for changed in ({"precision": "tf32"}, {"stop_at_train_loss": 1e-9}, {"weight_decay": 1e-6}):
+        log = block(work, device, 0.5, [4], 1, "neutral", recipe={**filled, **changed})
+        assert "block of 3 students: 0 already finished, training 3" in log, changed
+
+
+def test_a_digest_is_the_sha256_of_the_sorted_json():
+    assert digest({"b": 1, "a": [1.0, None]}) == hashlib.sha256(
+        b'{"a": [1.0, null], "b": 1}').hexdigest()[:32]
+
+
+def test_settings_at_their_neutral_values_are_left_out():
+    assert NEUTRAL == {"device": "cpu",
+                       "recipe": {"precision": "fp32", "stop_at_train_loss": None}}
+    settings = {"method": "kd", "device": "cpu", "width": 1.0,
+                "recipe": {"epochs": 3, "precision": "fp32", "stop_at_train_loss": None}}
+    assert without_neutral(settings) == {"method": "kd", "width": 1.0, "recipe": {"epochs": 3}}
+    other = {"method": "kd", "device": "cuda",
+             "recipe": {"epochs": 3, "precision": "tf32", "stop_at_train_loss": 0.5}}
+    assert without_neutral(other) == other
+
+
+def test_a_cpu_student_at_the_neutral_values_has_the_settings_of_one_stored_before_them():
+    """A student's digested settings, written out by hand as they were before precision,
+    stop_at_train_loss and the device were settings: the recipe spelling out the neutral values
+    and a CPU leave them as they were; another device is named."""
+    teacher = SimpleNamespace(fingerprint="teacher-fp", init_fingerprint="theta0-fp")
+    recipe = {"epochs": 3, "batch_size": 32, "lr": 0.001}
+    spec = {"width": 1, "arch": "mlp",
+            "recipe": {**recipe, "precision": "fp32", "stop_at_train_loss": None}}
+    kd = {"method": "kd", "seed": 2, "run": "a0.5_T1_w1_s2", "alpha": 0.5, "temperature": 1.0}
+    assert jobs.training_settings(spec, kd, "data-fp", teacher, "cpu") == {
+        "method": "kd", "seed": 2, "width": 1.0, "arch": "mlp", "recipe": recipe,
+        "data": "data-fp", "options": {}, "alpha": 0.5, "temperature": 1.0,
+        "teacher": "teacher-fp"}
+    siddo = {"method": "siddo", "seed": 2, "run": "w1_s2"}
+    assert jobs.training_settings(spec, siddo, "data-fp", teacher, "cuda") == {
+        "method": "siddo", "seed": 2, "width": 1.0, "arch": "mlp", "recipe": recipe,
+        "data": "data-fp", "options": {}, "device": "cuda", "init": "theta0-fp"}
 
 
 def test_a_retrained_teacher_retrains_only_the_students_that_depend_on_it(teacher, device):

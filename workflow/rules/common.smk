@@ -11,6 +11,8 @@ import jsonschema
 import yaml
 from snakemake.exceptions import WorkflowError
 
+from kdpipe.digests import NEUTRAL, without_neutral
+
 
 def validate_config(config, schema_path):
     """Fill schema defaults and stop on the first problem, naming the key and the value."""
@@ -264,7 +266,8 @@ def labels_file(wildcards):
 
 
 def training_spec(wildcards, recipe=None, **extra):
-    """What a training job depends on, as JSON: its params, hence its rerun trigger."""
+    """What a training job depends on, as JSON: its params, hence its rerun trigger. The recipe's
+    settings at their neutral values are left out (kdpipe.digests)."""
     setup = setup_of(wildcards)
     spec = {
         "setup": wildcards.setup,
@@ -272,7 +275,7 @@ def training_spec(wildcards, recipe=None, **extra):
         "arch": setup["arch"],
         "teacher_id": f"{wildcards.setup}/{wildcards.teacher}",
         "data": dataset_spec(setup["dataset"]),
-        "recipe": recipe or setup["recipe"],
+        "recipe": without_neutral(recipe or setup["recipe"], NEUTRAL["recipe"]),
         **extra,
     }
     return json.dumps(spec, sort_keys=True)
