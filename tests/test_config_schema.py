@@ -1,6 +1,13 @@
 """The config schema names exactly what the package's registries hold (what it refuses:
-tests/test_faults.py)."""
-from conftest import SCHEMA, schema_errors
+tests/test_faults.py); kdpipe.config reads a config as the workflow does: filled with the
+schema's defaults, each error naming its key."""
+import json
+
+import pytest
+import yaml
+
+from conftest import REPO, SCHEMA, TINY, schema_errors
+from kdpipe import config
 from kdpipe.augment import AUGMENTATIONS
 from kdpipe.data import FAMILIES
 from kdpipe.models import ARCHS
@@ -18,3 +25,50 @@ def test_schema_enums_match_the_registries():
 def test_ordinary_folders_and_names_are_accepted():
     assert schema_errors(results="/scratch/me/kd-results_2.0", data_dir="../data",
                          datasets={"cifar10+aug": {"family": "cifar10"}}) == []
+
+
+def test_validate_fills_a_copy_and_no_two_setups_share_a_default():
+    """Each default is copied where it is filled: with one shared object, filling one setup's
+    teachers would fill the other's."""
+    given = {**TINY, "setups": {name: {"dataset": "digits", "arch": "mlp",
+                                       "recipe": {"epochs": 1, "batch_size": 8}}
+                                for name in ("a", "b")}}
+    before = json.dumps(given, sort_keys=True)
+    filled = config.validate(given)
+    assert json.dumps(given, sort_keys=True) == before  # the caller's config is left alone
+    a, b = filled["setups"]["a"], filled["setups"]["b"]
+    assert a["teachers"] == b["teachers"] == {"teacher": {}}
+    assert a["teachers"] is not b["teachers"] and a["resources"] is not b["resources"]
+    assert filled["block"] == {"seeds": 10, "split_runs": False}
+    assert SCHEMA == yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+
+
+@pytest.mark.parametrize("change, key, problem", [
+    ({"colour": "red"}, "(top level)", "Additional properties are not allowed ('colour' was "
+                                       "unexpected)"),
+    ({"alphas": [0.5, 1.5]}, "alphas[1]", "1.5 is greater than the maximum of 1"),
+    ({"setups": {"x": {"dataset": "digits", "arch": "mlp", "recipe": {"epochs": 1},
+                       "teachers": {"t": {}}}}},
+     "setups.x.recipe", "'batch_size' is a required property"),
+    ({"setups": {"x": {"dataset": "digits", "arch": "mlp", "recipe": {"epochs": 1, "batch_size": 8},
+                       "teachers": {"t": {"recipe": {"lr": -1}}}}}},
+     "setups.x.teachers.t.recipe.lr", "-1 is less than or equal to the minimum of 0"),
+    ({"setups": {"x": {"dataset": "mnist", "arch": "mlp",
+                       "recipe": {"epochs": 1, "batch_size": 8}}}},
+     "setups.x.dataset", "unknown dataset 'mnist'; defined in datasets: digits"),
+])
+def test_a_config_error_names_the_key_and_the_problem_only(change, key, problem):
+    with pytest.raises(config.ConfigError) as error:
+        config.validate({**TINY, **change})
+    assert (error.value.key, error.value.problem) == (key, problem)
+    assert str(error.value) == f"config error at {key}: {problem}"
+
+
+def test_load_reads_and_fills_a_config_file(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    assert config.load(path) == config.validate(TINY)
+    path.write_text("seeds: [0]\n")
+    with pytest.raises(config.ConfigError, match=r"config error at \(top level\): 'datasets' is a "
+                                                 "required property"):
+        config.load(path)

@@ -428,8 +428,10 @@ def test_numbers_that_print_alike_get_their_own_paths_and_values(tmp_path):
 def test_bad_config_stops_before_any_job_naming_key_and_value(tmp_path, change, message):
     write_config(tmp_path, **change)
     result = snakemake(tmp_path, "-n", check=False)
+    console = result.stdout + result.stderr
     assert result.returncode != 0
-    assert re.search(message, result.stdout + result.stderr), result.stdout + result.stderr
+    assert re.search(message, console), console
+    assert "eval_batch_size" not in console  # the key and the problem, not the filled config
     assert not (tmp_path / "results").exists()
 
 

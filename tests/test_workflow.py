@@ -321,9 +321,11 @@ HEAVY = ("torch", "numpy", "pandas", "scipy", "matplotlib", "seaborn")
 def test_parsing_the_snakefile_imports_nothing_heavy(tmp_path):
     """A SLURM job re-parses the Snakefile: parsing must not import torch, numpy, pandas,
     scipy, matplotlib or seaborn, nor any kdpipe module but those of the standard library alone:
-    the method registry, the neutral values of the digests, the power arithmetic, and the
-    package's own import of compare (whose heavy imports are inside its functions) with the
-    atomic writes it names. A wrapper Snakefile records the modules that including ours adds."""
+    the config check and the study's plan (config also imports yaml and jsonschema, which
+    Snakemake has imported already), the method registry, the neutral values of the digests, the
+    power arithmetic, and the package's own import of compare (whose heavy imports are inside its
+    functions) with the atomic writes it names. A wrapper Snakefile records the modules that
+    including ours adds."""
     config = yaml.safe_load((REPO / "config/paper.yaml").read_text())
     config.update(kd_masked={"enabled": True}, feature_matching={"enabled": True})
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
@@ -340,8 +342,8 @@ def test_parsing_the_snakefile_imports_nothing_heavy(tmp_path):
     added = json.loads((tmp_path / "parse_modules.json").read_text())
     assert [m for m in added if m.split(".")[0] in HEAVY] == []
     assert [m for m in added if m.startswith("kdpipe")] == [
-        "kdpipe", "kdpipe.compare", "kdpipe.digests", "kdpipe.io", "kdpipe.methods",
-        "kdpipe.power"]
+        "kdpipe", "kdpipe.compare", "kdpipe.config", "kdpipe.digests", "kdpipe.io",
+        "kdpipe.methods", "kdpipe.plan", "kdpipe.power"]
 
 
 @pytest.mark.parametrize("mode", ["samples", "classes"])

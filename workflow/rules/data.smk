@@ -1,7 +1,6 @@
 rule prepare_data:
     output:
-        data=f"{R}/data/{{dataset}}.pt",
-        labels=f"{R}/data/{{dataset}}.labels.npy",
+        **STUDY.data_files("{dataset}"),
     log:
         f"{R}/logs/prepare_data/{{dataset}}.log",
     conda:
@@ -10,7 +9,7 @@ rule prepare_data:
         mem_mb=lambda w: config["datasets"][w.dataset]["resources"]["mem_mb"],
         runtime=lambda w: config["datasets"][w.dataset]["resources"]["runtime"],
     params:
-        spec=lambda w: json.dumps(dataset_spec(w.dataset), sort_keys=True),
+        spec=lambda w: json.dumps(STUDY.dataset_spec(w.dataset), sort_keys=True),
         raw=lambda w: f"{config['data_dir']}/{w.dataset}",
     shell:
         "python -m kdpipe prepare-data --spec {params.spec:q} --raw-dir {params.raw:q}"

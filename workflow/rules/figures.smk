@@ -1,4 +1,4 @@
-STEMS = methods.figure_stems(SETUPS, config["temperatures"], METHODS)
+STEMS = methods.figure_stems(STUDY.setups, config["temperatures"], STUDY.methods)
 FIGURES = [
     figure_file(stem, ext) for stem in STEMS for ext in config["plots"]["formats"]
 ]
@@ -30,7 +30,7 @@ AUDIT_TABLES = expand(
 )
 AUDIT_FIGURES = [
     figure_file(stem, ext)
-    for stem in [f"audit_{setup}" for setup in SETUPS]
+    for stem in [f"audit_{setup}" for setup in STUDY.setups]
     for ext in config["plots"]["formats"]
 ]
 

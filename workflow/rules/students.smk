@@ -9,15 +9,14 @@
 
 rule train_block:
     input:
-        data=data_file,
-        labels=labels_file,
+        unpack(setup_data),
         teacher=f"{TEACHER}/row.json",
-        shared_siddo=shared_siddo,
+        shared_siddo=lambda w: STUDY.shared_siddo(w.setup, w.teacher, w.block) or [],
     output:
-        manifest=f"{TEACHER}/blocks/{{block}}.json",
+        manifest=STUDY.manifest("{setup}", "{teacher}", "{block}"),
     log:
         f"{R}/logs/train_block/{{setup}}/{{teacher}}/{{block}}.log",
-    priority: block_priority
+    priority: lambda w: STUDY.block_priority(w.setup, w.block)
     group:
         STUDENTS
     conda:
@@ -26,7 +25,7 @@ rule train_block:
     resources:
         **TRAINING_RESOURCES,
     params:
-        spec=block_spec,
+        spec=lambda w: STUDY.block_spec(w.setup, w.teacher, w.block),
         siddo=siddo_args,
         args=cpu_args(),
     shell:

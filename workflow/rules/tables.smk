@@ -6,8 +6,8 @@ TABLES = expand(
 
 rule collect:
     input:
-        teachers=teacher_rows(),
-        blocks=block_manifests(),
+        teachers=STUDY.teacher_rows(),
+        blocks=STUDY.manifests(),
     output:
         models=f"{R}/tables/models.parquet",
         csv=f"{R}/tables/models.csv",

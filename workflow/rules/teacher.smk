@@ -1,7 +1,6 @@
 rule train_teacher:
     input:
-        data=data_file,
-        labels=labels_file,
+        unpack(setup_data),
     output:
         init=f"{TEACHER}/init.pt",
         weights=f"{TEACHER}/model.pt",
@@ -16,7 +15,7 @@ rule train_teacher:
     resources:
         **TRAINING_RESOURCES,
     params:
-        spec=lambda w: training_spec(w, recipe=teacher_recipe(w), seed=teacher_seed(w)),
+        spec=lambda w: STUDY.teacher_spec(w.setup, w.teacher),
         args=cpu_args(),
     shell:
         "python -m kdpipe train-teacher --spec {params.spec:q} --data {input.data:q}"

@@ -1,0 +1,201 @@
+"""The plan of a study: its teachers and students, the jobs that train them, the specs those jobs
+are given and the files the study writes, all from a validated config (kdpipe.config.validate).
+The workflow rules read it through thin input functions; ``Study`` holds no Snakemake.
+
+A teacher is named by (setup, teacher); its students by method and run name below it. Students
+train in blocks: packed (the default), one job per (setup, teacher, width) and `block.seeds` seeds
+at a time (a setup's `block_seeds` overrides it) training every method, alpha and temperature of
+those seeds; with `block.split_runs`, one job per (alpha, T, width, seed) (siddo one per
+(width, seed), fm one per (alpha, width, seed)). Each setup's blocks are the same for every one
+of its teachers.
+
+Only the standard library is imported: the Snakefile imports this module while it is parsed.
+"""
+from __future__ import annotations
+
+import json
+
+from kdpipe import methods
+from kdpipe.digests import NEUTRAL, without_neutral
+
+
+def number(x) -> str:
+    """A number as it appears in paths, losslessly (the shortest text that reads back as the same
+    float, so that two values never share a path): 0.1 -> '0.1', 1.0 -> '1', 0.5000001 ->
+    '0.5000001'."""
+    return repr(float(x)).removesuffix(".0")
+
+
+def run_name(method: str, alpha, temperature, width, seed) -> str:
+    """A student's folder below its method's: what it depends on among alpha, T, width and seed
+    (each as ``number`` writes it)."""
+    m = methods.method(method)
+    return "".join([f"a{alpha}_" if m.uses_alpha else "",
+                    f"T{temperature}_" if m.uses_temperature else "",
+                    f"w{width}_s{seed}"])
+
+
+class Study:
+    """The plan of the study a validated, filled config describes."""
+
+    def __init__(self, config: dict):
+        self.config = config
+        self.results = config["results"]
+        self.alphas = [number(a) for a in config["alphas"]]
+        self.temperatures = [number(t) for t in config["temperatures"]]
+        self.widths = [number(w) for w in config["widths"]]
+        self.seeds = [str(s) for s in config["seeds"]]
+        self.setups = list(config["setups"])
+        self.methods = methods.enabled(config)
+        # every (setup, teacher), in config order
+        self.teachers = [(setup, teacher) for setup in self.setups
+                         for teacher in config["setups"][setup]["teachers"]]
+        # setup -> {block name: (width, students)}
+        self.blocks = {setup: self._blocks(setup) for setup in self.setups}
+
+    # --- files ------------------------------------------------------------------------------
+
+    def data_files(self, dataset: str) -> dict:
+        """The prepared dataset and its test labels: {"data": .pt, "labels": .labels.npy}."""
+        return {"data": f"{self.results}/data/{dataset}.pt",
+                "labels": f"{self.results}/data/{dataset}.labels.npy"}
+
+    def teacher_dir(self, setup: str, teacher: str) -> str:
+        """A teacher's folder: its weights, logits and row; its students below it."""
+        return f"{self.results}/{setup}/{teacher}"
+
+    def manifest(self, setup: str, teacher: str, block: str) -> str:
+        """A block's declared output, listing its students' rows."""
+        return f"{self.teacher_dir(setup, teacher)}/blocks/{block}.json"
+
+    def teacher_rows(self) -> list[str]:
+        return [f"{self.teacher_dir(setup, teacher)}/row.json" for setup, teacher in self.teachers]
+
+    def manifests(self) -> list[str]:
+        return [self.manifest(setup, teacher, block) for setup, teacher in self.teachers
+                for block in self.blocks[setup]]
+
+    # --- students and blocks ----------------------------------------------------------------
+
+    def students_of(self, setup: str, width: str, seed: str) -> dict:
+        """Every student of one (setup, width, seed), grouped by the (alpha, T) it depends on
+        (None for what does not depend on it): {(alpha, T): [student, ...]}. A student is the
+        dict a block's spec lists: method, seed, run, alpha and temperature where it uses them,
+        and its method's options (rcd's noise, kd_masked's mode and weight, fm's stage)."""
+        config = self.config
+        masked = {k: config["kd_masked"][k] for k in ("mode", "incorrect_weight")}
+        groups = {}
+        for name in self.methods:
+            m = methods.method(name)
+            extra = {**({"noise": config["rcd"]} if m.uses_noise else {}),
+                     **(masked if m.masked else {}),
+                     **({"stage": config["setups"][setup].get("fm_stage")}
+                        if m.loss == "stage-mse" else {})}
+            for alpha in self.alphas if m.uses_alpha else [None]:
+                for temperature in self.temperatures if m.uses_temperature else [None]:
+                    student = {"method": name, "seed": int(seed),
+                               "run": run_name(name, alpha, temperature, width, seed), **extra}
+                    if alpha is not None:
+                        student["alpha"] = float(alpha)
+                    if temperature is not None:
+                        student["temperature"] = float(temperature)
+                    groups.setdefault((alpha, temperature), []).append(student)
+        return groups
+
+    def seeds_per_block(self, setup: str) -> int:
+        """The seeds one packed block trains: the setup's `block_seeds`, else `block.seeds`."""
+        return self.config["setups"][setup].get("block_seeds", self.config["block"]["seeds"])
+
+    def _blocks(self, setup: str) -> dict:
+        blocks = {}
+        for width in self.widths:
+            if self.config["block"]["split_runs"]:
+                for seed in self.seeds:
+                    for (alpha, temperature), students in self.students_of(setup, width,
+                                                                           seed).items():
+                        method = students[0]["method"]
+                        name = run_name(method, alpha, temperature, width, seed)
+                        if alpha is None or temperature is None:
+                            name = f"{method}_{name}"
+                        blocks[name] = (width, students)
+                continue
+            step = self.seeds_per_block(setup)
+            for first in range(0, len(self.seeds), step):
+                chunk = self.seeds[first:first + step]
+                students = [s for seed in chunk
+                            for group in self.students_of(setup, width, seed).values()
+                            for s in group]
+                blocks[f"w{width}_s{chunk[0]}-{chunk[-1]}"] = (width, students)
+        return blocks
+
+    def students(self, setup: str) -> list[dict]:
+        """Every student one teacher of ``setup`` has, in block order."""
+        return [s for _, students in self.blocks[setup].values() for s in students]
+
+    def block_priority(self, setup: str, block: str) -> float:
+        """Larger blocks start first, so that the jobs left running at the end are short ones and
+        no core idles while one long block finishes: a block's work grows with its students and,
+        roughly, the square of its width (parameters of the hidden layers)."""
+        width, students = self.blocks[setup][block]
+        return len(students) * float(width) ** 2
+
+    # --- teachers ---------------------------------------------------------------------------
+
+    def teacher_seed(self, setup: str, teacher: str) -> int:
+        entry = self.config["setups"][setup]
+        return entry["teachers"][teacher].get("seed", entry["teacher_seed"])
+
+    def teacher_recipe(self, setup: str, teacher: str) -> dict:
+        """The setup's recipe with the teacher's overrides (other epochs, a target loss, ...)."""
+        entry = self.config["setups"][setup]
+        return {**entry["recipe"], **entry["teachers"][teacher].get("recipe", {})}
+
+    def siddo_owner(self, setup: str, teacher: str) -> str:
+        """The teacher of this setup whose siddo students this teacher shares: the first, in
+        config order, with the same teacher seed (siddo depends on theta0, not on the trained
+        teacher)."""
+        seed = self.teacher_seed(setup, teacher)
+        return next(t for t in self.config["setups"][setup]["teachers"]
+                    if self.teacher_seed(setup, t) == seed)
+
+    def shared_siddo(self, setup: str, teacher: str, block: str) -> str | None:
+        """The owner's manifest of this block where this teacher's rows reference the owner's
+        siddo students instead of training them, else None."""
+        owner = self.siddo_owner(setup, teacher)
+        _, students = self.blocks[setup][block]
+        if owner == teacher or not any(s["method"] == "siddo" for s in students):
+            return None
+        return self.manifest(setup, owner, block)
+
+    # --- what the jobs are given -------------------------------------------------------------
+
+    def dataset_of(self, setup: str) -> str:
+        return self.config["setups"][setup]["dataset"]
+
+    def dataset_spec(self, dataset: str) -> dict:
+        """What prepare-data reads of a dataset's entry: its resources are the cluster's
+        business."""
+        return {key: self.config["datasets"][dataset][key] for key in ("family", "options")}
+
+    def training_spec(self, setup: str, teacher: str, recipe: dict, **extra) -> str:
+        """What a training job depends on, as JSON: its params, hence its rerun trigger. The
+        recipe's settings at their neutral values are left out (kdpipe.digests)."""
+        entry = self.config["setups"][setup]
+        spec = {"setup": setup, "dataset": entry["dataset"], "arch": entry["arch"],
+                "teacher_id": f"{setup}/{teacher}", "data": self.dataset_spec(entry["dataset"]),
+                "recipe": without_neutral(recipe, NEUTRAL["recipe"]), **extra}
+        return json.dumps(spec, sort_keys=True)
+
+    def teacher_spec(self, setup: str, teacher: str) -> str:
+        return self.training_spec(setup, teacher, self.teacher_recipe(setup, teacher),
+                                  seed=self.teacher_seed(setup, teacher))
+
+    def block_spec(self, setup: str, teacher: str, block: str) -> str:
+        width, students = self.blocks[setup][block]
+        return self.training_spec(setup, teacher, self.config["setups"][setup]["recipe"],
+                                  width=float(width), students=students)
+
+    def resources(self, setup: str) -> dict:
+        """What one training job of ``setup`` asks a cluster for: gpu, mem_mb, runtime
+        (minutes)."""
+        return self.config["setups"][setup]["resources"]
