@@ -35,7 +35,7 @@ def main():
 
     import torch
 
-    from kdpipe import models
+    from kdpipe import config, models
     from kdpipe.jobs import setup_torch
     from kdpipe.train import Learner, Recipe, TeacherLogits, generator, train
 
@@ -60,7 +60,7 @@ def main():
                 model = models.build("resnet18", (3, side, side), 10, width).to(device)
                 models.init_parameters(model, generator(seed, device))
                 learners.append(Learner("kd", model, TeacherLogits(teacher), 0.5, order_seed=seed))
-            recipe = Recipe(epochs=1, batch_size=batch, precision=precision)
+            recipe = Recipe(**config.recipe(epochs=1, batch_size=batch, precision=precision))
             train(learners, x, y, recipe, fuse=args.fuse)  # warm-up
             seconds = statistics.median(train(learners, x, y, recipe, fuse=args.fuse)
                                         for _ in range(args.repeats))

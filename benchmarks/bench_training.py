@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from kdpipe import config
+
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 ENV = {**os.environ, "PATH": f"{Path(PYTHON).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -39,9 +41,10 @@ def kdpipe(*args, env=ENV):
                    stderr=subprocess.DEVNULL)
 
 
-def spec(**extra):
+def spec(recipe: dict, **extra):
+    """A training job's spec; ``recipe`` gets the schema's defaults, as a config's does."""
     return json.dumps({"setup": "bench", "dataset": "digits", "arch": "mlp",
-                       "teacher_id": "bench/teacher", **extra})
+                       "teacher_id": "bench/teacher", "recipe": config.recipe(**recipe), **extra})
 
 
 def prepare(work: Path, epochs: int):
@@ -106,7 +109,7 @@ def pair_cost(epochs: int, repeats: int = 5) -> None:
     prepared = kdata.family("digits").prepare({}, Path("."))
     x, y = prepared["x_train"], prepared["y_train"]
     teacher = torch.randn(len(x), 10, generator=generator(0))
-    recipe = Recipe(epochs=epochs, batch_size=32)
+    recipe = Recipe(**config.recipe(epochs=epochs, batch_size=32))
     print(f"2b. kd+rcd pair against one kd student, training loop alone ({epochs} epochs, median "
           f"of {repeats})")
     for arch in ("mlp", "cnn"):
@@ -225,7 +228,7 @@ def engine(epochs: int, repeats: int) -> None:
 
     torch.set_num_threads(1)
     x, y = digits()
-    recipe = Recipe(epochs=epochs, batch_size=32)
+    recipe = Recipe(**config.recipe(epochs=epochs, batch_size=32))
     print(f"4a. 8 digits-MLP kd students (width 1, seeds 0-7), {epochs} epochs, one thread, "
           f"median of {repeats}")
     fused, sequential = fused_and_sequential(
@@ -247,7 +250,8 @@ def engine(epochs: int, repeats: int) -> None:
           f"median of {repeats}); 'engine' is what fuse=auto, the default, does here")
     for arch, (shape, widths, _, batch) in ENGINE_CASES.items():
         ax, ay, classes = engine_data(arch)
-        arch_recipe = Recipe(epochs=1 if arch not in ("mlp", "cnn") else epochs, batch_size=batch)
+        arch_epochs = 1 if arch not in ("mlp", "cnn") else epochs
+        arch_recipe = Recipe(**config.recipe(epochs=arch_epochs, batch_size=batch))
         for width in widths:
             def learners_of():
                 return kd_students(arch, shape, width, classes, ax, ay, range(4))
@@ -272,7 +276,7 @@ def group_sizes(epochs: int, repeats: int) -> None:
 
     torch.set_num_threads(1)
     x, y = digits()
-    recipe = Recipe(epochs=epochs, batch_size=32)
+    recipe = Recipe(**config.recipe(epochs=epochs, batch_size=32))
     print(f"4d. K digits students stacked (fuse=always) against one after another ({epochs} "
           f"epochs, one thread, median of {repeats}, alternating)")
     cases = [(k, f"{k} seeds", lambda a, w, k=k: kd_students(a, (1, 8, 8), w, 10, x, y, range(k)))
@@ -318,14 +322,15 @@ def arithmetic_floor(epochs: int) -> None:
     total_flops = total_seconds = 0.0
     for arch, lr in (("mlp", 1e-3), ("cnn", 2e-3)):
         for width in (0.5, 1, 2):
-            recipe = Recipe(epochs=1, batch_size=32, lr=lr)
+            recipe = Recipe(**config.recipe(epochs=1, batch_size=32, lr=lr))
             with FlopCounterMode(display=False) as counter:
                 train(kd_students(arch, (1, 8, 8), width, 10, x, y, [0]), x, y, recipe)
             per_student = counter.get_total_flops() * study_epochs
             flops = per_student * seeds * methods + (per_student if width == 1 else 0)
             group = kd_students(arch, (1, 8, 8), width, 10, x, y, [0],
                                 ("kd", "kd", "kd", "rcd", "rcd", "rcd", "siddo"))
-            seconds = train(group, x, y, Recipe(epochs=epochs, batch_size=32, lr=lr))
+            recipe = Recipe(**config.recipe(epochs=epochs, batch_size=32, lr=lr))
+            seconds = train(group, x, y, recipe)
             seconds *= study_epochs / epochs * seeds
             total_flops += flops
             total_seconds += seconds

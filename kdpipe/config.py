@@ -91,3 +91,10 @@ def load(config_file, path: Path = SCHEMA_PATH) -> dict:
     """The YAML config file ``config_file``, validated and filled (``validate``)."""
     return validate(yaml.safe_load(Path(config_file).read_text()) or {}, path)
 
+
+def recipe(**keys) -> dict:
+    """A training recipe: ``keys`` (at least epochs and batch_size) with the schema's defaults
+    for the rest, as a setup's recipe is filled; raises ConfigError on a bad key or value."""
+    filled = copy.deepcopy(keys)
+    _check(filled, schema()["definitions"]["recipe"], at=("recipe",))
+    return filled

@@ -23,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from kdpipe.digests import NEUTRAL, digest, without_neutral
+from kdpipe.digests import NEUTRAL, digest, recipe_with_neutral, without_neutral
 from kdpipe.methods import method
 
 TEACHER_INIT, TEACHER_WEIGHTS = "init.pt", "model.pt"
@@ -33,6 +33,19 @@ TEST_LOGITS, TRAIN_LOGITS, ROW, TIMING = "logits.npy", "train_logits.npy", "row.
 class JobError(Exception):
     """A training job cannot do what it is asked: its device is absent, a student it shares is
     not there, its training diverged. The message says what, and what to do."""
+
+
+def spec_recipe(spec: dict):
+    """The ``kdpipe.train.Recipe`` of a job's spec, whose recipe leaves out the settings at their
+    neutral values (kdpipe.digests) and has every other key."""
+    from kdpipe.train import Recipe
+
+    given = recipe_with_neutral(spec["recipe"])
+    missing = [name for name in Recipe.__dataclass_fields__ if name not in given]
+    if missing:
+        raise JobError(f"the spec's recipe lacks {', '.join(missing)}; a config's recipe has them "
+                       "from the schema's defaults (kdpipe.config.recipe fills them)")
+    return Recipe(**given)
 
 
 def relative(path, results) -> str:
@@ -235,16 +248,14 @@ def train_teacher(spec: dict, data: Path, labels: Path, out: Path, results: Path
 
     from kdpipe import data as datasets, metrics, models
     from kdpipe.io import write_json, write_npy
-    from kdpipe.train import (EpochLog, Learner, Recipe, TrainingDiverged, generator, seed_for,
-                              train)
+    from kdpipe.train import EpochLog, Learner, TrainingDiverged, generator, seed_for, train
 
-    out = Path(out)
+    out, recipe = Path(out), spec_recipe(spec)
     device = setup_torch(threads, device)
     dataset = datasets.load(data, device)
     model = models.build(spec["arch"], dataset.input_shape, dataset.num_classes, 1.0).to(device)
     models.init_parameters(model, generator(seed_for("teacher-init", spec["seed"]), device))
     save_state(model, out / TEACHER_INIT)
-    recipe = Recipe(**spec["recipe"])
     kind = device_kind(device)  # a run killed on one kind of device never resumes on another
     saved = checkpoint(checkpoint_dir, checkpoint_every, "teacher",
                        json.dumps([without_neutral(spec), data_fingerprint(spec, data, labels),
@@ -252,7 +263,8 @@ def train_teacher(spec: dict, data: Path, labels: Path, out: Path, results: Path
     learner = Learner("teacher", model, order_seed=seed_for("order", "teacher", spec["seed"]))
     try:
         seconds = train([learner], dataset.x_train, dataset.y_train, recipe,
-                        log=EpochLog(f"{spec['setup']} teacher", recipe.epochs), checkpoint=saved)
+                        log=EpochLog(f"{spec['setup']} teacher", recipe.epochs),
+                        checkpoint=saved)
     except TrainingDiverged as error:
         raise JobError(str(error)) from error
     save_state(model, out / TEACHER_WEIGHTS)
@@ -293,9 +305,9 @@ def train_block(spec: dict, data: Path, labels: Path, teacher_dir: Path, manifes
 
     from kdpipe import data as datasets
     from kdpipe.io import write_json
-    from kdpipe.train import EpochLog, Recipe, TrainingDiverged, train
+    from kdpipe.train import EpochLog, TrainingDiverged, train
 
-    teacher = Teacher(teacher_dir)
+    recipe, teacher = spec_recipe(spec), Teacher(teacher_dir)
     data_fp = data_fingerprint(spec, data, labels)
     kind = device_kind(device)
     teacher_logits = np.load(teacher.folder / TEST_LOGITS)
@@ -319,7 +331,6 @@ def train_block(spec: dict, data: Path, labels: Path, teacher_dir: Path, manifes
     print(f"block of {len(plan)} students: {len(plan) - len(unscored)} already finished, "
           f"training {len(todo)}", file=sys.stderr)
 
-    recipe = Recipe(**spec["recipe"])
     if todo:
         device = setup_torch(threads, device)
         dataset = datasets.load(data, device)
@@ -463,7 +474,7 @@ def teacher_target(spec, dataset, teacher_dir: Path, device: str):
 
     from kdpipe.train import TeacherLogits, TeacherModel
 
-    if spec["recipe"].get("augment", "none") == "none":
+    if spec["recipe"]["augment"] == "none":
         logits = torch.from_numpy(np.load(Path(teacher_dir) / TRAIN_LOGITS)).to(device)
         return TeacherLogits(logits.view(*dataset.y_train.shape, -1))
     return TeacherModel(load_teacher(spec, dataset, teacher_dir, device))

@@ -42,24 +42,27 @@ def generator(seed: int, device="cpu") -> torch.Generator:
 
 @dataclass(frozen=True)
 class Recipe:
-    """How a model is trained. ``lr`` is the peak learning rate; ``schedule`` is ``constant``
-    or ``cosine`` (per step, to zero at the end); ``augment`` names a batch augmentation of
-    ``kdpipe.augment`` applied on the device, with ``augment_options``; ``stop_at_train_loss``
-    ends a learner's training after the first epoch whose mean training-batch loss is at most that value
-    (a teacher trained to a target train loss); ``precision`` is ``fp32``, ``tf32`` or ``bf16``
-    (``precision_context``; parameters and optimizer state stay fp32)."""
+    """How a model is trained, every field given: the config schema's recipe
+    (workflow/schemas/config.schema.yaml) documents each and holds their defaults, and
+    ``kdpipe.config.recipe`` fills them. ``lr`` is the peak learning rate; ``schedule`` is
+    ``constant`` or ``cosine`` (per step, to zero at the end); ``augment`` names a batch
+    augmentation of ``kdpipe.augment`` applied on the device, with ``augment_options``;
+    ``stop_at_train_loss`` (None: never) ends a learner's training after the first epoch whose
+    mean training-batch loss is at most that value (a teacher trained to a target train loss);
+    ``precision`` is ``fp32``, ``tf32`` or ``bf16`` (``precision_context``; parameters and
+    optimizer state stay fp32)."""
     epochs: int
     batch_size: int
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    eval_batch_size: int = 1024
-    augment: str = "none"
-    augment_options: dict = field(default_factory=dict)
-    stop_at_train_loss: float | None = None
-    precision: str = "fp32"
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    schedule: str
+    eval_batch_size: int
+    augment: str
+    augment_options: dict
+    stop_at_train_loss: float | None
+    precision: str
 
 
 class TeacherLogits:

@@ -14,9 +14,9 @@ import pytest
 import torch
 import yaml
 
-from kdpipe import models
+from kdpipe import config, models
 from kdpipe.metrics import accuracy, cross_entropy, student_metrics
-from kdpipe.train import generator
+from kdpipe.train import Recipe, generator
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -148,10 +148,11 @@ def kdpipe_step(*args) -> str:
     return result.stderr
 
 
-def job_spec(**extra) -> str:
-    """The --spec of a training job on digits in setup 's', whose teacher is 's/teacher'."""
+def job_spec(recipe: dict, **extra) -> str:
+    """The --spec of a training job on digits in setup 's', whose teacher is 's/teacher', with
+    the schema's defaults filled into ``recipe`` as the workflow fills a config's."""
     return json.dumps({"setup": "s", "dataset": "digits", "arch": "mlp", "teacher_id": "s/teacher",
-                       "data": {"family": "digits"}, **extra})
+                       "data": {"family": "digits"}, "recipe": config.recipe(**recipe), **extra})
 
 
 def prepare_digits(work: Path) -> tuple[Path, Path]:
@@ -174,6 +175,12 @@ def schema_errors(**changes) -> list[str]:
 
 
 # --- training on toy data ----------------------------------------------------------------------
+
+def full_recipe(**keys) -> Recipe:
+    """A Recipe of ``keys`` with the config schema's defaults for the others. The keys are taken
+    as they are: a test may go where a config may not (0 epochs, a learning rate of 0)."""
+    return Recipe(**{**config.recipe(epochs=1, batch_size=1), **keys})
+
 
 def toy_data(n=64, d=6, c=3, seed=0):
     g = generator(seed)

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdpipe import models
-from kdpipe.train import Checkpoint, Learner, RandomLogits, Recipe, generator, train
+from conftest import full_recipe
+from kdpipe import config, models
+from kdpipe.train import Checkpoint, Learner, RandomLogits, generator, train
 
 torch.set_num_threads(1)
 
@@ -33,7 +34,7 @@ def learners():
 def test_resumed_training_equals_uninterrupted(tmp_path):
     g = generator(0)
     x, y = torch.randn(40, 6, generator=g), torch.randint(0, 3, (40,), generator=g)
-    recipe = Recipe(epochs=5, batch_size=8, schedule="cosine")
+    recipe = full_recipe(epochs=5, batch_size=8, schedule="cosine")
     reference = learners()
     train(reference, x, y, recipe)
 
@@ -76,11 +77,10 @@ def test_sigterm_mid_training_then_rerun_gives_the_same_metrics(tmp_path):
            "--raw-dir", tmp_path, "--out", data, "--labels-out", labels)
     base = {"setup": "s", "dataset": "digits", "arch": "mlp", "teacher_id": "s/teacher"}
     common = ["--data", data, "--labels", labels, "--results", tmp_path, "--device", "cpu"]
-    kdpipe("train-teacher", "--spec", json.dumps({**base, "seed": 0,
-                                                  "recipe": {"epochs": 2, "batch_size": 64}}),
-           *common, "--out", tmp_path / "teacher")
+    teacher = {**base, "seed": 0, "recipe": config.recipe(epochs=2, batch_size=64)}
+    kdpipe("train-teacher", "--spec", json.dumps(teacher), *common, "--out", tmp_path / "teacher")
     pair = {"seed": 1, "run": "s1", "alpha": 0.5, "temperature": 1.0}
-    spec = json.dumps({**base, "width": 0.5, "recipe": {"epochs": 40, "batch_size": 16},
+    spec = json.dumps({**base, "width": 0.5, "recipe": config.recipe(epochs=40, batch_size=16),
                        "students": [{"method": "kd", **pair}, {"method": "rcd", **pair}]})
 
     def students(out, **run):  # a block job, its students stored below a copy of the teacher

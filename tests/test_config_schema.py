@@ -11,6 +11,7 @@ from kdpipe import config
 from kdpipe.augment import AUGMENTATIONS
 from kdpipe.data import FAMILIES
 from kdpipe.models import ARCHS
+from kdpipe.train import Recipe
 
 
 def test_schema_enums_match_the_registries():
@@ -27,6 +28,19 @@ def test_ordinary_folders_and_names_are_accepted():
                          datasets={"cifar10+aug": {"family": "cifar10"}}) == []
 
 
+def test_recipe_fields_are_the_schemas_recipe_keys():
+    """The schema holds every recipe default; Recipe takes every field."""
+    recipe = SCHEMA["definitions"]["recipe"]
+    assert set(recipe["properties"]) == set(Recipe.__dataclass_fields__)
+    assert set(recipe["required"]) | {k for k, v in recipe["properties"].items()
+                                      if "default" in v} == set(Recipe.__dataclass_fields__)
+    filled = config.recipe(epochs=3, batch_size=8, lr=0.1)
+    assert Recipe(**filled) == Recipe(epochs=3, batch_size=8, optimizer="adam", lr=0.1,
+                                      momentum=0.9, weight_decay=0, schedule="constant",
+                                      eval_batch_size=1024, augment="none", augment_options={},
+                                      stop_at_train_loss=None, precision="fp32")
+
+
 def test_validate_fills_a_copy_and_no_two_setups_share_a_default():
     """Each default is copied where it is filled: with one shared object, filling one setup's
     teachers would fill the other's."""
@@ -40,6 +54,7 @@ def test_validate_fills_a_copy_and_no_two_setups_share_a_default():
     assert a["teachers"] == b["teachers"] == {"teacher": {}}
     assert a["teachers"] is not b["teachers"] and a["resources"] is not b["resources"]
     assert filled["block"] == {"seeds": 10, "split_runs": False}
+    assert a["recipe"]["precision"] == "fp32" and a["recipe"]["stop_at_train_loss"] is None
     assert SCHEMA == yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
 
 

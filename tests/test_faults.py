@@ -55,9 +55,9 @@ import soundfile
 import torch
 from scipy.io import savemat
 
-from conftest import (ENV, LABELS, REPO, TEACHER, TEACHER_CONFIDENCE, TINY, fresh_mlp, job_spec,
-                      kdpipe_step, logits_for, planned_jobs, prepare_digits, schema_errors,
-                      snakemake, tables, toy_data, write_audit_study, write_config)
+from conftest import (ENV, LABELS, REPO, TEACHER, TEACHER_CONFIDENCE, TINY, fresh_mlp, full_recipe,
+                      job_spec, kdpipe_step, logits_for, planned_jobs, prepare_digits,
+                      schema_errors, snakemake, tables, toy_data, write_audit_study, write_config)
 from fixtures import (WNIDS, build_cifar10, build_imagefolder, build_shakespeare,
                       build_speechcommands, build_svhn, build_tinyimagenet, tone)
 from kdpipe import audit, data, io, jobs
@@ -65,7 +65,7 @@ from kdpipe.data import DataError, audio, family, text
 from kdpipe.io import ResultError
 from kdpipe.metrics import accuracy, cross_entropy, student_metrics
 from kdpipe.tables import collect_rows
-from kdpipe.train import Checkpoint, Learner, RandomLogits, Recipe, TrainingDiverged, train
+from kdpipe.train import Checkpoint, Learner, RandomLogits, TrainingDiverged, train
 
 
 # --- 1. divergence: training, metrics, a teacher at chance -------------------------------------
@@ -78,7 +78,7 @@ def test_a_non_finite_loss_stops_training_naming_learner_epoch_and_loss():
                 Learner("rcd", fresh_mlp(width=1), RandomLogits(len(x), 3, seed=1), 0.5,
                         order_seed=0)]
     with pytest.raises(TrainingDiverged, match=r"learner 'kd'.* (nan|inf) in epoch 1"):
-        train(learners, x, y, Recipe(epochs=3, batch_size=16, optimizer="sgd", lr=1e4))
+        train(learners, x, y, full_recipe(epochs=3, batch_size=16, optimizer="sgd", lr=1e4))
     assert issubclass(TrainingDiverged, RuntimeError)
 
 
@@ -343,7 +343,7 @@ def test_a_damaged_checkpoint_is_set_aside_and_training_starts_over(tmp_path, ca
     """A truncated checkpoint is named and set aside, and training starts over, rather than
     blocking its job."""
     x, y = toy_data()
-    recipe = Recipe(epochs=4, batch_size=16)
+    recipe = full_recipe(epochs=4, batch_size=16)
     checkpoint = Checkpoint(tmp_path / "state.pt", every=2, key="job")
     train([Learner("m", fresh_mlp(), order_seed=0)], x, y, recipe,
           checkpoint=Checkpoint(checkpoint.path, every=2, key="job"), log=lambda e, _: None)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import ENV, job_spec, kdpipe_step, prepare_digits
-from kdpipe import jobs, models
+from kdpipe import config, jobs, models
 from kdpipe.digests import NEUTRAL, digest, without_neutral
 from kdpipe.train import generator, seed_for
 
@@ -36,8 +36,8 @@ def block(*args, **kwargs) -> str:
 
 def block_args(work: Path, device: str, width: float, seeds, epochs: int, name: str,
                methods=("kd", "rcd", "siddo"), teacher="teacher", recipe=None) -> list:
-    """A block's arguments; ``recipe``: the spec's recipe (default: ``epochs`` of batches of
-    32)."""
+    """A block's arguments; ``recipe``: the spec's recipe as it is (default: ``epochs`` of
+    batches of 32 with the schema's defaults)."""
     students = []
     for seed in seeds:
         for m in methods:
@@ -45,9 +45,11 @@ def block_args(work: Path, device: str, width: float, seeds, epochs: int, name: 
             if m != "siddo":
                 student.update(alpha=0.5, temperature=1.0)
             students.append(student)
-    return ["train-block", "--spec",
-            job_spec(width=width, students=students,
-                     recipe=recipe or {"epochs": epochs, "batch_size": 32}),
+    # epochs may be 0 (a student's initial weights), which a config's recipe refuses
+    spec = json.loads(job_spec(width=width, students=students,
+                               recipe={"epochs": 1, "batch_size": 32}))
+    spec["recipe"] = recipe if recipe is not None else {**spec["recipe"], "epochs": epochs}
+    return ["train-block", "--spec", json.dumps(spec),
             "--data", work / "data/digits.pt", "--labels", work / "data/digits.labels.npy",
             "--teacher", work / "s" / teacher, "--manifest", work / f"s/{teacher}/blocks/{name}.json",
             "--results", work, "--device", device]
@@ -138,8 +140,9 @@ def test_a_setting_at_its_neutral_value_retrains_nothing_and_another_value_retra
     retrains nothing. At another value (a default moved away from the neutral one) the students
     are other students, as they are after any change of a setting without a neutral value."""
     work = teacher
-    before = {"epochs": 1, "batch_size": 32}
-    filled = {**before, "precision": "fp32", "stop_at_train_loss": None}
+    filled = config.recipe(epochs=1, batch_size=32)
+    assert (filled["precision"], filled["stop_at_train_loss"]) == ("fp32", None)
+    before = {k: v for k, v in filled.items() if k not in ("precision", "stop_at_train_loss")}
     log = block(work, device, 0.5, [4], 1, "neutral", recipe=before)
     assert "block of 3 students: 0 already finished, training 3" in log
     log = block(work, device, 0.5, [4], 1, "neutral", recipe=filled)
@@ -182,6 +185,19 @@ def test_a_cpu_student_at_the_neutral_values_has_the_settings_of_one_stored_befo
     assert jobs.training_settings(spec, siddo, "data-fp", teacher, "cuda") == {
         "method": "siddo", "seed": 2, "width": 1.0, "arch": "mlp", "recipe": recipe,
         "data": "data-fp", "options": {}, "device": "cuda", "init": "theta0-fp"}
+
+
+def test_a_spec_without_a_recipe_key_is_refused_naming_it(teacher, device):
+    """A setting without a neutral value has no value a job could assume: the spec must hold it
+    (the workflow's are filled from the schema)."""
+    work = teacher
+    recipe = {k: v for k, v in config.recipe(epochs=1, batch_size=32).items() if k != "lr"}
+    result = subprocess.run([sys.executable, "-m", "kdpipe", *map(str, block_args(
+        work, device, 0.5, [4], 1, "no_lr", recipe=recipe))], env=ENV, capture_output=True,
+        text=True)
+    assert result.returncode == 1
+    assert "kdpipe train-block: error: the spec's recipe lacks lr" in result.stderr
+    assert not (work / "s/teacher/blocks/no_lr.json").exists()
 
 
 def test_a_retrained_teacher_retrains_only_the_students_that_depend_on_it(teacher, device):

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import fresh_mlp, toy_data
+from conftest import fresh_mlp, full_recipe, toy_data
 from kdpipe import models
-from kdpipe.train import (Learner, RandomLogits, Recipe, TeacherLogits, TeacherModel,
+from kdpipe.train import (Learner, RandomLogits, TeacherLogits, TeacherModel,
                           distillation_loss, generator, seed_for, train)
 
 torch.set_num_threads(1)
@@ -70,7 +70,7 @@ def test_teacher_logits_index_the_cache():
 
 def test_training_is_deterministic_and_depends_on_order_seed():
     x, y = toy_data()
-    recipe = Recipe(epochs=3, batch_size=16)
+    recipe = full_recipe(epochs=3, batch_size=16)
     runs = []
     for order_seed in (11, 11, 12):
         model = fresh_mlp()
@@ -84,7 +84,7 @@ def test_learners_trained_together_equal_learners_trained_alone():
     """The kd+rcd pair shares batches, yet each model gets exactly its own gradient."""
     x, y = toy_data()
     teacher = torch.randn(len(x), 3, generator=generator(5))
-    recipe = Recipe(epochs=2, batch_size=16, optimizer="sgd", lr=0.1)
+    recipe = full_recipe(epochs=2, batch_size=16, optimizer="sgd", lr=0.1)
 
     def learners():
         base = fresh_mlp()
@@ -106,7 +106,7 @@ def test_history_records_every_epoch():
     x, y = toy_data()
     learner = Learner("m", fresh_mlp(), order_seed=0)
     seen = []
-    train([learner], x, y, Recipe(epochs=4, batch_size=10), log=lambda e, ls: seen.append(e))
+    train([learner], x, y, full_recipe(epochs=4, batch_size=10), log=lambda e, ls: seen.append(e))
     assert seen == [1, 2, 3, 4]
     assert [h["epoch"] for h in learner.history] == [1, 2, 3, 4]
     assert all(0 <= h["accuracy"] <= 1 and h["loss"] > 0 for h in learner.history)
@@ -168,7 +168,7 @@ def test_augmentation_feeds_the_teacher_the_augmented_batch():
     teacher = models.build("cnn", (1, 8, 8), 3, 0.25)
     models.init_parameters(teacher, generator(1))
     student = Learner("kd", fresh_cnn(), Recorder(teacher), alpha=0.5, order_seed=5)
-    recipe = Recipe(epochs=2, batch_size=8, augment="crop_flip", augment_options={"padding": 2})
+    recipe = full_recipe(epochs=2, batch_size=8, augment="crop_flip", augment_options={"padding": 2})
     train([student], x, y, recipe)
     assert len(seen) == 4
     assert any(not torch.equal(inputs, x[index]) for index, inputs in seen)  # augmented
@@ -235,7 +235,7 @@ def test_stage_adapters_map_student_widths_to_the_teacher():
 def test_training_stops_at_a_target_train_loss():
     x, y = toy_data()
     learner = Learner("m", fresh_mlp(width=1), order_seed=0)
-    train([learner], x, y, Recipe(epochs=50, batch_size=16, lr=0.01, stop_at_train_loss=0.5))
+    train([learner], x, y, full_recipe(epochs=50, batch_size=16, lr=0.01, stop_at_train_loss=0.5))
     assert learner.history[-1]["loss"] <= 0.5 < learner.history[-2]["loss"]
     assert len(learner.history) < 50
 
@@ -264,7 +264,7 @@ def test_kd_masked_classes_differs_from_siddo_unless_its_weight_is_zero():
 
     x, y = toy_data()
     teacher = torch.randn(len(x), 3, generator=generator(5))
-    recipe = Recipe(epochs=2, batch_size=16, optimizer="sgd", lr=0.1)
+    recipe = full_recipe(epochs=2, batch_size=16, optimizer="sgd", lr=0.1)
 
     def trained(weight):
         target = None if weight is None else DownweightedClasses(TeacherLogits(teacher), y,
@@ -290,8 +290,8 @@ def test_a_single_learner_trains_exactly_as_a_plain_loop_with_its_own_order(opti
     has always drawn them."""
     x, y = toy_data()
     learner = Learner("m", fresh_mlp(), order_seed=21)
-    train([learner], x, y, Recipe(epochs=3, batch_size=16, optimizer=optimizer,
-                                  weight_decay=0.1))
+    train([learner], x, y, full_recipe(epochs=3, batch_size=16, optimizer=optimizer,
+                                       weight_decay=0.1))
     model = fresh_mlp()
     optimizer = reference(model.parameters())
     for epoch in range(3):
@@ -308,10 +308,10 @@ def test_a_single_learner_trains_exactly_as_a_plain_loop_with_its_own_order(opti
 def test_training_does_not_import_torch_dynamo():
     """torch.optim.Optimizer's methods import torch._dynamo on first use, 2-3 s of every
     training job; kdpipe's Optimizer calls torch.optim's functional kernels instead."""
-    code = ("import sys, torch; from conftest import fresh_mlp, toy_data; "
-            "from kdpipe.train import Learner, Recipe, train; x, y = toy_data(); "
-            "[train([Learner('m', fresh_mlp(), order_seed=1)], x, y, Recipe(epochs=1, batch_size=16, "
-            "optimizer=o)) for o in ('adam', 'adamw', 'sgd')]; "
+    code = ("import sys, torch; from conftest import fresh_mlp, full_recipe, toy_data; "
+            "from kdpipe.train import Learner, train; x, y = toy_data(); "
+            "[train([Learner('m', fresh_mlp(), order_seed=1)], x, y, "
+            "full_recipe(epochs=1, batch_size=16, optimizer=o)) for o in ('adam', 'adamw', 'sgd')]; "
             "sys.exit('torch._dynamo' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent,
                             capture_output=True, text=True)
@@ -328,7 +328,7 @@ def test_each_learner_draws_its_own_batch_order():
             return torch.zeros(len(index), 3)
         return target
 
-    recipe = Recipe(epochs=2, batch_size=16)
+    recipe = full_recipe(epochs=2, batch_size=16)
     together = [Learner(name, fresh_mlp(), recorder(name), 0.5, order_seed=seed)
                 for name, seed in (("a", 1), ("b", 2), ("c", 1))]
     train(together, x, y, recipe)
@@ -345,7 +345,7 @@ def test_stop_at_train_loss_stops_each_learner_on_its_own():
     """A learner reaching the target train loss stops; the others are not held back, nor
     is it trained on until they too reach it."""
     x, y = toy_data()
-    recipe = Recipe(epochs=40, batch_size=16, lr=0.01, stop_at_train_loss=0.6)
+    recipe = full_recipe(epochs=40, batch_size=16, lr=0.01, stop_at_train_loss=0.6)
 
     def learners():
         return [Learner("fast", fresh_mlp(width=1), order_seed=0),
@@ -412,7 +412,7 @@ def test_a_student_trained_fused_ends_where_it_ends_trained_alone(arch, device):
     from kdpipe.train import Alone, Fused, build_engines
 
     x, y = fusion_data(arch, device)
-    recipe = Recipe(epochs=2, batch_size=8, optimizer="sgd", lr=1e-3, momentum=0.0)
+    recipe = full_recipe(epochs=2, batch_size=8, optimizer="sgd", lr=1e-3, momentum=0.0)
     engines = build_engines(fusion_learners(arch, x, y), [0, 1, 2], recipe, {}, "always")
     expected = Alone if arch == "char_lstm" else Fused  # vmap has no LSTM batching rule
     assert [type(e) for e in engines] == [expected] * (3 if expected is Alone else 1)
@@ -434,7 +434,7 @@ def test_training_is_identical_run_to_run_on_the_device(arch, device):
     deterministic algorithms a job sets up (``setup_torch``): without them, on an H200, these
     models' weights ended 4e-3 to 3e-2 apart after these 3 epochs."""
     x, y = fusion_data(arch, device, n=64)
-    recipe = Recipe(epochs=3, batch_size=16, optimizer="adamw", lr=1e-2)
+    recipe = full_recipe(epochs=3, batch_size=16, optimizer="adamw", lr=1e-2)
     for fuse in ("always", "never"):
         runs = []
         for _ in range(2):
@@ -451,8 +451,8 @@ def test_fused_bf16_students_with_batch_norm_end_near_their_lone_runs(device):
     bf16 input against float32 statistics on CUDA); each learner ends within bf16's reach of
     its lone run."""
     x, y = fusion_data("resnet18", device)
-    recipe = Recipe(epochs=1, batch_size=8, optimizer="sgd", lr=1e-2, momentum=0.0,
-                    precision="bf16")
+    recipe = full_recipe(epochs=1, batch_size=8, optimizer="sgd", lr=1e-2, momentum=0.0,
+                         precision="bf16")
     together = fusion_learners("resnet18", x, y)
     train(together, x, y, recipe, fuse="always")
     for k in range(3):
@@ -465,7 +465,7 @@ def test_fused_bf16_students_with_batch_norm_end_near_their_lone_runs(device):
 
 def test_fused_training_is_identical_run_to_run_and_keeps_adam_state_per_learner(device):
     x, y = fusion_data("cnn", device)
-    recipe = Recipe(epochs=2, batch_size=8, optimizer="adamw", lr=1e-2, weight_decay=0.1)
+    recipe = full_recipe(epochs=2, batch_size=8, optimizer="adamw", lr=1e-2, weight_decay=0.1)
     runs = []
     for _ in range(2):
         learners = fusion_learners("cnn", x, y)
@@ -523,8 +523,8 @@ def test_fused_gradients_match_a_float64_computation(device):
         models.init_parameters(model, generator(k))
         learners.append(Learner(f"m{k}", model.to(device), order_seed=k))
     references = [copy.deepcopy(l.model).double() for l in learners]
-    fused = Fused(learners, Recipe(epochs=1, batch_size=16, optimizer="sgd", lr=0.0, momentum=0),
-                  [None] * 3)
+    recipe = full_recipe(epochs=1, batch_size=16, optimizer="sgd", lr=0.0, momentum=0)
+    fused = Fused(learners, recipe, [None] * 3)
     indices = [torch.randperm(16, generator=generator(10 + k))[:8].to(device) for k in range(3)]
     batches = {k: (index, x[index], y[index]) for k, index in enumerate(indices)}
     with precision_context("fp32", x.device):  # as in train: IEEE float32 on CUDA too
@@ -546,8 +546,8 @@ def test_a_fused_learner_that_reaches_the_target_loss_stops_and_the_others_go_on
     from kdpipe.train import Checkpoint
 
     x, y = toy_data()
-    recipe = Recipe(epochs=30, batch_size=16, optimizer="adamw", lr=0.01, weight_decay=0.5,
-                    stop_at_train_loss=0.7)
+    recipe = full_recipe(epochs=30, batch_size=16, optimizer="adamw", lr=0.01, weight_decay=0.5,
+                         stop_at_train_loss=0.7)
 
     def learners():
         return [Learner(f"m{s}", fresh_mlp(width=0.5, seed=s), order_seed=s) for s in (1, 2, 3)]
@@ -591,7 +591,7 @@ def test_the_engine_fuses_enough_small_models_and_trains_the_rest_alone(device):
         return sum(p.numel() for p in learners[0].parameters())
 
     def engines(learners, fuse="auto"):
-        recipe = Recipe(epochs=1, batch_size=16)
+        recipe = full_recipe(epochs=1, batch_size=16)
         return sorted((type(e) for e in build_engines(learners, range(len(learners)), recipe,
                                                       {}, fuse)), key=str)
 
@@ -657,7 +657,7 @@ def test_fused_feature_matching_and_sample_weighted_learners_equal_their_lone_ru
                                 feature_match=fm, order_seed=len(made) % 2))
         return made
 
-    recipe = Recipe(epochs=2, batch_size=8, optimizer="sgd", lr=1e-2, momentum=0.0)
+    recipe = full_recipe(epochs=2, batch_size=8, optimizer="sgd", lr=1e-2, momentum=0.0)
     engines = build_engines(learners(), range(4), recipe, {}, "always")
     assert [type(e) for e in engines] == [Fused] * 2
     together = learners()
