@@ -1,6 +1,7 @@
 """A study's configuration: read, checked against workflow/schemas/config.schema.yaml and filled
 with the defaults written there, so that a command outside Snakemake reads a config exactly as the
-workflow does. The schema is the one place of every default and range.
+workflow does. The schema is the one place of every key's default and range (a dataset's options
+are its family's, kdpipe.data).
 
 Only the standard library, yaml and jsonschema are imported: the Snakefile imports this module
 while it is parsed.

@@ -24,8 +24,8 @@ failures and the tests that cover them:
 Clear messages:
 - YAML and config errors name the key: test_bad_config_stops_before_any_job_naming_key_and_value,
   test_a_yaml_syntax_error_stops_before_any_job_and_verbose_names_line_and_column.
-- digits options out of range: test_bad_config_stops_before_any_job_naming_key_and_value (its
-  digits rows), test_digits_options_out_of_range_name_the_option.
+- dataset options out of range, checked by their family when prepared (one place for every
+  family): test_digits_options_out_of_range_name_the_option.
 - devices: test_every_torch_device_form_is_accepted, test_every_device_form_passes_the_schema,
   test_other_devices_are_refused, the device rows of
   test_bad_config_stops_before_any_job_naming_key_and_value, test_an_absent_cuda_device_is_named.
@@ -406,11 +406,6 @@ def test_numbers_that_print_alike_get_their_own_paths_and_values(tmp_path):
      r"config error at setups.x.dataset: unknown dataset 'cifar'"),
     ({"kd_masked": {"enabled": True, "mode": "classes"}},
      r"config error at kd_masked.incorrect_weight: 0 with mode classes makes the KD target one-hot"),
-    # digits options: the schema's error, not scikit-learn's
-    ({"datasets": {"digits": {"family": "digits", "options": {"test_fraction": 1.5}}}},
-     r"config error at datasets.digits.options.test_fraction: 1.5 is greater than"),
-    ({"datasets": {"digits": {"family": "digits", "options": {"split_seed": -1}}}},
-     r"config error at datasets.digits.options.split_seed: -1 is less than"),
     # names that would break paths, and devices torch does not know
     ({"results": "my results"}, r"config error at results: 'my results' does not match"),
     ({"data_dir": "raw data"}, r"config error at data_dir: 'raw data' does not match"),
