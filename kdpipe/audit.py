@@ -215,22 +215,16 @@ def _copied_counts(students, teacher_logits, labels, results) -> np.ndarray:
 
 # ---- the figure --------------------------------------------------------------------------------
 
-def audit_stems(setups: list[str]) -> list[str]:
-    """File names without extension of the audit figures make_audit writes for these setups."""
-    return [f"audit_{setup}" for setup in setups]
-
-
 def make_audit(tables_dir, results, figures_dir, options: dict | None = None,
                classes: dict | None = None, workers: int | None = None) -> list[Path]:
     """Write the two audit tables beside models.parquet in ``tables_dir`` and one figure per setup.
 
     ``results`` is the folder the models table's paths are relative to. options, all optional
-    (the figures options of kdpipe.plots are accepted as they are; other keys are ignored):
-      formats   file formats of each figure (default ["png", "pdf"])
-      dpi       raster resolution, dots per inch (default 150)
-      width     student width whose copied shares are drawn (default 1.0; the closest trained)
+    (the figures options of kdpipe.plots, with its defaults; the others are not used here):
+      formats   file formats of each figure
+      dpi       raster resolution, dots per inch
+      width     student width whose copied shares are drawn (the closest trained)
       style, context, palette   seaborn axes style, plotting context and method palette
-                (defaults "whitegrid", "paper", "colorblind", as kdpipe.plots)
     classes: setup -> class names, for the figures. workers: processes that render the figures
     (default: the CPUs this process may use, at most one per setup; 1 renders here). Every file
     is written atomically. Returns the paths written: teacher_errors and copied_errors
@@ -238,10 +232,11 @@ def make_audit(tables_dir, results, figures_dir, options: dict | None = None,
     """
     import pandas as pd
 
-    from kdpipe.plots import render
+    from kdpipe.plan import audit_stems
+    from kdpipe.plots import DEFAULT_OPTIONS, render
     from kdpipe.tables import of_teachers, primary_teachers, write_table
 
-    options = options or {}
+    options = {**DEFAULT_OPTIONS, **(options or {})}
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
     models = pd.read_parquet(tables_dir / "models.parquet")
     errors, copied = teacher_errors(models, results), copied_errors(models, results)
@@ -268,12 +263,11 @@ def _write_audit_figure(setup, stem, errors, copied, logits_path, labels_path, c
     from kdpipe.plots import method_colors, save_figure
 
     logits, labels = _checked(np.load(logits_path), np.load(labels_path), name=str(logits_path))
-    colors = method_colors(options.get("palette", "colorblind"))
-    with sns.axes_style(options.get("style", "whitegrid")), sns.plotting_context(options.get("context", "paper")):
+    colors = method_colors(options["palette"])
+    with sns.axes_style(options["style"]), sns.plotting_context(options["context"]):
         fig = audit_figure(setup, errors, copied, logits, labels, classes=classes,
-                           width=options.get("width", 1.0), colors=colors)
-    return save_figure(fig, figures_dir, stem, options.get("formats", ["png", "pdf"]),
-                       options.get("dpi", 150))
+                           width=options["width"], colors=colors)
+    return save_figure(fig, figures_dir, stem, options["formats"], options["dpi"])
 
 
 def audit_figure(setup, errors_table, copied_table, teacher_logits, labels, classes: dict | None = None,

@@ -29,7 +29,7 @@ class Method:
     masked: bool = False
     option: str | None = None       # the config section that enables it; None: always trained
     comparisons: tuple = ()         # (name, first method, second method), first = effect's side
-    figure: str | None = None       # the stem prefix of the figure given to this method alone
+    figure: str | None = None       # the figure given to this method alone (kdpipe.plan.figures)
 
     @property
     def uses_teacher(self) -> bool:
@@ -91,19 +91,3 @@ def enabled(config: dict) -> list[str]:
 
 
 ALWAYS = tuple(m.name for m in REGISTRY if m.option is None)  # trained in every study
-
-
-def figure_stems(setups: list[str], temperatures: list[float], methods=ALWAYS) -> list[str]:
-    """File names without extension of every figure kdpipe.plots.make_figures writes for these
-    setups, temperatures and trained methods."""
-    stems = []
-    for setup in setups:
-        stems += [f"fig1_functional_{setup}", f"fig2_payoff_{setup}", f"fig3_accuracy_{setup}",
-                  f"fig4_width_{setup}"]
-    stems.append("fig5_teacher_loss")
-    if len(set(temperatures)) > 1:
-        stems += [f"fig6_temperature_{setup}" for setup in setups]
-    for m in REGISTRY:
-        if m.figure and m.name in methods:
-            stems += [f"{m.figure}_{setup}" for setup in setups]
-    return stems

@@ -35,6 +35,31 @@ def run_name(method: str, alpha, temperature, width, seed) -> str:
                     f"w{width}_s{seed}"])
 
 
+def figures(setups: list[str], temperatures: list[float],
+            trained: list[str] = methods.ALWAYS) -> list[tuple[str, str, str | None]]:
+    """(file name without extension, figure, setup or None) of every figure kdpipe.plots draws
+    for these setups, temperatures and trained methods: figures 1-4 per setup, figure 5 across
+    setups, figure 6 per setup where several temperatures were trained, and the figure of each
+    trained method that has one (kdpipe.methods), per setup."""
+    per_setup = ["fig1_functional", "fig2_payoff", "fig3_accuracy", "fig4_width"]
+    found = [(f"{figure}_{setup}", figure, setup) for setup in setups for figure in per_setup]
+    found.append(("fig5_teacher_loss", "fig5_teacher_loss", None))
+    later = ["fig6_temperature"] if len(set(temperatures)) > 1 else []
+    later += [m.figure for m in methods.REGISTRY if m.figure and m.name in trained]
+    return found + [(f"{figure}_{setup}", figure, setup) for figure in later for setup in setups]
+
+
+def figure_stems(setups: list[str], temperatures: list[float],
+                 trained: list[str] = methods.ALWAYS) -> list[str]:
+    """The file names without extension of ``figures``."""
+    return [stem for stem, _, _ in figures(setups, temperatures, trained)]
+
+
+def audit_stems(setups: list[str]) -> list[str]:
+    """The file names without extension of the audit's figures (kdpipe.audit), one per setup."""
+    return [f"audit_{setup}" for setup in setups]
+
+
 class Study:
     """The plan of the study a validated, filled config describes."""
 
@@ -74,6 +99,12 @@ class Study:
     def manifests(self) -> list[str]:
         return [self.manifest(setup, teacher, block) for setup, teacher in self.teachers
                 for block in self.blocks[setup]]
+
+    def figure_stems(self) -> list[str]:
+        return figure_stems(self.setups, self.config["temperatures"], self.methods)
+
+    def audit_stems(self) -> list[str]:
+        return audit_stems(self.setups)
 
     # --- students and blocks ----------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """Figures of the audit, drawn from the result tables alone (docs/protocol.md section 6).
 
 make_figures reads models/stats/asymmetry/scaling.parquet from a tables folder and writes every
-figure that figure_stems names; each figure is drawn by one function below that takes tables
-and returns a matplotlib Figure.
+figure that kdpipe.plan.figures names; each figure is drawn by one function below that takes
+tables and returns a matplotlib Figure.
 
 Figures are built as matplotlib.figure.Figure objects, never through pyplot: a caller's backend,
 open figures and rcParams are left alone, PNG is rendered by Agg whatever backend is active, and
@@ -31,9 +31,9 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from kdpipe.io import atomic_path
-from kdpipe.methods import (ALWAYS, COMPARISONS_OF, CONTROL, LEAD, ORDER, REFERENCE, figure_stems,
-                            versus)
+from kdpipe.methods import ALWAYS, COMPARISONS_OF, CONTROL, LEAD, ORDER, REFERENCE, versus
 from kdpipe.metrics import FUNCTIONAL_METRICS, HIGHER_IS_CLOSER
+from kdpipe.plan import figures
 from kdpipe.stats import asymmetry
 from kdpipe.tables import of_teachers, primary_teachers
 
@@ -77,7 +77,8 @@ def method_colors(palette: str = "colorblind", methods=ORDER) -> dict:
 
 def make_figures(tables_dir, out_dir, options: dict | None = None,
                  workers: int | None = None) -> list[Path]:
-    """Draw every figure of figure_stems from the four tables in ``tables_dir`` into ``out_dir``.
+    """Draw every figure kdpipe.plan.figures names, from the four tables in ``tables_dir``, into
+    ``out_dir``.
 
     The setups and temperatures are those of the models table; a setup with several teachers
     shows its primary one (kdpipe.tables.primary_teachers) except in figure 5, which plots
@@ -91,7 +92,8 @@ def make_figures(tables_dir, out_dir, options: dict | None = None,
       style, context, palette   seaborn axes style, plotting context and method palette
                    (defaults "whitegrid", "paper", "colorblind")
     workers: processes drawing the figures (default: the CPUs this process may use; 1 draws
-    here). Every file is written atomically. Returns the paths written, in figure_stems order.
+    here). Every file is written atomically. Returns the paths written, in the order of
+    kdpipe.plan.figures.
     """
     options = {**DEFAULT_OPTIONS, **(options or {})}
     unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
@@ -108,21 +110,21 @@ def make_figures(tables_dir, out_dir, options: dict | None = None,
     widths, temperature = shown_widths_and_temperature(models, options["width"], options["temperature"])
     colors = method_colors(options["palette"])
 
-    draw = {"fig5_teacher_loss": partial(fig5_teacher_loss, every["models"], widths, temperature)}
-    for setup in setups:
-        width = widths[setup]
-        draw[f"fig1_functional_{setup}"] = partial(fig1_functional, models, stats, setup, width, temperature, colors)
-        draw[f"fig2_payoff_{setup}"] = partial(fig2_payoff, models, stats, tables["asymmetry"], setup, width,
-                                               temperature, colors)
-        draw[f"fig3_accuracy_{setup}"] = partial(fig3_accuracy, models, stats, setup, width, temperature, colors)
-        draw[f"fig4_width_{setup}"] = partial(fig4_width, models, tables["scaling"], setup, temperature, colors)
-        draw[f"fig6_temperature_{setup}"] = partial(fig6_temperature, models, stats, setup, width, colors)
-        draw[f"fig7_masked_{setup}"] = partial(fig7_masked, models, setup, width, temperature, colors)
-        draw[f"fig8_fm_{setup}"] = partial(fig8_fm, models, setup, width, colors)
-
-    stems = figure_stems(setups, temperatures, set(students["method"]))
-    return render(write_figure, [(stem, draw[stem], Path(out_dir), options) for stem in stems],
-                  workers, "figures")
+    # figure -> the drawing of it for a setup (None: across setups)
+    drawing = {
+        "fig1_functional": lambda s: partial(fig1_functional, models, stats, s, widths[s], temperature, colors),
+        "fig2_payoff": lambda s: partial(fig2_payoff, models, stats, tables["asymmetry"], s, widths[s],
+                                         temperature, colors),
+        "fig3_accuracy": lambda s: partial(fig3_accuracy, models, stats, s, widths[s], temperature, colors),
+        "fig4_width": lambda s: partial(fig4_width, models, tables["scaling"], s, temperature, colors),
+        "fig5_teacher_loss": lambda s: partial(fig5_teacher_loss, every["models"], widths, temperature),
+        "fig6_temperature": lambda s: partial(fig6_temperature, models, stats, s, widths[s], colors),
+        "fig7_masked": lambda s: partial(fig7_masked, models, s, widths[s], temperature, colors),
+        "fig8_fm": lambda s: partial(fig8_fm, models, s, widths[s], colors),
+    }
+    jobs = [(stem, drawing[figure](setup), Path(out_dir), options)
+            for stem, figure, setup in figures(setups, temperatures, set(students["method"]))]
+    return render(write_figure, jobs, workers, "figures")
 
 
 def write_figure(stem: str, draw, out_dir: Path, options: dict) -> list[Path]:

@@ -6,6 +6,7 @@ import pytest
 from conftest import (C, COPIED_BY_HAND, COPY_ALL, COPY_NONE, LABELS, PARTIAL, PARTIAL_COPIED, STUDENTS,
                       TEACHER, TEACHER_CONFIDENCE, logits_for, write_audit_study)
 from kdpipe import audit
+from kdpipe.plan import audit_stems
 
 # Hand counts of conftest's TEACHER: 0->1 three times, 2->3 twice, 1->0 and 3->2 once.
 EXPECTED_CONFUSION = np.array([[2, 3, 0, 0],
@@ -94,7 +95,7 @@ def test_copied_over_classes_is_the_models_tables_incorrect_agreement(study):
 def test_make_audit_writes_the_tables_and_one_figure_per_setup(written, study):
     results, paths = written
     tables, figures = results / "tables", results / "figures"
-    assert audit.audit_stems(["errant", "perfect"]) == ["audit_errant", "audit_perfect"]
+    assert audit_stems(["errant", "perfect"]) == ["audit_errant", "audit_perfect"]
     assert paths == [tables / "teacher_errors.parquet", tables / "teacher_errors.csv",
                      tables / "copied_errors.parquet", tables / "copied_errors.csv",
                      figures / "audit_errant.png", figures / "audit_errant.pdf",

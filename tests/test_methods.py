@@ -36,14 +36,6 @@ def test_methods_enabled_by_the_config():
         raise AssertionError("an unknown method was accepted")
 
 
-def test_figure_stems_follow_the_trained_methods():
-    stems = methods.figure_stems(["a"], [1], ["kd", "rcd", "siddo", "fm", "fm-rcd"])
-    assert stems == ["fig1_functional_a", "fig2_payoff_a", "fig3_accuracy_a", "fig4_width_a",
-                     "fig5_teacher_loss", "fig8_fm_a"]
-    assert "fig6_temperature_a" in methods.figure_stems(["a"], [1, 4])
-    assert methods.figure_stems(["a"], [1]) == stems[:-1]  # by default: kd, rcd, siddo only
-
-
 def test_importing_the_registry_imports_only_the_standard_library():
     code = ("import sys; before = set(sys.modules); import kdpipe.methods; "
             "print(sorted(m for m in set(sys.modules) - before if not m.startswith('kdpipe')))")

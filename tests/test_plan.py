@@ -1,6 +1,6 @@
 """The plan of a study (kdpipe/plan.py) checked against plans worked out by hand: students, blocks
 and their names, the teacher that trains shared siddo students, the specs the training jobs are
-given, the files."""
+given, the files and figures."""
 import ast
 import json
 import subprocess
@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REPO, TINY
 from kdpipe import config
-from kdpipe.plan import Study, number, run_name
+from kdpipe.plan import Study, audit_stems, figure_stems, figures, number, run_name
 
 
 def study(**changes) -> Study:
@@ -180,6 +180,29 @@ def test_files_of_the_study():
     # the rules' patterns come from the same methods
     assert plan.manifest("{setup}", "{teacher}", "{block}") == \
         "out/run1/{setup}/{teacher}/blocks/{block}.json"
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+def test_figures_follow_setups_temperatures_and_trained_methods():
+    assert figure_stems(["a", "b_c"], [1.0, 1.0]) == [
+        "fig1_functional_a", "fig2_payoff_a", "fig3_accuracy_a", "fig4_width_a",
+        "fig1_functional_b_c", "fig2_payoff_b_c", "fig3_accuracy_b_c", "fig4_width_b_c",
+        "fig5_teacher_loss"]
+    assert figure_stems(["a", "b"], [1.0, 4.0]) == [
+        "fig1_functional_a", "fig2_payoff_a", "fig3_accuracy_a", "fig4_width_a",
+        "fig1_functional_b", "fig2_payoff_b", "fig3_accuracy_b", "fig4_width_b",
+        "fig5_teacher_loss", "fig6_temperature_a", "fig6_temperature_b"]
+    assert figures(["a"], [1], ["kd", "rcd", "siddo", "fm", "fm-rcd"])[-2:] == [
+        ("fig5_teacher_loss", "fig5_teacher_loss", None), ("fig8_fm_a", "fig8_fm", "a")]
+    assert audit_stems(["a", "b"]) == ["audit_a", "audit_b"]
+    # a study's: its setups, its temperatures, the methods its config enables
+    plan = study(temperatures=[1, 2], kd_masked={"enabled": True})
+    assert plan.figure_stems() == [
+        "fig1_functional_digits-mlp", "fig2_payoff_digits-mlp", "fig3_accuracy_digits-mlp",
+        "fig4_width_digits-mlp", "fig5_teacher_loss", "fig6_temperature_digits-mlp",
+        "fig7_masked_digits-mlp"]
+    assert plan.audit_stems() == ["audit_digits-mlp"]
 
 
 # --- cheap to import -----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import pytest
 
 from kdpipe import plots, stats
 from kdpipe.metrics import FUNCTIONAL_METRICS
+from kdpipe.plan import figure_stems
 
 SETUPS = ("cifar10_resnet18", "svhn_cnn")
 ALPHAS = (0.1, 0.5, 0.9)
@@ -89,22 +90,9 @@ def two_t(tmp_path_factory):
     return root, paths, before, (dict(mpl.rcParams), mpl.get_backend())
 
 
-def test_figure_stems_one_temperature():
-    assert plots.figure_stems(["a", "b_c"], [1.0, 1.0]) == [
-        "fig1_functional_a", "fig2_payoff_a", "fig3_accuracy_a", "fig4_width_a",
-        "fig1_functional_b_c", "fig2_payoff_b_c", "fig3_accuracy_b_c", "fig4_width_b_c",
-        "fig5_teacher_loss",
-    ]
-
-
-def test_figure_stems_several_temperatures_add_one_sweep_per_setup():
-    stems = plots.figure_stems(["a", "b"], [1.0, 4.0])
-    assert stems == plots.figure_stems(["a", "b"], [1.0]) + ["fig6_temperature_a", "fig6_temperature_b"]
-
-
 def test_make_figures_writes_exactly_the_stems(one_t):
     root, _, paths = one_t
-    expected = [f"{stem}.{fmt}" for stem in plots.figure_stems(list(SETUPS), [1.0]) for fmt in ("png", "pdf")]
+    expected = [f"{stem}.{fmt}" for stem in figure_stems(list(SETUPS), [1.0]) for fmt in ("png", "pdf")]
     assert [p.name for p in paths] == expected
     assert sorted(p.name for p in (root / "figures").iterdir()) == sorted(expected)  # no temp files left
     assert not any("fig6" in name for name in expected)
@@ -128,7 +116,7 @@ def test_figures_drawn_in_parallel_are_the_serial_ones(one_t, tmp_path):
 
 def test_several_temperatures_add_the_sweep(two_t):
     _, paths, _, _ = two_t
-    assert [p.name for p in paths] == [f"{s}.png" for s in plots.figure_stems(list(SETUPS), [1.0, 4.0])]
+    assert [p.name for p in paths] == [f"{s}.png" for s in figure_stems(list(SETUPS), [1.0, 4.0])]
     assert {p.name for p in paths if p.name.startswith("fig6")} == {f"fig6_temperature_{s}.png" for s in SETUPS}
     for path in paths:
         assert mpimg.imread(path).size > 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from kdpipe import config as study_config, methods, power
+from kdpipe import config as study_config, power
 from kdpipe.plan import Study
 
 try:

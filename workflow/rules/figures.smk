@@ -1,6 +1,7 @@
-STEMS = methods.figure_stems(STUDY.setups, config["temperatures"], STUDY.methods)
 FIGURES = [
-    figure_file(stem, ext) for stem in STEMS for ext in config["plots"]["formats"]
+    figure_file(stem, ext)
+    for stem in STUDY.figure_stems()
+    for ext in config["plots"]["formats"]
 ]
 
 
@@ -30,7 +31,7 @@ AUDIT_TABLES = expand(
 )
 AUDIT_FIGURES = [
     figure_file(stem, ext)
-    for stem in [f"audit_{setup}" for setup in STUDY.setups]
+    for stem in STUDY.audit_stems()
     for ext in config["plots"]["formats"]
 ]
 
