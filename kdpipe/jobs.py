@@ -171,35 +171,25 @@ def finished(row_path: Path, expected: str, key="digest") -> bool:
 # --- evaluation -----------------------------------------------------------------------------------
 
 def evaluate(model, x, y, batch_size: int, keep: bool = False):
-    """Mean cross-entropy of ``model`` on (x, y), in chunks of ``batch_size`` inputs (fp32
-    arithmetic, per-sample losses in float32, their sum in float64), so that memory does not
-    grow with the data; with ``keep``, also the logits flattened to [samples, classes] float32
-    (a teacher's train logits). Returns (loss, logits or None)."""
+    """Mean cross-entropy of ``model`` on (x, y), in chunks of ``batch_size`` inputs
+    (``kdpipe.train.predict_batches``: fp32 arithmetic; per-sample losses in float32, their sum
+    in float64), so that memory does not grow with the data; with ``keep``, also the logits
+    flattened to [samples, classes] float32 (a teacher's train logits, a model's test logits).
+    Returns (loss, logits or None)."""
     import numpy as np
-    import torch
     import torch.nn.functional as F
 
-    from kdpipe.train import precision_context
+    from kdpipe.train import predict_batches
 
-    model.eval()
     total, count, kept = 0.0, 0, []
-    with torch.no_grad(), precision_context("fp32", x.device):
-        for i in range(0, len(x), batch_size):
-            logits = model(x[i:i + batch_size]).float()
-            logits = logits.reshape(-1, logits.shape[-1])
-            labels = y[i:i + batch_size].reshape(-1)
-            total += float(F.cross_entropy(logits, labels, reduction="sum").double())
-            count += len(labels)
-            if keep:
-                kept.append(logits.cpu().numpy())
+    for i, logits in enumerate(predict_batches(model, x, batch_size)):
+        logits = logits.float().reshape(-1, logits.shape[-1])
+        labels = y[i * batch_size:(i + 1) * batch_size].reshape(-1)
+        total += float(F.cross_entropy(logits, labels, reduction="sum").double())
+        count += len(labels)
+        if keep:
+            kept.append(logits.cpu().numpy())
     return total / count, (np.concatenate(kept) if keep else None)
-
-
-def test_logits(model, dataset, batch_size: int):
-    from kdpipe.train import predict
-
-    logits = predict(model, dataset.x_test, batch_size)
-    return logits.reshape(-1, logits.shape[-1]).float().cpu().numpy()
 
 
 def chance_warning(n_correct: int, labels) -> str | None:
@@ -271,7 +261,8 @@ def train_teacher(spec: dict, data: Path, labels: Path, out: Path, results: Path
     train_loss, train_logits = evaluate(model, dataset.x_train, dataset.y_train,
                                         recipe.eval_batch_size, keep=True)
     write_npy(out / TRAIN_LOGITS, train_logits)
-    logits = test_logits(model, dataset, recipe.eval_batch_size)
+    _, logits = evaluate(model, dataset.x_test, dataset.y_test, recipe.eval_batch_size,
+                         keep=True)
     write_npy(out / TEST_LOGITS, logits)
     y = np.load(labels)
     correct = int((logits.argmax(-1) == y).sum())
@@ -369,7 +360,8 @@ def write_student(spec, student, model, dataset, folder: Path, source: Path, tra
 
     if model is not None:
         train_loss, _ = evaluate(model, dataset.x_train, dataset.y_train, recipe.eval_batch_size)
-        logits = test_logits(model, dataset, recipe.eval_batch_size)
+        _, logits = evaluate(model, dataset.x_test, dataset.y_test, recipe.eval_batch_size,
+                             keep=True)
         write_npy(folder / TEST_LOGITS, logits)
         write_json(folder / TIMING, {"train_seconds": seconds})
     else:

@@ -773,12 +773,19 @@ def resume(checkpoint: Checkpoint | None, learners: list, device):
     return state["epochs_done"], live, states
 
 
-@torch.no_grad()
-def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """The model's logits on ``x`` in eval mode, batch by batch, in fp32."""
+def predict_batches(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1024):
+    """Yield the model's logits on ``x``, ``batch_size`` inputs at a time, in eval mode, without
+    gradients and in fp32: the one way kdpipe runs a model to score it. Batch by batch, so that
+    a caller reducing each batch (``kdpipe.jobs.evaluate``) never holds every logit."""
     model.eval()
-    with precision_context("fp32", x.device):
-        return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    with torch.no_grad(), precision_context("fp32", x.device):
+        for i in range(0, len(x), batch_size):
+            yield model(x[i:i + batch_size])
+
+
+def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """The model's logits on ``x`` (``predict_batches``, concatenated)."""
+    return torch.cat(list(predict_batches(model, x, batch_size)))
 
 
 class EpochLog:
