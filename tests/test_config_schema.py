@@ -23,6 +23,15 @@ def test_schema_enums_match_the_registries():
     assert sorted(recipe["augment"]["enum"]) == sorted(AUGMENTATIONS)
 
 
+def test_the_figure_options_are_the_schemas_plots_keys_with_its_defaults():
+    """make_figures refuses an option it does not know, and fills the ones a caller leaves out:
+    the workflow passes it the config's plots section, filled from the schema."""
+    from kdpipe.plots import DEFAULT_OPTIONS
+
+    schema = SCHEMA["properties"]["plots"]["properties"]
+    assert {key: entry["default"] for key, entry in schema.items()} == DEFAULT_OPTIONS
+
+
 def test_ordinary_folders_and_names_are_accepted():
     assert schema_errors(results="/scratch/me/kd-results_2.0", data_dir="../data",
                          datasets={"cifar10+aug": {"family": "cifar10"}}) == []
