@@ -1,7 +1,6 @@
 """`snakemake --profile slurm` through a real SLURM: the one-node cluster that .ci/run starts
 with tests/slurm/start_cluster.sh. Skips, saying why, where no cluster answers; .ci/run, which
 starts the cluster, makes that skip a failure (KDPIPE_FAIL_ON_SKIP, tests/conftest.py)."""
-import json
 import os
 import re
 import shutil
