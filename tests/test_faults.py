@@ -565,12 +565,12 @@ def test_two_seeds_give_no_verdicts_and_say_so_before_and_after(finished):
             "whatever the data (too few seeds)") in log
     assert ("  setup digits-mlp, teacher digits-mlp/teacher, 2 and 2 seeds (smallest p 0.33): "
             "alpha 0.5; T 1; width 1; kd_vs_rcd, kd_vs_siddo, rcd_vs_siddo\n") in log
-    # the config check, at every parse: 1 teacher x 1 width x 1 alpha x 1 T x 3 comparisons x 8
-    # metrics = 24 tests; Holm over them needs 2 / C(14, 7) * 24 = 0.014 (6 seeds: 0.052)
+    # the config check, at every parse: 1 teacher x 1 width x 1 alpha x 1 T x 3 comparisons x 9
+    # metrics = 27 tests; Holm over them needs 2 / C(14, 7) * 27 = 0.016 (6 seeds: 0.058)
     parse = snakemake(workdir, "-n").stderr
     assert ("warning: with 2 seeds per group no Mann-Whitney test can reach p < 0.05 (smallest p "
             "0.33); every significance verdict and claim will be NA (untestable). Use at least 4 "
-            "seeds (7 with Holm over 24 tests).") in parse
+            "seeds (7 with Holm over 27 tests).") in parse
 
 
 # --- data files cut short: refused by name, with the sizes and the remedy ----------------------
