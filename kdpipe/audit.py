@@ -250,13 +250,25 @@ def make_audit(tables_dir, results, figures_dir, options: dict | None = None,
     primary = primary_teachers(models)  # one figure per setup: its primary teacher's
     jobs = [(setup, stem, of_teachers(errors, [primary[setup]]), of_teachers(copied, [primary[setup]]),
              Path(results) / teachers.loc[primary[setup], "logits_path"],
-             Path(results) / teachers.loc[primary[setup], "labels_path"], classes, options, figures_dir)
+             Path(results) / teachers.loc[primary[setup], "labels_path"], classes, options, figures_dir,
+             fresh_widths(models, primary[setup]))
             for setup, stem in zip(setups, audit_stems(setups))]
     return paths + render(_write_audit_figure, jobs, workers, "audit figures")
 
 
+def fresh_widths(models, teacher_id: str) -> set:
+    """The widths at which no student of ``teacher_id`` started from the teacher's theta0 (the
+    models table's ``from_theta0``): every width but 1, and width 1 too for a teacher given by
+    file without initial weights or students of another architecture."""
+    students = models[(models["role"] == "student") & (models["teacher_id"] == teacher_id)]
+    if "from_theta0" not in students:  # a table collected before the column: the rule then
+        return set(students["width"][students["width"] != 1.0])
+    shared = students.groupby("width")["from_theta0"].apply(lambda column: column.eq(True).any())
+    return set(shared.index[~shared])
+
+
 def _write_audit_figure(setup, stem, errors, copied, logits_path, labels_path, classes, options,
-                        figures_dir) -> list[Path]:
+                        figures_dir, fresh=frozenset()) -> list[Path]:
     """Draw one setup's audit figure and write it in every format; the paths written."""
     import seaborn as sns
 
@@ -266,13 +278,13 @@ def _write_audit_figure(setup, stem, errors, copied, logits_path, labels_path, c
     colors = method_colors(options["palette"])
     with sns.axes_style(options["style"]), sns.plotting_context(options["context"]):
         fig = audit_figure(setup, errors, copied, logits, labels, classes=classes,
-                           width=options["width"], colors=colors)
+                           width=options["width"], colors=colors, fresh_widths=fresh)
     return save_figure(fig, figures_dir, stem, options["formats"], options["dpi"])
 
 
 def audit_figure(setup, errors_table, copied_table, teacher_logits, labels, classes: dict | None = None,
                  width: float = 1.0, colors: dict | None = None, methods=SHOWN,
-                 reference=REFERENCE):
+                 reference=REFERENCE, fresh_widths=frozenset()):
     """The 2x2 audit of one setup's teacher, a matplotlib Figure.
 
     Top left, the confusion matrix of its errors (diagonal masked); top right, its TOP_K most
@@ -284,6 +296,9 @@ def audit_figure(setup, errors_table, copied_table, teacher_logits, labels, clas
     ``teacher_logits`` and ``labels`` are the teacher's test logits [N, C] and labels [N]; the
     tables are those of teacher_errors and copied_errors.
     classes: setup -> class names; colors: method -> colour (default kdpipe.plots.method_colors()).
+    fresh_widths: the widths whose students did not start from the teacher's theta0
+    (``fresh_widths``); where the panel shows one, its title says that the reference controls
+    data order only.
     A teacher at chance accuracy gets a warning under the title.
     """
     from matplotlib.figure import Figure
@@ -309,7 +324,7 @@ def audit_figure(setup, errors_table, copied_table, teacher_logits, labels, clas
     _confusion_panel(axes[0, 0], matrix, names)
     _top_pairs_panel(axes[0, 1], errors.head(TOP_K), names)
     _confidence_panel(axes[1, 0], *confidence(logits, labels))
-    _copied_panel(axes[1, 1], copied, width, names, colors, methods, reference)
+    _copied_panel(axes[1, 1], copied, width, names, colors, methods, reference, fresh_widths)
     title = (f"{setup}: the teacher's test errors and the students that copy them\n"
              f"{n_errors} errors in {len(labels)} test samples (teacher accuracy "
              f"{1 - n_errors / len(labels):.1%})")
@@ -383,7 +398,8 @@ def _confidence_panel(ax, on_right, on_wrong) -> None:
     ax.legend(loc="upper left")
 
 
-def _copied_panel(ax, copied, width, names, colors, methods=SHOWN, reference=REFERENCE) -> None:
+def _copied_panel(ax, copied, width, names, colors, methods=SHOWN, reference=REFERENCE,
+                  fresh_widths=frozenset()) -> None:
     """Per true class, grouped bars of the median copied share by method, with one dot per seed."""
     if copied.empty:
         ax.set_title("share of the teacher's errors the students copy")
@@ -426,8 +442,12 @@ def _copied_panel(ax, copied, width, names, colors, methods=SHOWN, reference=REF
     ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_xlabel(f"{class_note} (below: its teacher errors)")
     ax.set_ylabel("share of the teacher's errors copied\n(student predicts the teacher's wrong class)")
+    reference_note = f"{reference}: no alpha or T"
+    if width in fresh_widths:
+        reference_note += (f"\nno student starts from the teacher's initial weights: {reference} "
+                           "controls data order only")
     ax.set_title(f"errors copied by the students (bars: median over seeds, dots: seeds)\n"
-                 f"width {width:g}; {chosen}; {reference}: no alpha or T")
+                 f"width {width:g}; {chosen}; {reference_note}")
     ax.legend(loc="upper center", ncols=len(methods), fontsize="small")
 
 

@@ -16,6 +16,7 @@ import jsonschema
 import yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+GIVEN = ("weights", "init")  # a teacher's keys that give it by file
 
 
 class ConfigError(ValueError):
@@ -66,8 +67,8 @@ def _check(instance, subschema: dict, at: tuple = (), path: Path = SCHEMA_PATH) 
 def validate(config: dict, path: Path = SCHEMA_PATH) -> dict:
     """A copy of ``config`` with the schema's defaults filled in; raises ConfigError, naming the
     key, on the first problem: the schema's, or a rule across keys (a setup's dataset must be
-    defined, each teacher's merged recipe must be a recipe, kd_masked classes mode needs a
-    weight)."""
+    defined, each teacher's merged recipe must be a recipe, a teacher given by file has neither
+    seed nor recipe and its files exist, kd_masked classes mode needs a weight)."""
     config = copy.deepcopy(config)
     _check(config, schema(path), path=path)
     masked = config["kd_masked"]
@@ -82,10 +83,28 @@ def validate(config: dict, path: Path = SCHEMA_PATH) -> dict:
                               f"unknown dataset {setup['dataset']!r}; defined in datasets: "
                               f"{', '.join(config['datasets'])}")
         for teacher, overrides in setup["teachers"].items():
+            if "weights" in overrides:
+                check_given(overrides, f"setups.{name}.teachers.{teacher}")
             recipe = {**setup["recipe"], **overrides.get("recipe", {})}
             _check(recipe, schema(path)["definitions"]["recipe"],
                    at=("setups", name, "teachers", teacher, "recipe"), path=path)
     return config
+
+
+def check_given(teacher: dict, key: str) -> None:
+    """A teacher given by file (``weights``, optionally ``init``): it is not trained, so a seed
+    or recipe of its own would do nothing; its files must exist, relative to the working
+    directory (the folder snakemake runs in), when the config is read."""
+    for unused in ("seed", "recipe"):
+        if unused in teacher:
+            raise ConfigError(f"{key}.{unused}",
+                              f"a teacher given by file (weights) is not trained, so it has no "
+                              f"{unused} of its own; the setup's recipe trains its students")
+    for part in GIVEN:
+        if part in teacher and not Path(teacher[part]).is_file():
+            raise ConfigError(f"{key}.{part}",
+                              f"no file {teacher[part]!r} (relative to the folder snakemake runs "
+                              f"in, {Path.cwd()})")
 
 
 def load(config_file, path: Path = SCHEMA_PATH) -> dict:

@@ -113,7 +113,9 @@ def weights_fingerprint(path: Path) -> str:
 
 
 class Teacher:
-    """A teacher's folder, its fingerprints (computed once) and loaded pieces (loaded once)."""
+    """A teacher's folder, its fingerprints (computed once) and loaded pieces (loaded once). A
+    teacher given by file without initial weights has no init.pt (its job removes any older one),
+    and its init fingerprint is None."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
@@ -125,13 +127,23 @@ class Teacher:
         return self._cache[key]
 
     @property
-    def init_fingerprint(self) -> str:
-        return self._once("init", lambda: weights_fingerprint(self.folder / TEACHER_INIT))
+    def init_fingerprint(self) -> str | None:
+        path = self.folder / TEACHER_INIT
+        return self._once("init", lambda: weights_fingerprint(path) if path.exists() else None)
 
     @property
     def fingerprint(self) -> str:
         return self._once("all", lambda: digest(
             [self.init_fingerprint, weights_fingerprint(self.folder / TEACHER_WEIGHTS)]))
+
+
+def starts_from_theta0(spec: dict) -> bool:
+    """Whether a block's students start from their teacher's theta0 (init.pt): at width 1, of the
+    teacher's architecture (a block spec's ``teacher_arch``, where it differs from ``arch``),
+    where the teacher has one (not a teacher given by file without it: ``teacher_theta0``
+    false). Every other student starts from weights drawn from its (width, seed)."""
+    return (float(spec["width"]) == 1.0 and spec.get("teacher_arch", spec["arch"]) == spec["arch"]
+            and spec.get("teacher_theta0", True))
 
 
 def training_settings(spec: dict, student: dict, data_fp: str, teacher: Teacher,
@@ -155,7 +167,7 @@ def training_settings(spec: dict, student: dict, data_fp: str, teacher: Teacher,
         settings["temperature"] = float(student["temperature"])
     if m.uses_teacher or m.masked or m.target.endswith("stage"):
         settings["teacher"] = teacher.fingerprint
-    elif float(spec["width"]) == 1.0:
+    elif starts_from_theta0(spec):
         settings["init"] = teacher.init_fingerprint
     return without_neutral(settings, NEUTRAL)
 
@@ -234,6 +246,9 @@ def checkpoint(folder, every: int, name: str, key: str):
 
 def train_teacher(spec: dict, data: Path, labels: Path, out: Path, results: Path, threads: int,
                   device: str, checkpoint_dir=None, checkpoint_every: int = 0) -> None:
+    """Train a teacher from its seed, or load one given by file (``spec["given"]``), into
+    ``out``: init.pt (theta0, where it has one), model.pt, its train and test logits, its row.
+    A given teacher's files are checked against the setup's architecture first."""
     import numpy as np
 
     from kdpipe import data as datasets, metrics, models
@@ -244,19 +259,31 @@ def train_teacher(spec: dict, data: Path, labels: Path, out: Path, results: Path
     device = setup_torch(threads, device)
     dataset = datasets.load(data, device)
     model = models.build(spec["arch"], dataset.input_shape, dataset.num_classes, 1.0).to(device)
-    models.init_parameters(model, generator(seed_for("teacher-init", spec["seed"]), device))
-    save_state(model, out / TEACHER_INIT)
     kind = device_kind(device)  # a run killed on one kind of device never resumes on another
-    saved = checkpoint(checkpoint_dir, checkpoint_every, "teacher",
-                       json.dumps([without_neutral(spec), data_fingerprint(spec, data, labels),
-                                   kind], sort_keys=True))
-    learner = Learner("teacher", model, order_seed=seed_for("order", "teacher", spec["seed"]))
-    try:
-        seconds = train([learner], dataset.x_train, dataset.y_train, recipe,
-                        log=EpochLog(f"{spec['setup']} teacher", recipe.epochs),
-                        checkpoint=saved)
-    except TrainingDiverged as error:
-        raise JobError(str(error)) from error
+    given, saved = spec.get("given"), None
+    if given is not None:
+        states = {part: given_state(file, model, spec["arch"], dataset)
+                  for part, file in given.items()}
+        if "init" in states:
+            model.load_state_dict(states["init"])
+            save_state(model, out / TEACHER_INIT)
+        else:  # no theta0: its students start fresh, and no older init.pt may pass for one
+            (out / TEACHER_INIT).unlink(missing_ok=True)
+        model.load_state_dict(states["weights"])
+        seconds = 0.0
+    else:
+        models.init_parameters(model, generator(seed_for("teacher-init", spec["seed"]), device))
+        save_state(model, out / TEACHER_INIT)
+        saved = checkpoint(checkpoint_dir, checkpoint_every, "teacher",
+                           json.dumps([without_neutral(spec), data_fingerprint(spec, data, labels),
+                                       kind], sort_keys=True))
+        learner = Learner("teacher", model, order_seed=seed_for("order", "teacher", spec["seed"]))
+        try:
+            seconds = train([learner], dataset.x_train, dataset.y_train, recipe,
+                            log=EpochLog(f"{spec['setup']} teacher", recipe.epochs),
+                            checkpoint=saved)
+        except TrainingDiverged as error:
+            raise JobError(str(error)) from error
     save_state(model, out / TEACHER_WEIGHTS)
     train_loss, train_logits = evaluate(model, dataset.x_train, dataset.y_train,
                                         recipe.eval_batch_size, keep=True)
@@ -267,10 +294,14 @@ def train_teacher(spec: dict, data: Path, labels: Path, out: Path, results: Path
     y = np.load(labels)
     correct = int((logits.argmax(-1) == y).sum())
     row = base_row(spec, "teacher", results, out / TEST_LOGITS, labels)
-    row.update(method="", alpha=None, temperature=None, width=1.0, seed=int(spec["seed"]),
+    # a teacher given by file has no seed: -1
+    row.update(method="", alpha=None, temperature=None, width=1.0, seed=int(spec.get("seed", -1)),
                device=kind, train_loss=train_loss, accuracy=metrics.accuracy(logits, y),
                loss=metrics.cross_entropy(logits, y), n_teacher_correct=correct,
-               n_teacher_incorrect=len(y) - correct)
+               n_teacher_incorrect=len(y) - correct,
+               teacher_source="trained" if given is None else "file")
+    if given is not None:
+        row["given"] = given  # the files' paths and SHA-256 digests
     warning = chance_warning(correct, y)
     if warning:
         print(warning, file=sys.stderr)
@@ -278,6 +309,50 @@ def train_teacher(spec: dict, data: Path, labels: Path, out: Path, results: Path
     write_json(out / ROW, row)
     if saved is not None:
         saved.path.unlink(missing_ok=True)
+
+
+def given_state(file: dict, model, arch: str, dataset) -> dict:
+    """The state_dict of a teacher given by file (``{"path", "sha256"}`` of its job's spec),
+    checked against ``model``, the setup's ``arch`` at width 1: a file changed since the
+    workflow hashed it, one torch cannot load as a state_dict, or a missing, unexpected or
+    misshapen tensor raises JobError naming the file and the first such tensor."""
+    import pickle
+
+    import torch
+
+    path = Path(file["path"])
+    if hashlib.sha256(path.read_bytes()).hexdigest() != file["sha256"]:
+        raise JobError(f"{path} changed after the workflow read it (its SHA-256 differs from "
+                       "the job's); run the workflow again")
+    remedy = "save one with torch.save(model.state_dict(), path)"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        raise JobError(f"{path}: torch cannot load it as a state_dict ({error}); "
+                       f"{remedy}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise JobError(f"{path} holds a {type(state).__name__}, not a state_dict (tensor names "
+                       f"to tensors); {remedy}")
+    expected = model.state_dict()
+    problem = None
+    for name, tensor in expected.items():
+        if name not in state:
+            problem = f"it lacks tensor {name!r} (expected shape {list(tensor.shape)})"
+        elif state[name].shape != tensor.shape:
+            problem = (f"tensor {name!r}: expected shape {list(tensor.shape)}, found "
+                       f"{list(state[name].shape)}")
+        if problem:
+            break
+    unexpected = [name for name in state if name not in expected]
+    if problem is None and unexpected:
+        problem = (f"unexpected tensor {unexpected[0]!r} (shape "
+                   f"{list(state[unexpected[0]].shape)})")
+    if problem is not None:
+        raise JobError(f"{path} is not a state_dict of {arch} at width 1 for this dataset "
+                       f"(inputs {list(dataset.input_shape)}, {dataset.num_classes} classes): "
+                       f"{problem}")
+    return state
 
 
 # --- a block of students --------------------------------------------------------------------------
@@ -372,15 +447,18 @@ def write_student(spec, student, model, dataset, folder: Path, source: Path, tra
     row.update(method=m.name, alpha=float(student["alpha"]) if m.uses_alpha else 0.0,
                temperature=float(student["temperature"]) if m.uses_temperature else None,
                width=float(spec["width"]), seed=int(student["seed"]), device=kind,
-               train_loss=train_loss, train_digest=trained, digest=row_digest)
+               from_theta0=starts_from_theta0(spec), train_loss=train_loss,
+               train_digest=trained, digest=row_digest)
     row.update(metrics.student_metrics(logits, teacher_logits, y))
     row["copied_by_class"] = copied_by_class(logits, teacher_logits, y)
     write_json(folder / ROW, row)
 
 
 def initial_model(spec: dict, seed: int, dataset, teacher_dir: Path, device: str):
-    """A student's initial weights: the teacher's theta0 at width 1, else drawn from (width,
-    seed); the same for every method of that (width, seed)."""
+    """A student's initial weights, of the students' architecture (the spec's ``arch``): the
+    teacher's theta0 where they start from it (``starts_from_theta0``: width 1, the teacher's
+    architecture, a teacher that has one), else drawn from (width, seed); the same for every
+    method of that (width, seed)."""
     import torch
 
     from kdpipe import models
@@ -388,7 +466,7 @@ def initial_model(spec: dict, seed: int, dataset, teacher_dir: Path, device: str
 
     width = float(spec["width"])
     model = models.build(spec["arch"], dataset.input_shape, dataset.num_classes, width).to(device)
-    if width == 1.0:
+    if starts_from_theta0(spec):
         model.load_state_dict(torch.load(Path(teacher_dir) / TEACHER_INIT, map_location=device,
                                          weights_only=True))
     else:
@@ -430,7 +508,7 @@ def build_learners(spec: dict, students: list, dataset, teacher_dir: Path, devic
                                              float(student.get("temperature", 1.0)),
                                              dataset.num_classes)
         if m.loss == "stage-mse":
-            stage = student.get("stage") or last_stage(teacher())
+            stage = matched_stage(spec, student.get("stage"), initial, teacher())
             adapter = stage_adapter(initial, teacher(), stage, dataset.x_train[:2],
                                     generator(seed_for("adapter", width, seed), device))
             feature_match = FeatureMatch(stage, adapter)
@@ -473,11 +551,14 @@ def teacher_target(spec, dataset, teacher_dir: Path, device: str):
 
 
 def load_teacher(spec, dataset, teacher_dir: Path, device: str):
+    """The trained teacher, of its architecture (a block spec's ``teacher_arch``, else
+    ``arch``), in eval mode."""
     import torch
 
     from kdpipe import models
 
-    teacher = models.build(spec["arch"], dataset.input_shape, dataset.num_classes, 1.0).to(device)
+    arch = spec.get("teacher_arch", spec["arch"])
+    teacher = models.build(arch, dataset.input_shape, dataset.num_classes, 1.0).to(device)
     teacher.load_state_dict(torch.load(Path(teacher_dir) / TEACHER_WEIGHTS, map_location=device,
                                        weights_only=True))
     return teacher.eval()
@@ -486,6 +567,22 @@ def load_teacher(spec, dataset, teacher_dir: Path, device: str):
 def last_stage(model) -> str:
     """The default stage to match: the last one before the classifier head."""
     return [name for name, _ in model.named_children() if name != "head"][-1]
+
+
+def matched_stage(spec: dict, stage: str | None, student, teacher) -> str:
+    """The stage fm matches: ``stage`` (the setup's fm_stage), else the teacher's last before
+    the head. It must be a stage of both models: else JobError names both architectures'
+    stages (students of another architecture need an fm_stage that both have)."""
+    stage = stage or last_stage(teacher)
+    theirs = [name for name, _ in teacher.named_children()]
+    mine = [name for name, _ in student.named_children()]
+    if stage not in theirs or stage not in mine:
+        teacher_arch = spec.get("teacher_arch", spec["arch"])
+        raise JobError(f"feature matching: stage {stage!r} is not a stage of both the teacher's "
+                       f"architecture {teacher_arch} (stages: {', '.join(theirs)}) and the "
+                       f"students' {spec['arch']} (stages: {', '.join(mine)}); set "
+                       f"setups.{spec['setup']}.fm_stage to a stage both have")
+    return stage
 
 
 def stage_adapter(student, teacher, stage: str, x, generator):
@@ -503,14 +600,18 @@ def stage_adapter(student, teacher, stage: str, x, generator):
         theirs = staged_forward(teacher, stage, x, stop=True).shape
     if mine == theirs:
         return None
-    differ = [d for d in range(len(mine)) if mine[d] != theirs[d]]
+    # the dimensions that differ (None: the outputs differ in rank, which nothing maps)
+    differ = [d for d in range(len(mine)) if mine[d] != theirs[d]] \
+        if len(mine) == len(theirs) else None
     if differ == [len(mine) - 1]:
         adapter = nn.Linear(mine[-1], theirs[-1])
     elif differ == [1] and len(mine) in (3, 4):
         adapter = (nn.Conv1d if len(mine) == 3 else nn.Conv2d)(mine[1], theirs[1], 1)
     else:
-        raise ValueError(f"stage {stage!r}: cannot map student output {tuple(mine)} to the "
-                         f"teacher's {tuple(theirs)}")
+        raise JobError(f"feature matching at stage {stage!r}: the student's output "
+                       f"{list(mine)} cannot be mapped to the teacher's {list(theirs)} (a 1x1 "
+                       "convolution maps channels, a linear map the last dimension; the other "
+                       "dimensions must agree); choose another fm_stage")
     adapter = adapter.to(x.device)
     models.init_parameters(adapter, generator)
     return adapter

@@ -2,20 +2,25 @@
 are given and the files the study writes, all from a validated config (kdpipe.config.validate).
 The workflow rules read it through thin input functions; ``Study`` holds no Snakemake.
 
-A teacher is named by (setup, teacher); its students by method and run name below it. Students
-train in blocks: packed (the default), one job per (setup, teacher, width) and `block.seeds` seeds
-at a time (a setup's `block_seeds` overrides it) training every method, alpha and temperature of
+A teacher is named by (setup, teacher): trained from its seed, or given by file (its `weights`
+and, optionally, `init`). Its students, of the setup's `student_arch` (default: its `arch`) and
+`widths` (default: the study's), are named by method and run name below it. Students train in
+blocks: packed (the default), one job per (setup, teacher, width) and `block.seeds` seeds at a
+time (a setup's `block_seeds` overrides it) training every method, alpha and temperature of
 those seeds; with `block.split_runs`, one job per (alpha, T, width, seed) (siddo one per
 (width, seed), fm one per (alpha, width, seed)). Each setup's blocks are the same for every one
 of its teachers.
 
-Only the standard library is imported: the Snakefile imports this module while it is parsed.
+Only the standard library, and kdpipe.config's yaml and jsonschema, are imported: the Snakefile
+imports this module while it is parsed.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 
 from kdpipe import methods
+from kdpipe.config import GIVEN
 from kdpipe.digests import NEUTRAL, without_neutral
 
 
@@ -68,7 +73,7 @@ class Study:
         self.results = config["results"]
         self.alphas = [number(a) for a in config["alphas"]]
         self.temperatures = [number(t) for t in config["temperatures"]]
-        self.widths = [number(w) for w in config["widths"]]
+        self.widths = [number(w) for w in config["widths"]]  # of setups without their own
         self.seeds = [str(s) for s in config["seeds"]]
         self.setups = list(config["setups"])
         self.methods = methods.enabled(config)
@@ -77,6 +82,7 @@ class Study:
                          for teacher in config["setups"][setup]["teachers"]]
         # setup -> {block name: (width, students)}
         self.blocks = {setup: self._blocks(setup) for setup in self.setups}
+        self._file_digests = {}  # path -> SHA-256 of a teacher's file, read once per plan
 
     # --- files ------------------------------------------------------------------------------
 
@@ -133,13 +139,23 @@ class Study:
                     groups.setdefault((alpha, temperature), []).append(student)
         return groups
 
+    def widths_of(self, setup: str) -> list[str]:
+        """The setup's student widths (as ``number`` writes them): its own, else the study's."""
+        own = self.config["setups"][setup].get("widths")
+        return self.widths if own is None else [number(w) for w in own]
+
+    def student_arch(self, setup: str) -> str:
+        """The architecture of the setup's students: its `student_arch`, else its `arch`."""
+        entry = self.config["setups"][setup]
+        return entry.get("student_arch", entry["arch"])
+
     def seeds_per_block(self, setup: str) -> int:
         """The seeds one packed block trains: the setup's `block_seeds`, else `block.seeds`."""
         return self.config["setups"][setup].get("block_seeds", self.config["block"]["seeds"])
 
     def _blocks(self, setup: str) -> dict:
         blocks = {}
-        for width in self.widths:
+        for width in self.widths_of(setup):
             if self.config["block"]["split_runs"]:
                 for seed in self.seeds:
                     for (alpha, temperature), students in self.students_of(setup, width,
@@ -172,6 +188,40 @@ class Study:
 
     # --- teachers ---------------------------------------------------------------------------
 
+    def given(self, setup: str, teacher: str) -> dict | None:
+        """A teacher given by file: {"weights": path, "init": path (where given)}; None for a
+        teacher that is trained."""
+        entry = self.config["setups"][setup]["teachers"][teacher]
+        return {part: entry[part] for part in GIVEN if part in entry} if "weights" in entry \
+            else None
+
+    def teacher_source(self, setup: str, teacher: str) -> str:
+        """``trained`` or ``file`` (given by file)."""
+        return "trained" if self.given(setup, teacher) is None else "file"
+
+    def file_digest(self, path: str) -> str:
+        """The SHA-256 of a file's bytes (a teacher's file: in its job's spec, so that editing
+        the file reruns the job)."""
+        if path not in self._file_digests:
+            h = hashlib.sha256()
+            with open(path, "rb") as file:
+                for chunk in iter(lambda: file.read(1 << 20), b""):
+                    h.update(chunk)
+            self._file_digests[path] = h.hexdigest()
+        return self._file_digests[path]
+
+    def students_theta0(self, setup: str, teacher: str) -> tuple | None:
+        """What the teacher's width-1 students start from: the theta0 drawn from its seed
+        (``("seed", seed)``), the initial weights given with it (``("file", path)``), or None:
+        a fresh initialisation of their (width, seed), for a teacher given without initial
+        weights and for students of another architecture (theta0 has the teacher's)."""
+        given = self.given(setup, teacher)
+        if self.student_arch(setup) != self.config["setups"][setup]["arch"]:
+            return None
+        if given is None:
+            return ("seed", self.teacher_seed(setup, teacher))
+        return ("file", given["init"]) if "init" in given else None
+
     def teacher_seed(self, setup: str, teacher: str) -> int:
         entry = self.config["setups"][setup]
         return entry["teachers"][teacher].get("seed", entry["teacher_seed"])
@@ -183,11 +233,11 @@ class Study:
 
     def siddo_owner(self, setup: str, teacher: str) -> str:
         """The teacher of this setup whose siddo students this teacher shares: the first, in
-        config order, with the same teacher seed (siddo depends on theta0, not on the trained
-        teacher)."""
-        seed = self.teacher_seed(setup, teacher)
+        config order, whose width-1 students start from the same weights (``students_theta0``:
+        siddo depends on theta0, not on the trained teacher)."""
+        theta0 = self.students_theta0(setup, teacher)
         return next(t for t in self.config["setups"][setup]["teachers"]
-                    if self.teacher_seed(setup, t) == seed)
+                    if self.students_theta0(setup, t) == theta0)
 
     def shared_siddo(self, setup: str, teacher: str, block: str) -> str | None:
         """The owner's manifest of this block where this teacher's rows reference the owner's
@@ -218,13 +268,31 @@ class Study:
         return json.dumps(spec, sort_keys=True)
 
     def teacher_spec(self, setup: str, teacher: str) -> str:
+        """A trained teacher's seed and recipe; a teacher given by file: its files' paths and
+        SHA-256 digests, and the setup's recipe (whose eval_batch_size evaluates it)."""
+        given = self.given(setup, teacher)
+        if given is None:
+            return self.training_spec(setup, teacher, self.teacher_recipe(setup, teacher),
+                                      seed=self.teacher_seed(setup, teacher))
+        files = {part: {"path": path, "sha256": self.file_digest(path)}
+                 for part, path in given.items()}
         return self.training_spec(setup, teacher, self.teacher_recipe(setup, teacher),
-                                  seed=self.teacher_seed(setup, teacher))
+                                  given=files)
 
     def block_spec(self, setup: str, teacher: str, block: str) -> str:
+        """The block's students and width; ``arch`` is the students' architecture, with
+        ``teacher_arch`` where the teacher's differs, and ``teacher_theta0: false`` where the
+        teacher has no initial weights (given by file without them). Both are left out at
+        their usual values, so that a study without them keeps its specs."""
         width, students = self.blocks[setup][block]
-        return self.training_spec(setup, teacher, self.config["setups"][setup]["recipe"],
-                                  width=float(width), students=students)
+        entry, extra = self.config["setups"][setup], {}
+        if self.student_arch(setup) != entry["arch"]:
+            extra.update(arch=self.student_arch(setup), teacher_arch=entry["arch"])
+        given = self.given(setup, teacher)
+        if given is not None and "init" not in given:
+            extra["teacher_theta0"] = False
+        return self.training_spec(setup, teacher, entry["recipe"], width=float(width),
+                                  students=students, **extra)
 
     def resources(self, setup: str) -> dict:
         """What one training job of ``setup`` asks a cluster for: gpu, mem_mb, runtime

@@ -73,8 +73,10 @@ def planned_tests(config: dict) -> int:
         if methods.method(lead).uses_temperature:
             groups *= len(config["temperatures"])
         per_width += groups * len(comparisons)
-    teachers = sum(len(setup["teachers"]) for setup in config["setups"].values())
-    return teachers * len(config["widths"]) * per_width * len(config["stats"]["metrics"])
+    # (teacher, width) cells: a setup's own widths, else the study's
+    cells = sum(len(setup["teachers"]) * len(setup.get("widths", config["widths"]))
+                for setup in config["setups"].values())
+    return cells * per_width * len(config["stats"]["metrics"])
 
 
 def seeds_warning(config: dict) -> str | None:

@@ -13,9 +13,13 @@ from kdpipe.metrics import ECE_BINS, expected_calibration_error
 
 MODEL_COLUMNS = {  # name -> dtype; the order is the table's
     "setup": "string", "dataset": "string", "arch": "string", "role": "string",
-    "teacher_id": "string", "method": "string",
+    "teacher_id": "string",
+    # the teacher's (of a student: its teacher's) architecture, and "trained" or "file" (given)
+    "teacher_arch": "string", "teacher_source": "string",
+    "method": "string",
     "alpha": "float64", "temperature": "float64", "width": "float64", "seed": "int64",
     "device": "string",  # the kind of device that trained it: cpu, cuda or mps
+    "from_theta0": "boolean",  # students: started from the teacher's theta0; teachers: empty
     "accuracy": "float64", "loss": "float64", "train_loss": "float64",
     "activation_distance": "float64", "js_divergence": "float64",
     "prediction_agreement": "float64", "correct_agreement": "float64",
@@ -128,11 +132,16 @@ def collect_rows(row_files: list, results, manifests: dict | None = None,
     model and without retraining: ``ece`` (kdpipe.metrics.expected_calibration_error with
     ``ece_bins`` bins) and, for a student, ``ece_gap`` = its ece minus its teacher's (NaN for
     teachers). A student whose teacher has no row among ``row_files`` raises ResultError.
+    A student's ``teacher_arch`` and ``teacher_source`` are its teacher's, read from the
+    teacher's row. Rows stored before those columns existed get the values every model then
+    had: a trained teacher of the students' architecture, whose width-1 students started from
+    its theta0.
     """
     results = Path(results)
     manifests = manifests or {}
     rows = {path: read_row(path, manifests.get(path)) for path in row_files}
-    labels, classes, teacher_ece = {}, {}, {}  # labels_path -> labels; teacher_id -> C, ece
+    # labels_path -> labels; teacher_id -> C, ece, (architecture, source)
+    labels, classes, teacher_ece, teachers = {}, {}, {}, {}
     # teachers first: their logits give the number of classes their students must have
     for path, row in sorted(rows.items(), key=lambda item: item[1]["role"] != "teacher"):
         check_metrics(row, path, manifests.get(path))
@@ -145,11 +154,14 @@ def collect_rows(row_files: list, results, manifests: dict | None = None,
         if row["role"] == "teacher":
             classes[row["teacher_id"]] = logits.shape[1]
             teacher_ece[row["teacher_id"]] = row["ece"]
+            teachers[row["teacher_id"]] = (row["arch"], row.get("teacher_source", "trained"))
         elif row["teacher_id"] not in teacher_ece:
             raise ResultError(f"model row {path}: its teacher {row['teacher_id']} has no row "
                               "among the rows collected, so its ece_gap is undefined")
         else:
             row["ece_gap"] = row["ece"] - teacher_ece[row["teacher_id"]]
+            row.setdefault("from_theta0", row["width"] == 1.0)
+        row["teacher_arch"], row["teacher_source"] = teachers[row["teacher_id"]]
     # rows stored before devices were recorded have none
     table = pd.DataFrame([{"device": "", **row} for row in rows.values()],
                          columns=list(MODEL_COLUMNS))

@@ -213,3 +213,23 @@ def test_copied_by_class_of_another_class_count_is_refused(tmp_path):
     models["copied_by_class"] = [None if v is None else [0] * (C + 1) for v in models["copied_by_class"]]
     with pytest.raises(ValueError, match=r"copied_by_class of \[5\] classes, their teacher's logits have 4"):
         audit.copied_errors(models, tmp_path)
+
+
+def test_the_copied_panel_says_when_siddo_does_not_share_the_teachers_initial_weights(study):
+    """fresh_widths: the widths whose students did not start from the teacher's theta0 (every
+    width but 1 by default; width 1 too for a teacher given without init or students of another
+    architecture); where the panel shows one, its title says siddo controls data order only."""
+    results, models = study
+    assert audit.fresh_widths(models, "errant/teacher") == {2.0}  # a table without from_theta0
+    # as collect writes it: a nullable boolean, empty for teachers
+    marked = models.assign(from_theta0=(models.width == 1.0).astype("boolean"))
+    marked.loc[marked.role == "teacher", "from_theta0"] = pd.NA
+    assert audit.fresh_widths(marked, "errant/teacher") == {2.0}
+    assert audit.fresh_widths(marked.assign(from_theta0=False), "errant/teacher") == {1.0, 2.0}
+    errors, copied = audit.teacher_errors(models, results), audit.copied_errors(models, results)
+    note = "no student starts from the teacher's initial weights: siddo controls data order only"
+    for fresh, noted in (({2.0}, False), ({1.0, 2.0}, True)):
+        fig = audit.audit_figure("errant", errors, copied, logits_for(TEACHER, TEACHER_CONFIDENCE),
+                                 LABELS, fresh_widths=fresh)
+        copied_panel = [ax for ax in fig.axes if ax.get_subplotspec() is not None][3]
+        assert (note in copied_panel.get_title()) is noted

@@ -19,7 +19,9 @@ def test_schema_enums_match_the_registries():
     setup = SCHEMA["properties"]["setups"]["additionalProperties"]["properties"]
     recipe = SCHEMA["definitions"]["recipe"]["properties"]
     assert sorted(dataset["family"]["enum"]) == sorted(FAMILIES)
-    assert sorted(setup["arch"]["enum"]) == sorted(ARCHS)
+    assert sorted(SCHEMA["definitions"]["arch"]["enum"]) == sorted(ARCHS)
+    # a setup's teacher and students take an architecture of that one list
+    assert setup["arch"]["$ref"] == setup["student_arch"]["$ref"] == "#/definitions/arch"
     assert sorted(recipe["augment"]["enum"]) == sorted(AUGMENTATIONS)
 
 
@@ -96,3 +98,43 @@ def test_load_reads_and_fills_a_config_file(tmp_path):
     with pytest.raises(config.ConfigError, match=r"config error at \(top level\): 'datasets' is a "
                                                  "required property"):
         config.load(path)
+
+
+def test_a_teacher_given_by_file_has_files_that_exist_and_no_seed_or_recipe(tmp_path,
+                                                                            monkeypatch):
+    """Paths are relative to the working directory (the folder snakemake runs in); a missing
+    file, an init without weights, or a seed or recipe that would do nothing is refused, naming
+    the key."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.pt").write_bytes(b"weights")
+
+    def given(**teacher):
+        return {**TINY, "setups": {"x": {"dataset": "digits", "arch": "mlp",
+                                         "recipe": {"epochs": 1, "batch_size": 8},
+                                         "teachers": {"t": teacher}}}}
+
+    assert config.validate(given(weights="model.pt"))["setups"]["x"]["teachers"] == {
+        "t": {"weights": "model.pt"}}
+    for teacher, key, problem in [
+        ({"weights": "model.pt", "init": "init.pt"}, "setups.x.teachers.t.init",
+         f"no file 'init.pt' (relative to the folder snakemake runs in, {tmp_path})"),
+        ({"weights": "absent.pt"}, "setups.x.teachers.t.weights", "no file 'absent.pt'"),
+        ({"weights": "model.pt", "seed": 1}, "setups.x.teachers.t.seed",
+         "a teacher given by file (weights) is not trained, so it has no seed of its own"),
+        ({"weights": "model.pt", "recipe": {"epochs": 2}}, "setups.x.teachers.t.recipe",
+         "a teacher given by file (weights) is not trained, so it has no recipe of its own"),
+        ({"init": "model.pt"}, "setups.x.teachers.t", "'weights' is a dependency of 'init'"),
+    ]:
+        with pytest.raises(config.ConfigError) as error:
+            config.validate(given(**teacher))
+        assert error.value.key == key and problem in error.value.problem, teacher
+
+
+def test_a_setups_student_architecture_and_widths_are_checked():
+    setup = {"dataset": "digits", "arch": "cnn", "recipe": {"epochs": 1, "batch_size": 8}}
+    for change, key in [({"student_arch": "lenet"}, "setups.x.student_arch"),
+                        ({"widths": []}, "setups.x.widths"),
+                        ({"widths": [0.5, 0]}, "setups.x.widths[1]")]:
+        with pytest.raises(config.ConfigError) as error:
+            config.validate({**TINY, "setups": {"x": {**setup, **change}}})
+        assert error.value.key == key, change

@@ -1,7 +1,9 @@
 """The training jobs at the command line (kdpipe/jobs.py): initial weights, the store of finished
-students and its digests (kdpipe/digests.py), chunked evaluation, the copied errors per class."""
+students and its digests (kdpipe/digests.py), chunked evaluation, the copied errors per class,
+teachers given by file and students of another architecture than their teacher's."""
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,19 +37,21 @@ def block(*args, **kwargs) -> str:
 
 
 def block_args(work: Path, device: str, width: float, seeds, epochs: int, name: str,
-               methods=("kd", "rcd", "siddo"), teacher="teacher", recipe=None) -> list:
+               methods=("kd", "rcd", "siddo"), teacher="teacher", recipe=None, options=None,
+               **spec_changes) -> list:
     """A block's arguments; ``recipe``: the spec's recipe as it is (default: ``epochs`` of
-    batches of 32 with the schema's defaults)."""
+    batches of 32 with the schema's defaults); ``options``: more keys of every student but
+    siddo's (fm's stage); ``spec_changes``: keys of the spec (the students' arch, ...)."""
     students = []
     for seed in seeds:
         for m in methods:
             student = {"method": m, "seed": seed, "run": f"{name}_s{seed}"}
             if m != "siddo":
-                student.update(alpha=0.5, temperature=1.0)
+                student.update(alpha=0.5, temperature=1.0, **(options or {}))
             students.append(student)
     # epochs may be 0 (a student's initial weights), which a config's recipe refuses
     spec = json.loads(job_spec(width=width, students=students,
-                               recipe={"epochs": 1, "batch_size": 32}))
+                               recipe={"epochs": 1, "batch_size": 32}, **spec_changes))
     spec["recipe"] = recipe if recipe is not None else {**spec["recipe"], "epochs": epochs}
     return ["train-block", "--spec", json.dumps(spec),
             "--data", work / "data/digits.pt", "--labels", work / "data/digits.labels.npy",
@@ -80,6 +84,8 @@ def test_students_start_from_theta0_at_width_1_and_share_drawn_weights_elsewhere
         for method in ("kd", "rcd", "siddo"):
             saved = np.load(work / f"s/teacher/{method}/{run}/logits.npy")
             np.testing.assert_allclose(saved, expected, rtol=1e-5, atol=1e-6, err_msg=method)
+            row = json.loads((work / f"s/teacher/{method}/{run}/row.json").read_text())
+            assert row["from_theta0"] is (model is theta0)
     # the teacher itself moved away from theta0: the comparison can tell weights apart
     assert not np.allclose(np.load(work / "s/teacher/logits.npy"), outputs_of(theta0, work, device),
                            atol=1e-3)
@@ -269,3 +275,136 @@ def test_evaluate_memory_does_not_grow_with_the_train_set():
                             text=True, check=True)
     growth = int(result.stdout.split()[-1])
     assert growth < 4000 * 256 * 65 * 4 / 5, f"peak memory grew by {growth / 1e6:.0f} MB"
+
+
+# --- teachers given by file, students of another architecture ------------------------------------
+
+def give_teacher(work: Path, device: str, folder: str, digests=None, **files):
+    """Run train-teacher on a teacher given by ``files`` (weights=, init=: paths) into s/<folder>,
+    each file with its SHA-256 as the workflow hashes it (or as ``digests`` says)."""
+    spec = json.loads(job_spec(recipe={"epochs": 1, "batch_size": 32}))
+    spec["given"] = {part: {"path": str(path), "sha256": (digests or {}).get(part) or
+                            hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+                     for part, path in files.items()}
+    return subprocess.run([sys.executable, "-m", "kdpipe", "train-teacher", "--spec",
+                           json.dumps(spec), "--data", str(work / "data/digits.pt"), "--labels",
+                           str(work / "data/digits.labels.npy"), "--out", str(work / "s" / folder),
+                           "--results", str(work), "--device", device],
+                          env=ENV, capture_output=True, text=True)
+
+
+def tensors_equal(a: Path, b: Path) -> bool:
+    a, b = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_teacher_given_by_file_is_the_files_weights_and_init(teacher, device):
+    """The trained teacher's files given back: the same weights, theta0 and logits, a row that
+    says where it came from. Without init, no init.pt is left, not even one of an earlier
+    teacher in that folder."""
+    work, trained = teacher, teacher / "s/teacher"
+    result = give_teacher(work, device, "given", weights=trained / "model.pt",
+                          init=trained / "init.pt")
+    assert result.returncode == 0, result.stderr[-3000:]
+    given = work / "s/given"
+    for name in ("model.pt", "init.pt"):
+        assert tensors_equal(given / name, trained / name), name
+    for name in ("logits.npy", "train_logits.npy"):
+        np.testing.assert_array_equal(np.load(given / name), np.load(trained / name))
+    row, trained_row = (json.loads((folder / "row.json").read_text()) for folder in (given, trained))
+    assert (row["teacher_source"], row["seed"]) == ("file", -1)
+    assert trained_row["teacher_source"] == "trained"
+    assert row["given"]["weights"]["path"] == str(trained / "model.pt")
+    assert row["accuracy"] == trained_row["accuracy"]
+
+    (work / "s/bare").mkdir()
+    shutil.copy(trained / "init.pt", work / "s/bare/init.pt")  # an earlier teacher's theta0
+    result = give_teacher(work, device, "bare", weights=trained / "model.pt")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (work / "s/bare/init.pt").exists()
+    assert tensors_equal(work / "s/bare/model.pt", trained / "model.pt")
+
+
+def test_a_teacher_file_that_does_not_fit_is_refused_naming_the_file_and_first_tensor(
+        teacher, device, tmp_path):
+    """The setup's teacher is an MLP of digits' 64 inputs and 10 classes at width 1: its first
+    tensor, stage1.0.weight, is [256, 64]. Nothing of the teacher is written."""
+    work = teacher
+    mlp = models.build("mlp", (1, 8, 8), 10, 1.0).state_dict()
+    cases = {
+        "cnn.pt": (models.build("cnn", (1, 8, 8), 10, 1.0).state_dict(),
+                   "tensor 'stage1.0.weight': expected shape [256, 64], found [32, 1, 3, 3]"),
+        "narrow.pt": (models.build("mlp", (1, 8, 8), 10, 0.5).state_dict(),
+                      "tensor 'stage1.0.weight': expected shape [256, 64], found [128, 64]"),
+        "lacking.pt": ({k: v for k, v in mlp.items() if k != "head.bias"},
+                       "it lacks tensor 'head.bias' (expected shape [10])"),
+        "extra.pt": ({**mlp, "extra": torch.zeros(3)}, "unexpected tensor 'extra' (shape [3])"),
+    }
+    for name, (state, problem) in cases.items():
+        torch.save(state, tmp_path / name)
+        result = give_teacher(work, device, "misfit", weights=tmp_path / name)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, name
+        assert (f"kdpipe train-teacher: error: {tmp_path / name} is not a state_dict of mlp at "
+                f"width 1 for this dataset (inputs [1, 8, 8], 10 classes): {problem}"
+                in result.stderr), result.stderr[-2000:]
+    # a whole pickled model, not a state_dict; the init file is checked like the weights
+    torch.save(models.build("mlp", (1, 8, 8), 10, 1.0), tmp_path / "module.pt")
+    result = give_teacher(work, device, "misfit", weights=work / "s/teacher/model.pt",
+                          init=tmp_path / "module.pt")
+    assert result.returncode == 1
+    assert f"error: {tmp_path / 'module.pt'}: torch cannot load it as a state_dict" in result.stderr
+    # a file edited after the workflow hashed it
+    result = give_teacher(work, device, "misfit", digests={"weights": "0" * 64},
+                          weights=work / "s/teacher/model.pt")
+    assert result.returncode == 1
+    assert (f"error: {work / 's/teacher/model.pt'} changed after the workflow read it"
+            in result.stderr)
+    assert not any((work / "s/misfit").glob("*.pt")) and not (work / "s/misfit/row.json").exists()
+
+
+def test_students_without_theta0_start_from_the_weights_of_their_width_and_seed(teacher, device):
+    """With 0 epochs a student's logits are those of its initial weights. At width 1, a teacher
+    given without initial weights (the spec's teacher_theta0 false) and students of another
+    architecture (the spec's teacher_arch) both leave every method at the weights drawn from
+    (width 1, seed) by the device's generator, of the students' architecture."""
+    work = teacher
+    result = give_teacher(work, device, "fresh", weights=work / "s/teacher/model.pt")
+    assert result.returncode == 0, result.stderr[-3000:]
+    block(work, device, 1.0, [3], 0, "no_theta0", teacher="fresh", teacher_theta0=False)
+    block(work, device, 1.0, [3], 0, "cross", arch="cnn", teacher_arch="mlp")
+    for folder, run, arch in (("fresh", "no_theta0_s3", "mlp"), ("teacher", "cross_s3", "cnn")):
+        drawn = models.build(arch, (1, 8, 8), 10, 1.0)
+        models.init_parameters(drawn.to(device), generator(seed_for("init", 1.0, 3), device))
+        expected = outputs_of(drawn, work, device)
+        for method in ("kd", "rcd", "siddo"):
+            student = work / f"s/{folder}/{method}/{run}"
+            np.testing.assert_allclose(np.load(student / "logits.npy"), expected, rtol=1e-5,
+                                       atol=1e-6, err_msg=f"{run} {method}")
+            row = json.loads((student / "row.json").read_text())
+            assert (row["arch"], row["from_theta0"]) == (arch, False)
+    # kd of a CNN student learns from the MLP teacher's logits
+    assert "training 3" in block(work, device, 1.0, [4], 1, "cross_kd", arch="cnn",
+                                 teacher_arch="mlp")
+
+
+def test_feature_matching_across_architectures_needs_a_stage_both_have(teacher, device):
+    """An MLP teacher, CNN students: a stage only the MLP has is refused naming both
+    architectures' stages, a stage both have whose outputs no adapter maps naming both shapes;
+    either before any training, and without a manifest."""
+    work = teacher
+    cases = {
+        "stem": "feature matching: stage 'stem' is not a stage of both the teacher's "
+                "architecture mlp (stages: stem, stage1, stage2, head) and the students' cnn "
+                "(stages: stage1, stage2, head); set setups.s.fm_stage to a stage both have",
+        "stage2": "feature matching at stage 'stage2': the student's output [2, 64, 2, 2] "
+                  "cannot be mapped to the teacher's [2, 256]",
+    }
+    for stage, message in cases.items():
+        args = block_args(work, device, 1.0, [0], 1, f"fm_{stage}", methods=("fm",),
+                          options={"stage": stage}, arch="cnn", teacher_arch="mlp")
+        result = subprocess.run([sys.executable, "-m", "kdpipe", *map(str, args)], env=ENV,
+                                capture_output=True, text=True)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert f"kdpipe train-block: error: {message}" in result.stderr, result.stderr[-2000:]
+        assert "epoch" not in result.stderr  # refused before training
+        assert not (work / f"s/teacher/blocks/fm_{stage}.json").exists()

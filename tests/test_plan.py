@@ -66,14 +66,19 @@ def test_the_default_study_trains_336_students_in_18_blocks():
 
 def test_the_paper_study_has_its_job_counts():
     plan = Study(config.load(REPO / "config/paper.yaml"))
-    # 12 setups on 9 datasets; cifar10-resnet18 has three teachers
-    assert len(plan.setups) == 12 and len({plan.dataset_of(s) for s in plan.setups}) == 9
-    assert len(plan.teachers) == 14
+    # 13 setups on 9 datasets; cifar10-resnet18 has three teachers
+    assert len(plan.setups) == 13 and len({plan.dataset_of(s) for s in plan.setups}) == 9
+    assert len(plan.teachers) == 15
     # 4 widths x 10 seeds: digits-mlp packs the 10 seeds in one job per width, the others one
-    # job per seed: 4 + 13 teachers x 40
+    # job per seed: 4 + 14 teachers x 40
     assert len(plan.blocks["digits-mlp"]) == 4 and len(plan.blocks["cifar10-vit"]) == 40
-    assert len(plan.manifests()) == 4 + 13 * 40 == 524
+    assert len(plan.manifests()) == 4 + 14 * 40 == 564
     assert {len(plan.students(setup)) for setup in plan.setups} == {4 * 10 * 7}
+    # standard distillation: a ResNet-18 teacher, VGG-19 students
+    spec = json.loads(plan.block_spec("cifar10-resnet18-to-vgg19", "teacher", "w1_s0-0"))
+    assert (spec["arch"], spec["teacher_arch"]) == ("vgg19", "resnet18")
+    assert json.loads(plan.teacher_spec("cifar10-resnet18-to-vgg19", "teacher"))["arch"] == \
+        "resnet18"
     assert plan.resources("cifar10-resnet18") == {"gpu": 1, "mem_mb": 16000, "runtime": 360}
     assert plan.teacher_recipe("cifar10-resnet18", "epochs30")["epochs"] == 30
     assert plan.teacher_recipe("cifar10-resnet18", "teacher")["epochs"] == 200
@@ -137,6 +142,75 @@ def test_teachers_sharing_a_seed_share_the_first_ones_siddo_students():
     assert split.shared_siddo("s", "c", "siddo_w1_s0") == "results/s/a/blocks/siddo_w1_s0.json"
     assert plan.teacher_recipe("s", "c")["epochs"] == 1
     assert plan.teacher_recipe("s", "a")["epochs"] == 3
+
+
+def test_teachers_given_by_file_share_siddo_students_by_the_weights_they_start_from(
+        tmp_path, monkeypatch):
+    """siddo depends on the weights width-1 students start from, not on the trained teacher:
+    teachers of one seed share them, teachers given with one init file share them, and teachers
+    given without one (whose width-1 students start fresh) share them with each other only. With
+    students of another architecture, no student starts from a theta0: every teacher shares."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("a.pt", "b.pt", "init.pt"):
+        (tmp_path / name).write_bytes(name.encode())
+    teachers = {"trained": {}, "a": {"weights": "a.pt", "init": "init.pt"},
+                "b": {"weights": "b.pt", "init": "init.pt"}, "c": {"weights": "a.pt"},
+                "d": {"weights": "b.pt"}, "seed1": {"seed": 1}}
+    setup = {"dataset": "digits", "arch": "mlp", "recipe": {"epochs": 1, "batch_size": 8},
+             "teachers": teachers}
+    plan = study(setups={"s": setup}, widths=[1], seeds=[0])
+    assert [plan.siddo_owner("s", t) for t in teachers] == ["trained", "a", "a", "c", "c",
+                                                            "seed1"]
+    assert [plan.teacher_source("s", t) for t in teachers] == ["trained"] + ["file"] * 4 + [
+        "trained"]
+    assert plan.shared_siddo("s", "d", "w1_s0-0") == "results/s/c/blocks/w1_s0-0.json"
+    cross = study(setups={"s": {**setup, "student_arch": "cnn"}}, widths=[1], seeds=[0])
+    assert {cross.siddo_owner("s", t) for t in teachers} == {"trained"}
+
+
+def test_a_given_teachers_spec_holds_its_files_digests(tmp_path, monkeypatch):
+    """The files' SHA-256 is in the teacher job's spec (its rerun trigger); the block specs say
+    where the students cannot start from the teacher's theta0. (SHA-256 of b"abc" is the
+    standard's own test vector.)"""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.pt").write_bytes(b"abc")
+    (tmp_path / "init.pt").write_bytes(b"")
+    teachers = {"with_init": {"weights": "model.pt", "init": "init.pt"},
+                "bare": {"weights": "model.pt"}}
+    setup = {"dataset": "digits", "arch": "mlp", "recipe": {"epochs": 1, "batch_size": 8},
+             "teachers": teachers}
+    plan = study(setups={"s": setup}, widths=[1], seeds=[0])
+    abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    spec = json.loads(plan.teacher_spec("s", "with_init"))
+    assert spec["given"] == {"weights": {"path": "model.pt", "sha256": abc},
+                             "init": {"path": "init.pt", "sha256": empty}}
+    assert "seed" not in spec and spec["recipe"]["epochs"] == 1 and spec["arch"] == "mlp"
+    assert json.loads(plan.teacher_spec("s", "bare"))["given"] == {
+        "weights": {"path": "model.pt", "sha256": abc}}
+    assert "teacher_theta0" not in json.loads(plan.block_spec("s", "with_init", "w1_s0-0"))
+    assert json.loads(plan.block_spec("s", "bare", "w1_s0-0"))["teacher_theta0"] is False
+    # an edited file: another spec, so that Snakemake reruns the teacher
+    (tmp_path / "model.pt").write_bytes(b"abd")
+    edited = study(setups={"s": setup}, widths=[1], seeds=[0])
+    assert edited.teacher_spec("s", "bare") != plan.teacher_spec("s", "bare")
+
+
+def test_a_setup_may_have_its_own_student_architecture_and_widths():
+    setups = {"own": {"dataset": "digits", "arch": "cnn", "student_arch": "mlp",
+                      "widths": [0.25, 1], "recipe": {"epochs": 1, "batch_size": 8}},
+              "study": {"dataset": "digits", "arch": "mlp",
+                        "recipe": {"epochs": 1, "batch_size": 8}}}
+    plan = study(setups=setups, widths=[0.5, 2], seeds=[0])
+    assert list(plan.blocks["own"]) == ["w0.25_s0-0", "w1_s0-0"]
+    assert list(plan.blocks["study"]) == ["w0.5_s0-0", "w2_s0-0"]
+    assert (plan.student_arch("own"), plan.student_arch("study")) == ("mlp", "mlp")
+    spec = json.loads(plan.block_spec("own", "teacher", "w1_s0-0"))
+    assert (spec["arch"], spec["teacher_arch"], spec["width"]) == ("mlp", "cnn", 1.0)
+    assert json.loads(plan.teacher_spec("own", "teacher"))["arch"] == "cnn"
+    same = json.loads(plan.block_spec("study", "teacher", "w2_s0-0"))
+    assert same["arch"] == "mlp" and "teacher_arch" not in same
+    assert len(plan.manifests()) == 4
 
 
 # --- what the jobs are given ---------------------------------------------------------------------

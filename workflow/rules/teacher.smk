@@ -1,8 +1,10 @@
+# A teacher trained from its seed, or given by file (setups.<name>.teachers.<teacher>.weights and
+# init: its spec holds the files' digests, so editing one reruns the job). Its theta0, init.pt, is
+# not a declared output: a teacher given without initial weights has none.
 rule train_teacher:
     input:
         unpack(setup_data),
     output:
-        init=f"{TEACHER}/init.pt",
         weights=f"{TEACHER}/model.pt",
         train_logits=f"{TEACHER}/train_logits.npy",
         logits=f"{TEACHER}/logits.npy",
