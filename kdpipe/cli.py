@@ -211,7 +211,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--labels-out", type=Path, required=True, help="test labels (.npy, int64)")
 
     s = step("train-teacher", train_teacher,
-             "Train a teacher with cross-entropy; keep theta0, weights, train and test logits.")
+             "Train a teacher with cross-entropy, or load one given by file; keep theta0, "
+             "weights, train and test logits.")
     training(s)
     s.add_argument("--out", type=Path, required=True, help="teacher folder")
 
