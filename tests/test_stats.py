@@ -616,6 +616,15 @@ def test_planned_tests_counts_the_tests_compare_methods_runs():
     assert power.planned_tests(config) == len(table) == 2 * 3 * (7 * 4 + 3 * 2) * 2
 
 
+def test_planned_tests_count_a_setups_own_widths():
+    """A setup with its own widths is tested at those: 1 width of setup a and the study's 3 of
+    setup b, each with kd's 3 comparisons at 2 alphas, of 1 metric."""
+    config = {"setups": {"a": {"teachers": {"t": {}}, "widths": [1]}, "b": {"teachers": {"t": {}}}},
+              "alphas": [0.1, 0.5], "temperatures": [1], "widths": [0.5, 1, 2], "seeds": [0],
+              "stats": {"metrics": ["accuracy"]}}
+    assert power.planned_tests(config) == (1 + 3) * 2 * 3
+
+
 # ---- asymmetry --------------------------------------------------------------------------------
 
 def test_asymmetry_deltas_and_ratio():
