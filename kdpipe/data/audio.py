@@ -48,6 +48,15 @@ def check_features(family: str, options: dict) -> dict:
     return options
 
 
+def feature_shape(options: dict) -> tuple:
+    """The shape of one prepared clip with these (checked) options: [1, samples] waveforms, or
+    [1, n_mels, frames] log-mel features (centred frames: 1 + samples // hop_length)."""
+    samples = round(options["seconds"] * SAMPLE_RATE)
+    if options["features"] == "waveform":
+        return (1, samples)
+    return (1, options["n_mels"], 1 + samples // options["hop_length"])
+
+
 def read_wav(path: Path):
     """Read a WAV file as mono float32 samples in [-1, 1]; return ``(samples, rate_hz)``."""
     import soundfile
@@ -115,7 +124,7 @@ def load_clips(paths: list, seconds: float, progress=None):
     ``progress`` (a kdpipe.progress.Progress) counts the files."""
     import torch
 
-    length = round(seconds * SAMPLE_RATE)
+    length = round(seconds * SAMPLE_RATE)  # feature_shape's samples
     clips = torch.empty(len(paths), 1, length)  # filled in place: a data set can be gigabytes
     for i, path in enumerate(paths):
         samples, rate = read_wav(path)

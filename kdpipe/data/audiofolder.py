@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdpipe.data import DataError, check_options
-from kdpipe.data.audio import FEATURE_DEFAULTS, check_features, prepared
+from kdpipe.data import DataError, Facts, check_options, split_sizes
+from kdpipe.data.audio import FEATURE_DEFAULTS, check_features, feature_shape, prepared
 from kdpipe.data.folders import class_folders, root_folder, stratified_split
 
 FAMILY = "audiofolder"
@@ -31,6 +31,23 @@ SUFFIXES = (".wav",)
 def acquire(options: dict, raw_dir: Path) -> None:
     """Check that the recordings are in place (they are the researcher's: nothing to download)."""
     class_folders(root_folder(_checked(options), raw_dir), SUFFIXES)
+
+
+def facts(options: dict) -> None:
+    """None: the sizes and classes are the folders', which ``scan`` counts."""
+    _checked(options)
+
+
+def scan(options: dict, raw_dir: Path) -> Facts | None:
+    """The files counted, split as ``prepare`` splits them, clips of ``feature_shape``; None
+    where the folder of class folders is absent."""
+    options = _checked(options)
+    root = root_folder(options, raw_dir)
+    if not root.is_dir():
+        return None
+    paths, _, classes = class_folders(root, SUFFIXES)
+    train, test = split_sizes(len(paths), options["test_fraction"])
+    return Facts(train, test, feature_shape(options), "float32", len(classes))
 
 
 def prepare(options: dict, raw_dir: Path) -> dict:

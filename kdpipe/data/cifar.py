@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdpipe.data import DataError, Family, check_options
+from kdpipe.data import DataError, Facts, Family, check_options
 from kdpipe.data.download import extract, fetch
 from kdpipe.data.imagefolder import image_dataset
 
@@ -30,6 +30,7 @@ OFFICIAL = {  # per family: the archive's URL, its published md5, what it extrac
           "train": ["train"], "test": ["test"], "meta": "meta"},
 }
 FAMILY_DEFAULTS = {10: {}, 100: {"label": "fine"}}
+TRAIN, TEST = 50_000, 10_000
 
 
 def acquire(classes: int, options: dict, raw_dir: Path) -> None:
@@ -42,6 +43,13 @@ def acquire(classes: int, options: dict, raw_dir: Path) -> None:
     url = official["url"]
     archive = fetch(url, raw_dir / url.rsplit("/", 1)[1], official["checksum"])
     extract(archive, raw_dir)
+
+
+def facts(classes: int, options: dict) -> Facts:
+    """50,000 train and 10,000 test images, [3, 32, 32] uint8; 10 classes, or CIFAR-100's 100
+    fine or 20 coarse ones."""
+    label = _checked(classes, options).get("label")
+    return Facts(TRAIN, TEST, (3, 32, 32), "uint8", 20 if label == "coarse" else classes)
 
 
 def prepare(classes: int, options: dict, raw_dir: Path) -> dict:
@@ -118,5 +126,7 @@ def entry(batch: dict, key: str, path: Path):
     return batch[key.encode()]
 
 
-cifar10 = Family("cifar10", FAMILY_DEFAULTS[10], partial(acquire, 10), partial(prepare, 10))
-cifar100 = Family("cifar100", FAMILY_DEFAULTS[100], partial(acquire, 100), partial(prepare, 100))
+cifar10 = Family("cifar10", FAMILY_DEFAULTS[10], partial(acquire, 10), partial(prepare, 10),
+                 partial(facts, 10))
+cifar100 = Family("cifar100", FAMILY_DEFAULTS[100], partial(acquire, 100), partial(prepare, 100),
+                  partial(facts, 100))

@@ -9,10 +9,19 @@ Pixels are scaled from 0..16 to [0, 1]; images are [1, 8, 8].
 from pathlib import Path
 
 DEFAULTS = {"test_fraction": 0.7, "split_seed": 0}
+SAMPLES = 1797
 
 
 def acquire(options: dict, raw_dir: Path) -> None:
     """Nothing to fetch: scikit-learn ships the data."""
+
+
+def facts(options: dict):
+    """The split's sizes (scikit-learn's), [1, 8, 8] float32 images, 10 classes."""
+    from kdpipe.data import Facts, split_sizes
+
+    train, test = split_sizes(SAMPLES, _checked(options)["test_fraction"])
+    return Facts(train, test, (1, 8, 8), "float32", 10)
 
 
 def prepare(options: dict, raw_dir: Path) -> dict:
@@ -20,17 +29,7 @@ def prepare(options: dict, raw_dir: Path) -> dict:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    from kdpipe.data import DataError, check_options
-
-    options = check_options("digits", DEFAULTS, options)
-    fraction = options["test_fraction"]
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-        raise DataError(f"dataset 'digits': option 'test_fraction' is {fraction!r}; expected a "
-                        "number in (0, 1)")
-    if isinstance(options["split_seed"], bool) or not isinstance(options["split_seed"], int) \
-            or options["split_seed"] < 0:
-        raise DataError(f"dataset 'digits': option 'split_seed' is {options['split_seed']!r}; "
-                        "expected an integer >= 0")
+    options = _checked(options)
     digits = load_digits()
     x = (digits.images / 16.0).astype("float32")[:, None]
     y = digits.target.astype("int64")
@@ -42,3 +41,18 @@ def prepare(options: dict, raw_dir: Path) -> dict:
         "classes": [str(c) for c in digits.target_names],
         "meta": {"kind": "image"},
     }
+
+
+def _checked(options: dict) -> dict:
+    from kdpipe.data import DataError, check_options
+
+    options = check_options("digits", DEFAULTS, options)
+    fraction = options["test_fraction"]
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise DataError(f"dataset 'digits': option 'test_fraction' is {fraction!r}; expected a "
+                        "number in (0, 1)")
+    if isinstance(options["split_seed"], bool) or not isinstance(options["split_seed"], int) \
+            or options["split_seed"] < 0:
+        raise DataError(f"dataset 'digits': option 'split_seed' is {options['split_seed']!r}; "
+                        "expected an integer >= 0")
+    return options

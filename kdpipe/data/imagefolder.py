@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdpipe.data import DataError, check_options
+from kdpipe.data import DataError, Facts, check_options, split_sizes
 from kdpipe.data.folders import class_folders, root_folder, stratified_split
 
 DEFAULTS = {"root": None, "test_root": None, "test_fraction": 0.2, "split_seed": 0, "size": None,
@@ -35,6 +35,34 @@ def acquire(options: dict, raw_dir: Path) -> None:
     class_folders(root_folder(options, raw_dir), SUFFIXES)
     if options["test_root"] is not None:
         class_folders(Path(options["test_root"]), SUFFIXES)
+
+
+def facts(options: dict) -> None:
+    """None: the sizes, classes and (without ``size``) the image size are the folders', which
+    ``scan`` reads."""
+    _checked(options)
+
+
+def scan(options: dict, raw_dir: Path) -> Facts | None:
+    """The files counted and split as ``prepare`` splits them; the image size from ``size``, else
+    from the first file's header; None where a folder is absent."""
+    from PIL import Image
+
+    options = _checked(options)
+    root = root_folder(options, raw_dir)
+    test_root = options["test_root"]
+    if not root.is_dir() or (test_root is not None and not Path(test_root).is_dir()):
+        return None
+    paths, _, classes = class_folders(root, SUFFIXES)
+    if test_root is None:
+        train, test = split_sizes(len(paths), options["test_fraction"])
+    else:
+        train, test = len(paths), len(class_folders(Path(test_root), SUFFIXES)[0])
+    size = options["size"]
+    if size is None:
+        with Image.open(paths[0]) as image:  # reads the header only
+            size = [image.height, image.width]
+    return Facts(train, test, (1 if options["grey"] else 3, *size), "uint8", len(classes))
 
 
 def prepare(options: dict, raw_dir: Path) -> dict:

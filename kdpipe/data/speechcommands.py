@@ -21,8 +21,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from kdpipe.data import DataError, check_options
-from kdpipe.data.audio import FEATURE_DEFAULTS, check_features, prepared
+from kdpipe.data import DataError, Facts, check_options
+from kdpipe.data.audio import FEATURE_DEFAULTS, check_features, feature_shape, prepared
 from kdpipe.data.folders import list_files
 
 FAMILY = "speechcommands"
@@ -33,6 +33,9 @@ URL = "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz"
 SHA256 = "af14739ee7dc311471de98f5f9d2c9191b18aedfe957f4a6ff791c709868ff58"
 FOLDER = "speech_commands_v0.02"
 LIST_FILES = ("validation_list.txt", "testing_list.txt")
+# the official split of all 35 words: 84,843 train clips (those of neither list; the 9,981 of
+# validation_list.txt are not used) and the 11,005 of testing_list.txt
+TRAIN, TEST, WORDS = 84_843, 11_005, 35
 
 
 def acquire(options: dict, raw_dir: Path) -> None:
@@ -57,6 +60,15 @@ def acquire(options: dict, raw_dir: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
     partial.rename(root)
     archive.unlink()  # 2.4 GB, no longer needed: the list files mark a complete extraction
+
+
+def facts(options: dict) -> Facts | None:
+    """The official split's sizes and 35 classes, clips of ``feature_shape``; None with a subset
+    of ``words``, whose sizes the word folders tell."""
+    options = check_features(FAMILY, check_options(FAMILY, DEFAULTS, options))
+    if options["words"] is not None:
+        return None
+    return Facts(TRAIN, TEST, feature_shape(options), "float32", WORDS)
 
 
 def read_list(path: Path) -> set:

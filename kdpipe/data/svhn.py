@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from kdpipe.data import DataError, check_options
+from kdpipe.data import DataError, Facts, check_options
 from kdpipe.data.download import fetch
 from kdpipe.data.imagefolder import image_dataset
 
 DEFAULTS = {}
+TRAIN, TEST = 73_257, 26_032
 URL = "http://ufldl.stanford.edu/housenumbers/"
 FILES = {"train_32x32.mat": "md5:e26dedcc434d2e4c54c9b2d4a06d8373",
          "test_32x32.mat": "md5:eb5a983be6a315427106f1b164d9cef3"}
@@ -26,6 +27,12 @@ def acquire(options: dict, raw_dir: Path) -> None:
     for name, checksum in FILES.items():
         if not (raw_dir / name).is_file():
             fetch(URL + name, raw_dir / name, checksum)
+
+
+def facts(options: dict) -> Facts:
+    """73,257 train and 26,032 test images, [3, 32, 32] uint8, 10 classes."""
+    check_options("svhn", DEFAULTS, options)
+    return Facts(TRAIN, TEST, (3, 32, 32), "uint8", 10)
 
 
 def prepare(options: dict, raw_dir: Path) -> dict:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdpipe.data import DataError, Family, check_options
+from kdpipe.data import DataError, Facts, Family, check_options
 
 WINDOW_DEFAULTS = {"context": 256, "stride": None, "test_fraction": 0.1}
 TEXTFILE_DEFAULTS = {"path": None, **WINDOW_DEFAULTS}  # path: required
@@ -33,6 +33,8 @@ TEXTFILE_DEFAULTS = {"path": None, **WINDOW_DEFAULTS}  # path: required
 SHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
                    "tinyshakespeare/input.txt")
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+# the official file's characters, and its 65 symbols, every one of which its first 70 % holds
+SHAKESPEARE_CHARACTERS, SHAKESPEARE_SYMBOLS, SHAKESPEARE_ALL_SYMBOLS_UP_TO = 1_115_394, 65, 0.3
 
 
 def acquire_shakespeare(options: dict, raw_dir: Path) -> None:
@@ -48,6 +50,15 @@ def prepare_shakespeare(options: dict, raw_dir: Path) -> dict:
     return char_windows(Path(raw_dir) / "input.txt", options)
 
 
+def facts_shakespeare(options: dict) -> Facts | None:
+    """The windows of the official file's 1,115,394 characters, 65 classes; None with a
+    ``test_fraction`` above 0.3, whose train text may lack a rare symbol."""
+    options = check_windows("shakespeare", check_options("shakespeare", WINDOW_DEFAULTS, options))
+    if options["test_fraction"] > SHAKESPEARE_ALL_SYMBOLS_UP_TO:
+        return None
+    return window_facts(SHAKESPEARE_CHARACTERS, SHAKESPEARE_SYMBOLS, options, "input.txt")
+
+
 def acquire_textfile(options: dict, raw_dir: Path) -> None:
     """Nothing to download: check that the text file named by option ``path`` is there."""
     options = check_windows("textfile", check_options("textfile", TEXTFILE_DEFAULTS, options))
@@ -59,6 +70,46 @@ def acquire_textfile(options: dict, raw_dir: Path) -> None:
 def prepare_textfile(options: dict, raw_dir: Path) -> dict:
     options = check_windows("textfile", check_options("textfile", TEXTFILE_DEFAULTS, options))
     return char_windows(text_path(options), options)
+
+
+def facts_textfile(options: dict) -> None:
+    """None: the windows and classes are the file's, which ``scan_textfile`` reads."""
+    check_windows("textfile", check_options("textfile", TEXTFILE_DEFAULTS, options))
+
+
+def scan_textfile(options: dict, raw_dir: Path) -> Facts | None:
+    """The windows and vocabulary of the file (read, not prepared); None where it is absent."""
+    options = check_windows("textfile", check_options("textfile", TEXTFILE_DEFAULTS, options))
+    path = text_path(options)
+    if not path.is_file():
+        return None
+    text = read_text(path)
+    vocabulary = len(set(text[:train_characters(len(text), options, path)]))
+    return window_facts(len(text), vocabulary, options, path)
+
+
+def train_characters(length: int, options: dict, source) -> int:
+    """The characters of the train text (the rest are the test text's); DataError where either
+    holds no window of context + 1 characters."""
+    split = length - round(length * options["test_fraction"])
+    for name, size in (("train", split), ("test", length - split)):
+        if size < options["context"] + 1:
+            raise DataError(f"{source}: the {name} text has {size} characters, fewer than "
+                            f"context + 1 = {options['context'] + 1}")
+    return split
+
+
+def window_count(characters: int, context: int, stride: int) -> int:
+    """The windows of context + 1 characters that start every ``stride`` characters."""
+    return (characters - context - 1) // stride + 1
+
+
+def window_facts(length: int, vocabulary: int, options: dict, source) -> Facts:
+    """The ``Facts`` of a text of ``length`` characters and a train vocabulary of that size."""
+    split, context = train_characters(length, options, source), options["context"]
+    return Facts(window_count(split, context, options["stride"]),
+                 window_count(length - split, context, context), (context,), "int64", vocabulary,
+                 positions=context)
 
 
 def check_windows(family: str, options: dict) -> dict:
@@ -107,12 +158,7 @@ def char_windows(path: Path, options: dict) -> dict:
 
     text = read_text(path)
     context, stride = options["context"], options["stride"]
-    split = len(text) - round(len(text) * options["test_fraction"])
-    for name, size in (("train", split), ("test", len(text) - split)):
-        if size < context + 1:
-            raise DataError(f"{path}: the {name} text has {size} characters, fewer than "
-                            f"context + 1 = {context + 1}")
-
+    split = train_characters(len(text), options, path)
     codes = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")  # one code point a character
     vocabulary = np.unique(codes[:split])
     ids = np.searchsorted(vocabulary, codes).clip(max=len(vocabulary) - 1).astype(np.int64)
@@ -127,5 +173,7 @@ def char_windows(path: Path, options: dict) -> dict:
             "meta": {"kind": "sequence", "context": context, "stride": stride}}
 
 
-shakespeare = Family("shakespeare", WINDOW_DEFAULTS, acquire_shakespeare, prepare_shakespeare)
-textfile = Family("textfile", TEXTFILE_DEFAULTS, acquire_textfile, prepare_textfile)
+shakespeare = Family("shakespeare", WINDOW_DEFAULTS, acquire_shakespeare, prepare_shakespeare,
+                     facts_shakespeare)
+textfile = Family("textfile", TEXTFILE_DEFAULTS, acquire_textfile, prepare_textfile,
+                  facts_textfile, scan_textfile)

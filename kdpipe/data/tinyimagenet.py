@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdpipe.data import DataError, check_options
+from kdpipe.data import DataError, Facts, check_options
 from kdpipe.data.download import extract, fetch
 from kdpipe.data.folders import list_files
 from kdpipe.data.imagefolder import image_dataset, read_images
@@ -24,6 +24,7 @@ DEFAULTS = {}
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 CHECKSUM = "md5:90528d7ca1a48142e341f4ef8d21d0de"
 FOLDER = "tiny-imagenet-200"
+CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS = 200, 500, 50
 
 
 def acquire(options: dict, raw_dir: Path) -> None:
@@ -32,6 +33,13 @@ def acquire(options: dict, raw_dir: Path) -> None:
     if (root / "wnids.txt").is_file() and (root / "val" / "val_annotations.txt").is_file():
         return
     extract(fetch(URL, raw_dir / "tiny-imagenet-200.zip", CHECKSUM), raw_dir)
+
+
+def facts(options: dict) -> Facts:
+    """100,000 train and 10,000 test images, [3, 64, 64] uint8, 200 classes."""
+    check_options("tinyimagenet", DEFAULTS, options)
+    return Facts(CLASSES * TRAIN_PER_CLASS, CLASSES * TEST_PER_CLASS, (3, 64, 64), "uint8",
+                 CLASSES)
 
 
 def prepare(options: dict, raw_dir: Path) -> dict:

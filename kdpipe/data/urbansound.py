@@ -22,8 +22,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from kdpipe.data import DataError, check_options
-from kdpipe.data.audio import FEATURE_DEFAULTS, check_features, prepared
+from kdpipe.data import DataError, Facts, check_options
+from kdpipe.data.audio import FEATURE_DEFAULTS, check_features, feature_shape, prepared
 
 FAMILY = "urbansound8k"
 DEFAULTS = {**FEATURE_DEFAULTS, "test_fold": 10, "seconds": 4.0}
@@ -32,6 +32,9 @@ FOLDER = "UrbanSound8K"
 METADATA = Path("metadata") / "UrbanSound8K.csv"
 FOLDS = range(1, 11)
 COLUMNS = ("slice_file_name", "fold", "classID", "class")  # the ones we use
+# clips per fold in the official metadata (8,732 in all)
+FOLD_SIZES = {1: 873, 2: 888, 3: 925, 4: 990, 5: 936, 6: 823, 7: 838, 8: 806, 9: 816, 10: 837}
+CLASSES = 10
 
 
 def acquire(options: dict, raw_dir: Path) -> None:
@@ -48,6 +51,15 @@ def acquire(options: dict, raw_dir: Path) -> None:
             f"https://zenodo.org/record/1203745) and extract it in {raw_dir}, so that "
             f"{root / METADATA} and the folders {root / 'audio'}/fold1 .. fold10 exist; "
             f"missing now: {', '.join(missing)}")
+
+
+def facts(options: dict) -> Facts:
+    """Every fold but ``test_fold`` to train, that fold to test, 10 classes, clips of
+    ``feature_shape``."""
+    options = _checked(options)
+    test = FOLD_SIZES[options["test_fold"]]
+    return Facts(sum(FOLD_SIZES.values()) - test, test, feature_shape(options), "float32",
+                 CLASSES)
 
 
 def _checked(options: dict) -> dict:
