@@ -69,7 +69,7 @@ def train_block(args) -> int:
 
 
 def collect(args) -> int:
-    from kdpipe.tables import collect_rows, write_table
+    from kdpipe.tables import collect_rows, history_table, write_table
 
     def lines(path):
         return [line for line in Path(path).read_text().splitlines() if line.strip()]
@@ -82,6 +82,11 @@ def collect(args) -> int:
                          ece_bins=args.spec["ece_bins"])
     write_table(table, Path(args.out))
     print(f"collected {len(table)} models into {args.out}", file=sys.stderr)
+    if args.history_out:
+        history = history_table(table, args.results)
+        write_table(history, args.history_out)
+        print(f"collected {len(history)} epochs of training into {args.history_out}",
+              file=sys.stderr)
     return 0
 
 
@@ -235,6 +240,8 @@ def parser() -> argparse.ArgumentParser:
                    help="text file, one block manifest per line: adds its students' rows")
     s.add_argument("--results", type=Path, default=Path("results"), help="results folder")
     s.add_argument("--out", type=Path, required=True, help="models table (.parquet)")
+    s.add_argument("--history-out", type=Path,
+                   help="history table (.parquet): the models' training histories, per epoch")
 
     s = step("stats", statistics, "Mann-Whitney tests, asymmetry and scaling tables.")
     s.add_argument("--spec", type=spec_arg, required=True,

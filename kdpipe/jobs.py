@@ -19,8 +19,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import sys
+import time
 from pathlib import Path
 
 from kdpipe.digests import NEUTRAL, digest, recipe_with_neutral, without_neutral
@@ -28,6 +30,8 @@ from kdpipe.methods import method
 
 TEACHER_INIT, TEACHER_WEIGHTS = "init.pt", "model.pt"
 TEST_LOGITS, TRAIN_LOGITS, ROW, TIMING = "logits.npy", "train_logits.npy", "row.json", "timing.json"
+HISTORY = "history.json"
+STUDENT_WEIGHTS = TEACHER_WEIGHTS  # a student's kept weights (keep_student_weights), as a teacher's
 
 
 class JobError(Exception):
@@ -232,6 +236,35 @@ def save_state(model, path: Path) -> None:
         torch.save(model.state_dict(), tmp)
 
 
+class EpochClock:
+    """A training log (``kdpipe.train.train``'s ``log``) that records each epoch's wall time,
+    from the end of the epoch before (or from the clock's start) to its own end, then hands the
+    epoch on to ``log``. The models trained in one call share their epochs' times."""
+
+    def __init__(self, log=None):
+        self.log, self.seconds, self.last = log, {}, time.perf_counter()
+
+    def __call__(self, epoch: int, learners: list) -> None:
+        now = time.perf_counter()
+        self.seconds[epoch], self.last = now - self.last, now
+        if self.log is not None:
+            self.log(epoch, learners)
+
+
+def write_history(path: Path, history: list, clock: EpochClock, recipe, samples: int) -> None:
+    """A model's ``history.json``: per epoch it trained, the mean training loss and accuracy of
+    its batches (``Learner.history``), the learning rate of the epoch's first step
+    (``kdpipe.train.learning_rate``) and the epoch's wall time in seconds (null for an epoch
+    trained before a resume from a checkpoint, whose time is not known)."""
+    from kdpipe.io import write_json
+    from kdpipe.train import learning_rate
+
+    steps = math.ceil(samples / recipe.batch_size)
+    write_json(path, {"steps_per_epoch": steps, "epochs": [
+        {**epoch, "lr": learning_rate(recipe, (epoch["epoch"] - 1) * steps, recipe.epochs * steps),
+         "seconds": clock.seconds.get(epoch["epoch"])} for epoch in history]})
+
+
 def checkpoint(folder, every: int, name: str, key: str):
     """Periodic training state outside the job's outputs (Snakemake deletes those before a
     rerun), named by ``key`` so that changed work never resumes an old run."""
@@ -269,6 +302,7 @@ def train_teacher(spec: dict, data: Path, labels: Path, out: Path, results: Path
             save_state(model, out / TEACHER_INIT)
         else:  # no theta0: its students start fresh, and no older init.pt may pass for one
             (out / TEACHER_INIT).unlink(missing_ok=True)
+        (out / HISTORY).unlink(missing_ok=True)  # not trained: an older history is not its
         model.load_state_dict(states["weights"])
         seconds = 0.0
     else:
@@ -278,12 +312,13 @@ def train_teacher(spec: dict, data: Path, labels: Path, out: Path, results: Path
                            json.dumps([without_neutral(spec), data_fingerprint(spec, data, labels),
                                        kind], sort_keys=True))
         learner = Learner("teacher", model, order_seed=seed_for("order", "teacher", spec["seed"]))
+        clock = EpochClock(EpochLog(f"{spec['setup']} teacher", recipe.epochs))
         try:
-            seconds = train([learner], dataset.x_train, dataset.y_train, recipe,
-                            log=EpochLog(f"{spec['setup']} teacher", recipe.epochs),
+            seconds = train([learner], dataset.x_train, dataset.y_train, recipe, log=clock,
                             checkpoint=saved)
         except TrainingDiverged as error:
             raise JobError(str(error)) from error
+        write_history(out / HISTORY, learner.history, clock, recipe, len(dataset.x_train))
     save_state(model, out / TEACHER_WEIGHTS)
     train_loss, train_logits = evaluate(model, dataset.x_train, dataset.y_train,
                                         recipe.eval_batch_size, keep=True)
@@ -404,12 +439,15 @@ def train_block(spec: dict, data: Path, labels: Path, teacher_dir: Path, manifes
         saved = checkpoint(checkpoint_dir, checkpoint_every, "block",
                            json.dumps(sorted(p[2] for p in todo)))
         label = f"{spec['teacher_id']} w={float(spec['width']):g}"
+        clock = EpochClock(EpochLog(label, recipe.epochs))
         try:
-            seconds = train(learners, dataset.x_train, dataset.y_train, recipe,
-                            log=EpochLog(label, recipe.epochs), checkpoint=saved)
+            seconds = train(learners, dataset.x_train, dataset.y_train, recipe, log=clock,
+                            checkpoint=saved)
         except TrainingDiverged as error:  # no student of the block is written: say why
             raise JobError(str(error)) from error
         for (student, folder, trained, row_digest, _), learner in zip(todo, learners):
+            write_history(folder / HISTORY, learner.history, clock, recipe,
+                          len(dataset.x_train))
             write_student(spec, student, learner.model, dataset, folder, folder, trained,
                           row_digest, teacher_logits, y, labels, results,
                           seconds / len(learners), recipe, kind)
@@ -425,8 +463,9 @@ def train_block(spec: dict, data: Path, labels: Path, teacher_dir: Path, manifes
 def write_student(spec, student, model, dataset, folder: Path, source: Path, trained: str,
                   row_digest: str, teacher_logits, y, labels: Path, results: Path,
                   seconds: float, recipe, kind: str) -> None:
-    """The student's test logits and row (metrics against this block's teacher), row.json last.
-    Without a model, the logits and train loss are those of ``source``'s finished student."""
+    """The student's test logits and row (metrics against this block's teacher), row.json last;
+    with the spec's ``keep_weights`` (keep_student_weights), also its trained weights. Without a
+    model, the logits and train loss are those of ``source``'s finished student."""
     import numpy as np
 
     from kdpipe import metrics
@@ -437,6 +476,10 @@ def write_student(spec, student, model, dataset, folder: Path, source: Path, tra
         train_loss, _ = evaluate(model, dataset.x_train, dataset.y_train, recipe.eval_batch_size)
         _, logits = evaluate(model, dataset.x_test, dataset.y_test, recipe.eval_batch_size,
                              keep=True)
+        if spec.get("keep_weights"):
+            save_state(model, folder / STUDENT_WEIGHTS)
+        else:  # weights an earlier run kept are not this student's
+            (folder / STUDENT_WEIGHTS).unlink(missing_ok=True)
         write_npy(folder / TEST_LOGITS, logits)
         write_json(folder / TIMING, {"train_seconds": seconds})
     else:

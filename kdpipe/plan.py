@@ -40,24 +40,26 @@ def run_name(method: str, alpha, temperature, width, seed) -> str:
                     f"w{width}_s{seed}"])
 
 
-def figures(setups: list[str], temperatures: list[float],
-            trained: list[str] = methods.ALWAYS) -> list[tuple[str, str, str | None]]:
+def figures(setups: list[str], temperatures: list[float], trained: list[str] = methods.ALWAYS,
+            training_curves: bool = False) -> list[tuple[str, str, str | None]]:
     """(file name without extension, figure, setup or None) of every figure kdpipe.plots draws
     for these setups, temperatures and trained methods: figures 1-4 per setup, figure 5 across
-    setups, figure 6 per setup where several temperatures were trained, and the figure of each
-    trained method that has one (kdpipe.methods), per setup."""
+    setups, figure 6 per setup where several temperatures were trained, the figure of each
+    trained method that has one (kdpipe.methods), per setup, and with ``training_curves``
+    (plots.training_curves) figure 9 per setup."""
     per_setup = ["fig1_functional", "fig2_payoff", "fig3_accuracy", "fig4_width"]
     found = [(f"{figure}_{setup}", figure, setup) for setup in setups for figure in per_setup]
     found.append(("fig5_teacher_loss", "fig5_teacher_loss", None))
     later = ["fig6_temperature"] if len(set(temperatures)) > 1 else []
     later += [m.figure for m in methods.REGISTRY if m.figure and m.name in trained]
+    later += ["fig9_training"] if training_curves else []
     return found + [(f"{figure}_{setup}", figure, setup) for figure in later for setup in setups]
 
 
 def figure_stems(setups: list[str], temperatures: list[float],
-                 trained: list[str] = methods.ALWAYS) -> list[str]:
+                 trained: list[str] = methods.ALWAYS, training_curves: bool = False) -> list[str]:
     """The file names without extension of ``figures``."""
-    return [stem for stem, _, _ in figures(setups, temperatures, trained)]
+    return [stem for stem, _, _ in figures(setups, temperatures, trained, training_curves)]
 
 
 def audit_stems(setups: list[str]) -> list[str]:
@@ -91,6 +93,10 @@ class Study:
         return {"data": f"{self.results}/data/{dataset}.pt",
                 "labels": f"{self.results}/data/{dataset}.labels.npy"}
 
+    def raw_dir(self, dataset: str) -> str:
+        """The folder of a dataset's official raw files (or a researcher's own)."""
+        return f"{self.config['data_dir']}/{dataset}"
+
     def teacher_dir(self, setup: str, teacher: str) -> str:
         """A teacher's folder: its weights, logits and row; its students below it."""
         return f"{self.results}/{setup}/{teacher}"
@@ -107,7 +113,8 @@ class Study:
                 for block in self.blocks[setup]]
 
     def figure_stems(self) -> list[str]:
-        return figure_stems(self.setups, self.config["temperatures"], self.methods)
+        return figure_stems(self.setups, self.config["temperatures"], self.methods,
+                            self.config["plots"]["training_curves"])
 
     def audit_stems(self) -> list[str]:
         return audit_stems(self.setups)
@@ -281,9 +288,10 @@ class Study:
 
     def block_spec(self, setup: str, teacher: str, block: str) -> str:
         """The block's students and width; ``arch`` is the students' architecture, with
-        ``teacher_arch`` where the teacher's differs, and ``teacher_theta0: false`` where the
-        teacher has no initial weights (given by file without them). Both are left out at
-        their usual values, so that a study without them keeps its specs."""
+        ``teacher_arch`` where the teacher's differs, ``teacher_theta0: false`` where the
+        teacher has no initial weights (given by file without them), and ``keep_weights``
+        where keep_student_weights is on. Each is left out at its usual value, so that a study
+        without them keeps its specs (their text is the rerun trigger)."""
         width, students = self.blocks[setup][block]
         entry, extra = self.config["setups"][setup], {}
         if self.student_arch(setup) != entry["arch"]:
@@ -291,6 +299,8 @@ class Study:
         given = self.given(setup, teacher)
         if given is not None and "init" not in given:
             extra["teacher_theta0"] = False
+        if self.config["keep_student_weights"]:
+            extra["keep_weights"] = True
         return self.training_spec(setup, teacher, entry["recipe"], width=float(width),
                                   students=students, **extra)
 

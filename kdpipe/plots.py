@@ -1,8 +1,8 @@
 """Figures of the audit, drawn from the result tables alone (docs/protocol.md section 6).
 
-make_figures reads models/stats/asymmetry/scaling.parquet from a tables folder and writes every
-figure that kdpipe.plan.figures names; each figure is drawn by one function below that takes
-tables and returns a matplotlib Figure.
+make_figures reads models/stats/asymmetry/scaling.parquet (and, for the training curves,
+history.parquet) from a tables folder and writes every figure that kdpipe.plan.figures names;
+each figure is drawn by one function below that takes tables and returns a matplotlib Figure.
 
 Figures are built as matplotlib.figure.Figure objects, never through pyplot: a caller's backend,
 open figures and rcParams are left alone, PNG is rendered by Agg whatever backend is active, and
@@ -45,6 +45,7 @@ DEFAULT_OPTIONS = {
     "dpi": 150,
     "width": 1.0,
     "temperature": 1.0,
+    "training_curves": False,
     "style": "whitegrid",
     "context": "paper",
     "palette": "colorblind",
@@ -89,6 +90,8 @@ def make_figures(tables_dir, out_dir, options: dict | None = None,
                    self-distillation); a setup without it shows its closest trained width
       temperature  KD temperature shown by figures 1-5 (default 1.0, the protocol's); the closest
                    trained T where it is absent
+      training_curves  also figure 9, the training curves of each setup (default False), from
+                   history.parquet
       style, context, palette   seaborn axes style, plotting context and method palette
                    (defaults "whitegrid", "paper", "colorblind")
     workers: processes drawing the figures (default: the CPUs this process may use; 1 draws
@@ -109,6 +112,9 @@ def make_figures(tables_dir, out_dir, options: dict | None = None,
     temperatures = sorted(students["temperature"].dropna().unique())
     widths, temperature = shown_widths_and_temperature(models, options["width"], options["temperature"])
     colors = method_colors(options["palette"])
+    history = None
+    if options["training_curves"]:
+        history = of_teachers(pd.read_parquet(Path(tables_dir) / "history.parquet"), primary)
 
     # figure -> the drawing of it for a setup (None: across setups)
     drawing = {
@@ -121,9 +127,12 @@ def make_figures(tables_dir, out_dir, options: dict | None = None,
         "fig6_temperature": lambda s: partial(fig6_temperature, models, stats, s, widths[s], colors),
         "fig7_masked": lambda s: partial(fig7_masked, models, s, widths[s], temperature, colors),
         "fig8_fm": lambda s: partial(fig8_fm, models, s, widths[s], colors),
+        "fig9_training": lambda s: partial(fig9_training, history, s, widths[s], temperature,
+                                           colors),
     }
     jobs = [(stem, drawing[figure](setup), Path(out_dir), options)
-            for stem, figure, setup in figures(setups, temperatures, set(students["method"]))]
+            for stem, figure, setup in figures(setups, temperatures, set(students["method"]),
+                                               options["training_curves"])]
     return render(write_figure, jobs, workers, "figures")
 
 
@@ -500,6 +509,50 @@ def fig6_temperature(models, stats, setup, width, colors) -> Figure:
     fig.suptitle(f"{setup}: temperature sweep, student width {width:g}, {_n_seeds(students)}")
     handles, labels = _method_legend(colors, stats, untestable)
     fig.legend(handles, labels, loc="outside lower center", ncols=2, frameon=False)
+    return fig
+
+
+def fig9_training(history, setup, width, temperature, colors) -> Figure:
+    """Training curves of a setup's students at ``width`` and ``temperature`` (siddo: at any T),
+    one column per alpha: the mean training loss and accuracy of each epoch against the epoch,
+    per method the median over seeds and the interquartile band; the teacher's own curve dashed.
+    A method's loss is its own objective (kd's includes its distillation term), so losses of
+    different methods are not one quantity; accuracy is on the training batches."""
+    rows = history[history["setup"] == setup]
+    teacher = rows[rows["role"] == "teacher"]
+    students = _students(rows, setup, width, temperature)
+    alphas = _levels(students, "alpha", [m for m in ORDER if m != REFERENCE])
+    fig = Figure(figsize=(max(7.5, 3.6 * len(alphas) + 1.6), 6.4), layout="constrained")
+    axes = fig.subplots(2, len(alphas), sharex=True, squeeze=False)
+    shown = [m for m in ORDER if m in set(students["method"])]
+    for col, alpha in enumerate(alphas):
+        at_alpha = students[(students["method"] == REFERENCE) | np.isnan(alpha)
+                            | _isclose(students["alpha"], alpha)]
+        for ax, metric in zip(axes[:, col], ("loss", "accuracy")):
+            if at_alpha.empty and teacher.empty:
+                _no_data(ax)
+                continue
+            for method in shown:
+                curve = at_alpha[at_alpha["method"] == method].groupby("epoch")[metric]
+                if not len(curve):
+                    continue
+                low, mid, high = (curve.quantile(q) for q in (0.25, 0.5, 0.75))
+                ax.fill_between(mid.index, low, high, color=colors[method], alpha=0.2, lw=0)
+                ax.plot(mid.index, mid, color=colors[method], lw=1.4)
+            ax.plot(teacher["epoch"], teacher[metric], color="0.3", ls="--", lw=1.2)
+            if col == 0:
+                ax.set_ylabel("mean training loss\n(each method's own objective)"
+                              if metric == "loss" else "training accuracy\n(share of batch targets)")
+            if metric == "loss":
+                ax.set_title("" if np.isnan(alpha) else f"alpha = {alpha:g}")
+            else:
+                ax.set_xlabel("epoch")
+    fig.suptitle(f"{setup}: training curves\n{_cell(width, temperature)}{_n_seeds(students)}: "
+                 "median and interquartile band")
+    handles = [_band_handle(colors[m]) for m in shown]
+    handles.append(Line2D([], [], color="0.3", ls="--", lw=1.2))
+    fig.legend(handles, [*shown, "teacher"], loc="outside lower center", ncols=len(shown) + 1,
+               frameon=False)
     return fig
 
 

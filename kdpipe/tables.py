@@ -1,4 +1,5 @@
-"""The models table: one row per trained model, merged from the rows the jobs wrote."""
+"""The models table: one row per trained model, merged from the rows the jobs wrote; and the
+history table: one row per (model, epoch) of their training, from the histories they wrote."""
 from __future__ import annotations
 
 import json
@@ -170,6 +171,40 @@ def collect_rows(row_files: list, results, manifests: dict | None = None,
     # within a setup the teacher comes first: its method is ""
     order = ["setup", "method", "alpha", "temperature", "width", "seed"]
     return table.sort_values(order, na_position="first").reset_index(drop=True)
+
+
+HISTORY_NAME = "history.json"  # kdpipe.jobs.HISTORY, beside each model's logits
+HISTORY_COLUMNS = {  # name -> dtype; the model's identity, then kdpipe.jobs.write_history's
+    "setup": "string", "teacher_id": "string", "role": "string", "method": "string",
+    "alpha": "float64", "temperature": "float64", "width": "float64", "seed": "int64",
+    "epoch": "int64", "loss": "float64", "accuracy": "float64", "lr": "float64",
+    "seconds": "float64",
+}
+
+
+def history_table(models: pd.DataFrame, results) -> pd.DataFrame:
+    """One row per epoch of every model of the models table whose folder (that of its logits)
+    holds a history.json: the model's identity columns, then the epoch's mean training loss,
+    accuracy, learning rate and wall time. A model trained before histories were written has
+    none and no rows; a siddo student shared by several teachers has rows under each. A damaged
+    history raises ResultError naming the file."""
+    results = Path(results)
+    identity = [c for c in HISTORY_COLUMNS if c in MODEL_COLUMNS]
+    rows, read = [], {}
+    for model in models[identity + ["logits_path"]].to_dict("records"):
+        path = results / Path(model.pop("logits_path")).parent / HISTORY_NAME
+        if path not in read:
+            try:
+                read[path] = json.loads(path.read_text())["epochs"] if path.exists() else []
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError,
+                    TypeError) as error:
+                raise ResultError(f"training history {path} is damaged ({error}); remove it "
+                                  "(the model's curves are then left out) and run the workflow "
+                                  "again") from None
+        rows += [{**model, **epoch} for epoch in read[path]]
+    table = pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
+    table = table.astype({k: v for k, v in HISTORY_COLUMNS.items() if v != "string"})
+    return table.astype({k: str for k, v in HISTORY_COLUMNS.items() if v == "string"})
 
 
 def write_table(table: pd.DataFrame, path: Path) -> None:

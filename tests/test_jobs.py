@@ -408,3 +408,60 @@ def test_feature_matching_across_architectures_needs_a_stage_both_have(teacher, 
         assert f"kdpipe train-block: error: {message}" in result.stderr, result.stderr[-2000:]
         assert "epoch" not in result.stderr  # refused before training
         assert not (work / f"s/teacher/blocks/fm_{stage}.json").exists()
+
+
+# --- training histories and kept weights ------------------------------------------------------
+
+def kept(args: list) -> list:
+    """A block's arguments with keep_student_weights on (the spec's keep_weights)."""
+    at = args.index("--spec") + 1
+    return [*args[:at], json.dumps({**json.loads(args[at]), "keep_weights": True}),
+            *args[at + 1:]]
+
+
+def test_every_model_writes_its_training_history(teacher, device):
+    """history.json of the teacher (2 epochs at a constant lr of 0.001) and of each student of a
+    block under a cosine schedule: one entry per epoch, finite values, the learning rate of each
+    epoch's first step as the schedule gives it, worked out here, and the epoch's wall time."""
+    work = teacher
+    recipe = config.recipe(epochs=3, batch_size=32, lr=0.01, schedule="cosine")
+    block(work, device, 0.5, [5], 3, "history", recipe=recipe)
+    samples = len(torch.load(work / "data/digits.pt", weights_only=True)["x_train"])
+    steps = -(-samples // 32)
+    cosine = [0.5 * 0.01 * (1 + np.cos(np.pi * e * steps / (3 * steps))) for e in range(3)]
+    for folder, epochs, lrs in [(work / "s/teacher", 2, [0.001, 0.001])] + [
+            (work / f"s/teacher/{m}/history_s5", 3, cosine) for m in ("kd", "rcd", "siddo")]:
+        history = json.loads((folder / "history.json").read_text())
+        assert history["steps_per_epoch"] == steps
+        assert [e["epoch"] for e in history["epochs"]] == list(range(1, epochs + 1))
+        assert [e["lr"] for e in history["epochs"]] == pytest.approx(lrs, rel=1e-12)
+        for epoch in history["epochs"]:
+            assert 0 <= epoch["accuracy"] <= 1 and np.isfinite(epoch["loss"])
+            assert epoch["seconds"] > 0
+
+
+def test_kept_weights_give_the_stored_logits_exactly(teacher, device):
+    work = teacher
+    kdpipe_step(*kept(block_args(work, device, 0.5, [6], 1, "kept")))
+    for method in ("kd", "rcd", "siddo"):
+        folder = work / f"s/teacher/{method}/kept_s6"
+        model = models.build("mlp", (1, 8, 8), 10, 0.5)
+        model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+        assert np.array_equal(outputs_of(model, work, device), np.load(folder / "logits.npy"))
+
+
+def test_keeping_weights_retrains_no_stored_student(teacher, device):
+    """Students stored without weights stay as they are when keep_student_weights is turned on
+    (no model.pt); a student retrained without it loses the weights an earlier run kept."""
+    work = teacher
+    block(work, device, 0.5, [7], 1, "later")
+    rows = [(work / f"s/teacher/{m}/later_s7/row.json").read_text() for m in ("kd", "siddo")]
+    log = kdpipe_step(*kept(block_args(work, device, 0.5, [7], 1, "later")))
+    assert "block of 3 students: 3 already finished, training 0" in log
+    assert rows == [(work / f"s/teacher/{m}/later_s7/row.json").read_text()
+                    for m in ("kd", "siddo")]
+    assert not list((work / "s/teacher").glob("*/later_s7/model.pt"))
+    kdpipe_step(*kept(block_args(work, device, 0.5, [7], 2, "later")))  # a new recipe: retrained
+    assert len(list((work / "s/teacher").glob("*/later_s7/model.pt"))) == 3
+    block(work, device, 0.5, [7], 3, "later")  # retrained again, without keeping
+    assert not list((work / "s/teacher").glob("*/later_s7/model.pt"))

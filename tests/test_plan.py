@@ -279,6 +279,19 @@ def test_figures_follow_setups_temperatures_and_trained_methods():
     assert plan.audit_stems() == ["audit_digits-mlp"]
 
 
+def test_the_training_curves_add_one_figure_per_setup_only_when_asked():
+    """plots.training_curves (off by default) adds fig9_training per setup at the end; off, the
+    default study's figures are those it always had."""
+    default = config.load(REPO / "config/config.yaml")
+    stems = [f"{figure}_{setup}" for setup in ("digits-mlp", "digits-cnn")
+             for figure in ("fig1_functional", "fig2_payoff", "fig3_accuracy", "fig4_width")]
+    stems.append("fig5_teacher_loss")
+    assert Study(default).figure_stems() == stems
+    default["plots"]["training_curves"] = True
+    assert Study(default).figure_stems() == stems + ["fig9_training_digits-mlp",
+                                                     "fig9_training_digits-cnn"]
+
+
 # --- cheap to import -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("module", ["kdpipe.plan", "kdpipe.config", "kdpipe.digests"])

@@ -135,6 +135,54 @@ def test_make_figures_leaves_global_matplotlib_state_alone(two_t):
     assert after[0] == before[0]
 
 
+def synthetic_history(models: pd.DataFrame, epochs: int = 6) -> pd.DataFrame:
+    """A history table of the models: every model's loss falls and its accuracy rises with the
+    epoch, faster for kd and by seed; the last seed of each group stops one epoch early (a
+    target loss)."""
+    rows = []
+    for model in models.to_dict("records"):
+        speed = 1.5 if model["method"] == "kd" else 1.0
+        for epoch in range(1, epochs + (model["seed"] != SEEDS[-1])):
+            rows.append({**{k: model[k] for k in ("setup", "teacher_id", "role", "method", "alpha",
+                                                  "temperature", "width", "seed")},
+                         "epoch": epoch, "loss": (2.0 + 0.2 * model["seed"]) / (speed * epoch),
+                         "lr": 1e-3,
+                         "accuracy": 1 - 0.5 / (speed * epoch), "seconds": 0.1})
+    return pd.DataFrame(rows)
+
+
+def test_the_training_curves_are_drawn_only_when_asked(tmp_path):
+    tables = write_tables(tmp_path / "tables", [1.0])
+    synthetic_history(tables["models"]).to_parquet(tmp_path / "tables/history.parquet")
+    options = {"formats": ["png"], "dpi": 30, "training_curves": True}
+    paths = plots.make_figures(tmp_path / "tables", tmp_path / "figures", options, workers=1)
+    curves = [p for p in paths if p.name.startswith("fig9_training")]
+    assert [p.name for p in curves] == [f"fig9_training_{s}.png" for s in SETUPS]
+    assert [p.name for p in paths] == [f"{s}.png" for s in figure_stems(
+        list(SETUPS), [1.0], training_curves=True)]
+    assert all(mpimg.imread(p).size > 0 for p in curves)
+    off = plots.make_figures(tmp_path / "tables", tmp_path / "off", {"formats": ["png"], "dpi": 30},
+                             workers=1)
+    assert not any(p.name.startswith("fig9") for p in off)
+
+
+def test_the_training_curves_show_the_median_and_quartiles_over_seeds():
+    models = synthetic_models([1.0])
+    history = synthetic_history(models)
+    fig = plots.fig9_training(history, SETUPS[0], 1.0, 1.0, plots.method_colors())
+    loss = fig.axes[0]  # alpha 0.1, the loss
+    kd = history[(history["method"] == "kd") & (history["alpha"] == 0.1)
+                 & (history["width"] == 1.0) & (history["setup"] == SETUPS[0])]
+    median = kd.groupby("epoch")["loss"].median()
+    # 4 seeds: the mean of the middle two; the last epoch, 3 seeds: the middle one
+    assert median.iloc[0] == pytest.approx((2.2 + 2.4) / 2 / 1.5)
+    assert median.iloc[-1] == pytest.approx(2.2 / (1.5 * 6))
+    drawn = [line for line in loss.lines if np.allclose(line.get_xdata(), median.index)
+             and np.allclose(line.get_ydata(), median)]
+    assert drawn, "kd's median loss curve is not drawn"
+    assert len(fig.axes) >= 2 * len(ALPHAS) and loss.collections  # the bands
+
+
 def test_unknown_option_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="dpis"):
         plots.make_figures(tmp_path, tmp_path, {"dpis": 300})

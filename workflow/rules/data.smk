@@ -10,7 +10,7 @@ rule prepare_data:
         runtime=lambda w: config["datasets"][w.dataset]["resources"]["runtime"],
     params:
         spec=lambda w: json.dumps(STUDY.dataset_spec(w.dataset), sort_keys=True),
-        raw=lambda w: f"{config['data_dir']}/{w.dataset}",
+        raw=lambda w: STUDY.raw_dir(w.dataset),
     shell:
         "python -m kdpipe prepare-data --spec {params.spec:q} --raw-dir {params.raw:q}"
         " --out {output.data:q} --labels-out {output.labels:q} 2> {log:q}"

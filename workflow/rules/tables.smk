@@ -1,4 +1,4 @@
-TABLE_NAMES = ["models", "stats", "claims", "asymmetry", "scaling"]
+TABLE_NAMES = ["models", "stats", "claims", "asymmetry", "scaling", "history"]
 TABLES = expand(
     f"{R}/tables/{{name}}.{{ext}}", name=TABLE_NAMES, ext=["parquet", "csv"]
 )
@@ -11,6 +11,8 @@ rule collect:
     output:
         models=f"{R}/tables/models.parquet",
         csv=f"{R}/tables/models.csv",
+        history=f"{R}/tables/history.parquet",
+        history_csv=f"{R}/tables/history.csv",
         rows=temp(f"{R}/tables/models.rows.txt"),
         manifests=temp(f"{R}/tables/models.blocks.txt"),
     log:
@@ -25,7 +27,8 @@ rule collect:
         shell(
             "python -m kdpipe collect --rows-file {output.rows:q}"
             " --manifests-file {output.manifests:q} --results {params.results:q}"
-            " --spec {params.spec:q} --out {output.models:q} 2> {log:q}"
+            " --spec {params.spec:q} --out {output.models:q}"
+            " --history-out {output.history:q} 2> {log:q}"
         )
 
 
