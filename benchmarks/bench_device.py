@@ -10,9 +10,21 @@ Each student has its own init and data order, as in the study. A figure is the m
 ``--repeats`` timed epochs after one warm-up epoch (which also builds cuDNN plans); students per
 hour assume ``--epochs-per-student`` epochs of ``--samples`` images each. The speed-up is against
 K = 1 at the same precision, measured in the same run.
+
+    python benchmarks/bench_device.py --calibrate h200.json --configfile config/paper.yaml
+
+writes the calibration file of ``kdpipe plan --device-profile h200.json`` instead: the achieved
+training FLOP/s (kdpipe.cost.measure_rate: FlopCounterMode's count over the time of an epoch of
+random inputs) of every (architecture, width, precision) the study trains, at its recipes' batch
+sizes and its data sets' input shapes, on the device a job of the study would use, with the
+device's name, the torch and CUDA versions, the date and this command (docs/planning.md).
 """
 import argparse
 import statistics
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main():
@@ -31,7 +43,20 @@ def main():
                    help="train(fuse=...): always (default) stacks the K students; auto is the "
                         "engine's own choice (kdpipe.train.AUTO_FUSE: at width 1 these train "
                         "alone, on a CPU and on CUDA)")
+    p.add_argument("--calibrate", type=Path, metavar="FILE",
+                   help="write a calibration file for kdpipe plan --device-profile instead")
+    p.add_argument("--configfile", type=Path, default=REPO / "config/paper.yaml",
+                   help="with --calibrate: the study whose rates to measure (default: "
+                        "config/paper.yaml)")
+    p.add_argument("--learners", type=int, default=1,
+                   help="with --calibrate: models trained together per measurement (default 1; "
+                        "a block's students per seed, e.g. 7, to measure fused training)")
+    p.add_argument("--seconds", type=float, default=2.0,
+                   help="with --calibrate: about how long each timed epoch runs (default 2)")
     args = p.parse_args()
+    if args.calibrate:
+        calibrate(args)
+        return
 
     import torch
 
@@ -69,6 +94,20 @@ def main():
             print(f"{k:3d} {precision:9} {seconds:8.2f} {k * n / seconds:10.0f} "
                   f"{3600 / (per_student * args.epochs_per_student):11.1f} "
                   f"{single / per_student:7.2f}x", flush=True)
+
+
+def calibrate(args) -> None:
+    """Measure the study's training rates on the device its jobs would use and write them."""
+    from kdpipe import config, cost
+    from kdpipe.io import write_json
+    from kdpipe.jobs import setup_torch
+
+    study = config.load(args.configfile)
+    device = setup_torch(study["threads"], study["device"])  # as the study's jobs run
+    calibration = cost.calibrate(cost.rate_needs(study), device, args.learners, args.seconds,
+                                 command=" ".join(["python", *sys.argv]), log=print)
+    write_json(args.calibrate, calibration.to_json())
+    print(f"wrote {args.calibrate}: {len(calibration.rates)} rates on {calibration.device}")
 
 
 if __name__ == "__main__":

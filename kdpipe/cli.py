@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from kdpipe.config import ConfigError
+from kdpipe.cost import PlanError
 from kdpipe.data import DataError
 from kdpipe.io import ResultError
 from kdpipe.jobs import JobError
@@ -172,6 +174,25 @@ def comparison_summary(result) -> str:
     return "\n".join(lines)
 
 
+def plan(args) -> int:
+    from kdpipe import config, cost
+
+    study = config.load(args.configfile)
+    calibration = None
+    if args.device_profile:
+        calibration = cost.load_calibration(args.device_profile)
+    elif args.calibrate_here:
+        import torch
+
+        torch.set_num_threads(study["threads"])  # as the study's training jobs run
+        print("measuring this CPU's training rates (a few seconds each):", file=sys.stderr)
+        calibration = cost.calibrate(cost.rate_needs(study), "cpu", seconds=1.0,
+                                     max_step_flops=cost.CPU_STEP_FLOPS,
+                                     log=lambda line: print(f"  {line}", file=sys.stderr))
+    print(cost.report(cost.estimate(study, calibration), source=str(args.configfile)))
+    return 0
+
+
 def group_arg(text: str) -> tuple[str, str]:
     """NAME=PATTERN: a group's name and the glob pattern of its logits files."""
     name, equals, pattern = text.partition("=")
@@ -282,6 +303,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--dpi", type=int, default=150, help="raster resolution (default 150)")
     s.add_argument("--out", type=Path, required=True, help="output folder")
 
+    s = step("plan", plan,
+             "What a study costs before it runs: jobs per rule, training FLOPs and "
+             "device-hours, disk, and whether its tests can reach significance "
+             "(docs/planning.md).")
+    s.add_argument("--configfile", type=Path, required=True, help="the study's config (YAML)")
+    rates = s.add_mutually_exclusive_group()
+    rates.add_argument("--device-profile", type=Path, metavar="FILE",
+                       help="a calibration file (benchmarks/bench_device.py --calibrate FILE): "
+                            "device-hours at its measured training rates")
+    rates.add_argument("--calibrate-here", action="store_true",
+                       help="measure this CPU's training rates first (a few seconds per "
+                            "architecture and width)")
+
     s = step("audit", audit, "Tables and figures of each teacher's errors and the students' copies.")
     s.add_argument("--spec", type=spec_arg, required=True, help="JSON plotting options")
     s.add_argument("--tables", type=Path, required=True, help="tables folder (models.parquet)")
@@ -300,8 +334,9 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     try:
         code = args.func(args)
-    # a missing or damaged input, a full disk, an absent device, diverged training: say what
-    except (DataError, ResultError, JobError) as error:
+    # a missing or damaged input, a full disk, an absent device, diverged training, a bad config
+    # or calibration file: say what
+    except (DataError, ResultError, JobError, ConfigError, PlanError) as error:
         print(f"kdpipe {args.step}: error: {error}", file=sys.stderr)
         return 1
     print(f"{args.step} done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
