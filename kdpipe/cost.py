@@ -13,10 +13,10 @@ arithmetic): the forward and the backward pass of a training step of each (archi
 input shape), on one batch. It counts matrix products, convolutions and attention, not
 elementwise operations, normalisation, the loss or the optimizer step. Every counted operation
 is linear in the batch, so the count of a batch of two, halved, is one sample's, and an epoch
-costs that times the training samples: its last, partial batch counts as what it is. A language model's windows are counted at
-3 short lengths and the quadratic through them taken at the context: exact for a cost that is a
-polynomial of degree at most 2 in the length (recurrent layers, attention), and it spares
-counting a recurrent layer's steps one by one.
+costs that times the training samples: its last, partial batch counts as what it is. A language
+model's windows are counted at 3 short lengths and the quadratic through them taken at the
+context: exact for a cost that is a polynomial of degree at most 2 in the length (recurrent
+layers, attention), and it spares counting a recurrent layer's steps one by one.
 
 What a model costs: a teacher, its recipe's epochs (at most: with ``stop_at_train_loss`` it may
 stop sooner); a student, the setup's recipe's epochs, plus, for a target that runs the teacher
@@ -33,6 +33,7 @@ import functools
 import json
 import math
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -425,13 +426,6 @@ def dataset_plan(study: Study, name: str) -> DataPlan:
     return DataPlan(name, family, found, source, size)
 
 
-def students_by_method(students) -> dict:
-    counts = {}
-    for student in students:
-        counts[student["method"]] = counts.get(student["method"], 0) + 1
-    return counts
-
-
 def trained_students(study: Study, setup: str, teacher: str) -> list:
     """The (width, student) pairs a teacher's blocks train: all, but siddo where another teacher
     of the setup trains it (kdpipe.plan.Study.siddo_owner)."""
@@ -461,17 +455,17 @@ def rate_needs(config: dict) -> list:
 
 
 def setup_plan(study: Study, setup: str, found: data.Facts | None,
-               calibration: Calibration | None, keep_weights: bool) -> SetupPlan:
+               calibration: Calibration | None) -> SetupPlan:
+    """A setup's ``SetupPlan`` from its data set's facts (None: unknown until prepared)."""
     config = study.config
     entry = config["setups"][setup]
     teachers = list(entry["teachers"])
-    trained = {}
-    for teacher in teachers:
-        for method, n in students_by_method(
-                s for _, s in trained_students(study, setup, teacher)).items():
-            trained[method] = trained.get(method, 0) + n
+    trained = Counter(s["method"] for teacher in teachers
+                      for _, s in trained_students(study, setup, teacher))
     plan = SetupPlan(setup, study.dataset_of(setup), entry["arch"], teachers,
-                     len(study.blocks[setup]), students_by_method(study.students(setup)), trained)
+                     len(study.blocks[setup]), dict(Counter(s["method"]
+                                                            for s in study.students(setup))),
+                     dict(trained))
     if found is None:
         return plan
     shape, arch, classes = tuple(found.input_shape), entry["arch"], found.classes
@@ -513,14 +507,14 @@ def setup_plan(study: Study, setup: str, found: data.Facts | None,
         if not missing:
             plan.hours = sum(f / calibration.rates[(arch, w, p)]["flops_per_second"]
                              for _, w, p, f in work) / 3600
-    plan.disk, plan.checkpoint = setup_disk(study, setup, found, cost, keep_weights)
+    plan.disk, plan.checkpoint = setup_disk(study, setup, found, cost)
     return plan
 
 
-def setup_disk(study: Study, setup: str, found: data.Facts, cost, keep_weights: bool):
+def setup_disk(study: Study, setup: str, found: data.Facts, cost):
     """(bytes per part, bytes of the largest training job's checkpoint) of a setup: logits
     (float32 [N, C], a teacher's also on the train set), the teachers' initial and trained
-    weights, the students' kept weights (counted in the total only when kept), the small files
+    weights, the students' weights were they kept (keep_student_weights), the small files
     (rows, timings, histories); the checkpoint holds its models' weights and optimizer state."""
     entry = study.config["setups"][setup]
     recipe = entry["recipe"]
@@ -535,12 +529,13 @@ def setup_disk(study: Study, setup: str, found: data.Facts, cost, keep_weights: 
         own = cost(1.0)
         disk["logits"] += test_logits + train_logits
         disk["teacher weights"] += 2 * own.state_bytes  # init.pt and model.pt
-        disk["rows and histories"] += small + HISTORY_BYTES_PER_EPOCH * teacher_recipe["epochs"]
+        disk["rows and histories"] += (small
+                                       + HISTORY_BYTES_PER_EPOCH * teacher_recipe["epochs"])
         if 0 < every < teacher_recipe["epochs"]:  # saved after an epoch that is not the last
             checkpoint = max(checkpoint, own.state_bytes + optimizer_bytes(teacher_recipe, own))
         own_students = trained_students(study, setup, teacher)
         shared = len(study.students(setup)) - len(own_students)
-        disk["rows and histories"] += ROW_BYTES * shared  # rows of another teacher's students
+        disk["rows and histories"] += ROW_BYTES * shared  # rows of the owner's siddo
         for width, _ in own_students:
             student = cost(width)
             disk["logits"] += test_logits
@@ -550,8 +545,6 @@ def setup_disk(study: Study, setup: str, found: data.Facts, cost, keep_weights: 
             student = cost(width)
             checkpoint = max(checkpoint, len(students) * (student.state_bytes
                                                           + optimizer_bytes(recipe, student)))
-    if not keep_weights:
-        disk["student weights (not kept)"] = disk.pop("student weights")
     return disk, checkpoint
 
 
@@ -609,11 +602,10 @@ def estimate(config: dict, calibration: Calibration | None = None) -> Plan:
     study = Study(config)
     datasets = {name: dataset_plan(study, name)
                 for name in dict.fromkeys(study.dataset_of(s) for s in study.setups)}
-    keep = config["keep_student_weights"]
-    setups = [setup_plan(study, s, datasets[study.dataset_of(s)].facts, calibration, keep)
+    setups = [setup_plan(study, s, datasets[study.dataset_of(s)].facts, calibration)
               for s in study.setups]
-    return Plan(job_counts(study), setups, list(datasets.values()), power_plan(study), keep,
-                calibration)
+    return Plan(job_counts(study), setups, list(datasets.values()), power_plan(study),
+                config["keep_student_weights"], calibration)
 
 
 # --- the report ---------------------------------------------------------------------------------
@@ -728,11 +720,10 @@ def report(plan: Plan, source: str = "") -> str:
         if s.disk is None:
             rows.append([s.name, "unknown until prepared"] + [""] * 5)
             continue
-        kept = s.disk.get("student weights", s.disk.get("student weights (not kept)"))
-        values = [s.disk["logits"], s.disk["teacher weights"], kept, s.disk["rows and histories"]]
+        values = [s.disk[part] for part in parts]
         for part, value in zip(parts, values):
             totals[part] += value
-        total = sum(values) - (0 if plan.keep_student_weights else kept)
+        total = sum(values) - (0 if plan.keep_student_weights else s.disk["student weights"])
         rows.append([s.name] + [bytes_text(v) for v in values]
                     + [bytes_text(total), bytes_text(s.checkpoint) if s.checkpoint else "-"])
     prepared = sum(d.bytes for d in plan.data if d.bytes is not None)
@@ -748,8 +739,9 @@ def report(plan: Plan, source: str = "") -> str:
     lines.append(f"  prepared data sets: {bytes_text(prepared)}; in all "
                  f"{bytes_text(study_bytes + prepared)} (raw downloads, tables, figures and "
                  "logs not counted)")
-    lines.append(f"  keep_student_weights is {'on' if plan.keep_student_weights else 'off'}: "
-                 f"the students' model.pt files {'take' if plan.keep_student_weights else 'would take'} "
+    kept = plan.keep_student_weights
+    lines.append(f"  keep_student_weights is {'on' if kept else 'off'}: the students' model.pt "
+                 f"files {'take' if kept else 'would take'} "
                  f"{bytes_text(totals['student weights'])}")
     lines.append("  a running training job also keeps a checkpoint (weights and optimizer "
                  "state) until it ends: up to the largest one per job running at once")

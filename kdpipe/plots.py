@@ -541,8 +541,8 @@ def fig9_training(history, setup, width, temperature, colors) -> Figure:
                 ax.plot(mid.index, mid, color=colors[method], lw=1.4)
             ax.plot(teacher["epoch"], teacher[metric], color="0.3", ls="--", lw=1.2)
             if col == 0:
-                ax.set_ylabel("mean training loss\n(each method's own objective)"
-                              if metric == "loss" else "training accuracy\n(share of batch targets)")
+                ax.set_ylabel("mean training loss\n(each method's own objective)" if metric == "loss"
+                              else "training accuracy\n(share of batch targets)")
             if metric == "loss":
                 ax.set_title("" if np.isnan(alpha) else f"alpha = {alpha:g}")
             else:
