@@ -373,3 +373,23 @@ def test_tiny_shakespeares_declared_facts_are_the_official_files(options, shared
 def test_every_family_declares_facts_or_says_it_cannot():
     for name in data.FAMILIES:
         assert callable(getattr(data.family(name), "facts", None)), name
+
+
+def test_feature_matching_students_add_the_teachers_forward_to_their_stage():
+    """fm's target is the teacher's output of its stage on every batch: for the MLP the stage
+    before the head, two layers of the teacher (2 in out each)."""
+    plan = cost.estimate(tiny(feature_matching={"enabled": True}))
+    fm_students = 1 * 2 * 3  # alphas x widths x seeds; fm-rcd's targets are noise
+    stage = 2 * 64 * 256 + 2 * 256 * 256
+    assert plan.setups[0].flops["teacher passes"] == fm_students * stage * DIGITS_TRAIN * 12
+
+
+def test_kdpipe_plan_calibrates_this_cpu_on_request(tmp_path):
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({**TINY, "widths": [1]}))
+    result = subprocess.run([sys.executable, "-m", "kdpipe", "plan", "--configfile", str(study),
+                             "--calibrate-here"], env=ENV, capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"mlp width 1 fp32: [\d.]+ GFLOP/s", result.stderr)
+    assert "device-hours: one job at a time on CPU" in result.stdout
