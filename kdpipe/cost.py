@@ -436,7 +436,9 @@ def trained_students(study: Study, setup: str, teacher: str) -> list:
 
 def rate_needs(config: dict) -> list:
     """Every rate (``Need``) a study's estimate of hours uses: per setup with known data, its
-    teachers' and students' (architecture, width, precision) at the recipe's batch size."""
+    teachers' (architecture at width 1, each teacher's precision: training or, for a teacher
+    given by file, its evaluation) and its students' (architecture, width, precision), at the
+    recipes' batch sizes."""
     study = Study(config)
     needs = []
     for setup in study.setups:
@@ -444,11 +446,12 @@ def rate_needs(config: dict) -> list:
         if found is None:
             continue
         entry = config["setups"][setup]
-        recipes = [study.teacher_recipe(setup, t) for t in entry["teachers"]]
-        for width, recipe in [(1.0, r) for r in recipes] + [
-                (float(w), entry["recipe"]) for w in study.widths]:
-            need = Need(entry["arch"], width, recipe["precision"], tuple(found.input_shape),
-                        found.dtype, found.classes, recipe["batch_size"])
+        models = [(entry["arch"], 1.0, study.teacher_recipe(setup, t)) for t in entry["teachers"]]
+        models += [(study.student_arch(setup), float(w), entry["recipe"])
+                   for w in study.widths_of(setup)]
+        for arch, width, recipe in models:
+            need = Need(arch, width, recipe["precision"], tuple(found.input_shape), found.dtype,
+                        found.classes, recipe["batch_size"])
             if need not in needs:
                 needs.append(need)
     return needs
@@ -462,87 +465,95 @@ def setup_plan(study: Study, setup: str, found: data.Facts | None,
     teachers = list(entry["teachers"])
     trained = Counter(s["method"] for teacher in teachers
                       for _, s in trained_students(study, setup, teacher))
-    plan = SetupPlan(setup, study.dataset_of(setup), entry["arch"], teachers,
-                     len(study.blocks[setup]), dict(Counter(s["method"]
-                                                            for s in study.students(setup))),
-                     dict(trained))
+    teacher_arch, student_arch = entry["arch"], study.student_arch(setup)
+    arch = teacher_arch if student_arch == teacher_arch else f"{teacher_arch} -> {student_arch}"
+    plan = SetupPlan(setup, study.dataset_of(setup), arch, teachers, len(study.blocks[setup]),
+                     dict(Counter(s["method"] for s in study.students(setup))), dict(trained))
     if found is None:
         return plan
-    shape, arch, classes = tuple(found.input_shape), entry["arch"], found.classes
+    shape, classes = tuple(found.input_shape), found.classes
 
-    def cost(width):
+    def cost(arch, width):
         return arithmetic(arch, shape, found.dtype, classes, float(width))
 
-    work = []  # (part, width, precision, FLOPs)
+    work = []  # (part, architecture, width, precision, FLOPs)
     evaluated = found.train + found.test
     plan.stops_early = entry["recipe"]["stop_at_train_loss"] is not None
+    own = cost(teacher_arch, 1.0)
     for teacher in teachers:
         recipe = study.teacher_recipe(setup, teacher)
-        plan.stops_early |= recipe["stop_at_train_loss"] is not None
-        own = cost(1.0)
-        work.append(("teachers", 1.0, recipe["precision"],
-                     (own.forward + own.backward) * found.train * recipe["epochs"]))
-        work.append(("evaluation", 1.0, recipe["precision"], own.forward * evaluated))
+        if study.given(setup, teacher) is None:  # a teacher given by file is not trained
+            plan.stops_early |= recipe["stop_at_train_loss"] is not None
+            work.append(("teachers", teacher_arch, 1.0, recipe["precision"],
+                         (own.forward + own.backward) * found.train * recipe["epochs"]))
+        work.append(("evaluation", teacher_arch, 1.0, recipe["precision"],
+                     own.forward * evaluated))
     recipe = entry["recipe"]
-    steps = found.train * recipe["epochs"]  # samples seen by one student
+    precision, steps = recipe["precision"], found.train * recipe["epochs"]  # one student's
     augmented = recipe["augment"] != "none"
-    teacher_pass = cost(1.0).forward
     for teacher in teachers:
         for width, student in trained_students(study, setup, teacher):
-            own, precision = cost(width), recipe["precision"]
-            work.append(("students", float(width), precision,
-                         (own.forward + own.backward) * steps))
-            work.append(("evaluation", float(width), precision, own.forward * evaluated))
+            mine = cost(student_arch, width)
+            work.append(("students", student_arch, float(width), precision,
+                         (mine.forward + mine.backward) * steps))
+            work.append(("evaluation", student_arch, float(width), precision,
+                         mine.forward * evaluated))
             target = methods.method(student["method"]).target
             if target == "teacher" and augmented:
-                work.append(("teacher passes", 1.0, precision, teacher_pass * steps))
+                work.append(("teacher passes", teacher_arch, 1.0, precision,
+                             own.forward * steps))
             elif target == "teacher-stage":
-                work.append(("teacher passes", 1.0, precision, steps * stage_forward(
-                    arch, shape, found.dtype, classes, student.get("stage"))))
-    plan.flops = {part: sum(f for p, _, _, f in work if p == part) for part in PARTS}
+                work.append(("teacher passes", teacher_arch, 1.0, precision,
+                             steps * stage_forward(teacher_arch, shape, found.dtype, classes,
+                                                   student.get("stage"))))
+    plan.flops = {part: sum(w[-1] for w in work if w[0] == part) for part in PARTS}
     if calibration is not None:
-        missing = sorted({(arch, w, p) for _, w, p, _ in work
-                          if (arch, w, p) not in calibration.rates})
+        missing = sorted({(a, w, p) for _, a, w, p, _ in work
+                          if (a, w, p) not in calibration.rates})
         plan.missing_rates = [f"{a} width {w:g} {p}" for a, w, p in missing]
         if not missing:
-            plan.hours = sum(f / calibration.rates[(arch, w, p)]["flops_per_second"]
-                             for _, w, p, f in work) / 3600
+            plan.hours = sum(f / calibration.rates[(a, w, p)]["flops_per_second"]
+                             for _, a, w, p, f in work) / 3600
     plan.disk, plan.checkpoint = setup_disk(study, setup, found, cost)
     return plan
 
 
 def setup_disk(study: Study, setup: str, found: data.Facts, cost):
     """(bytes per part, bytes of the largest training job's checkpoint) of a setup: logits
-    (float32 [N, C], a teacher's also on the train set), the teachers' initial and trained
-    weights, the students' weights were they kept (keep_student_weights), the small files
-    (rows, timings, histories); the checkpoint holds its models' weights and optimizer state."""
+    (float32 [N, C], a teacher's also on the train set), the teachers' weights (init.pt where
+    it has one, model.pt), the students' weights were they kept (keep_student_weights), the
+    small files (rows, timings, histories); the checkpoint holds its models' weights and
+    optimizer state. ``cost(arch, width)`` is their ``Arithmetic``."""
     entry = study.config["setups"][setup]
-    recipe = entry["recipe"]
+    recipe, student_arch = entry["recipe"], study.student_arch(setup)
     classes, epochs = found.classes, recipe["epochs"]
     test_logits = found.test * found.positions * classes * 4 + NPY_HEADER
     train_logits = found.train * found.positions * classes * 4 + NPY_HEADER
     small = ROW_BYTES + ROW_BYTES_PER_CLASS * classes + TIMING_BYTES
     disk = {"logits": 0, "teacher weights": 0, "student weights": 0, "rows and histories": 0}
     checkpoint, every = 0, study.config["checkpoint_every"]
+    own = cost(entry["arch"], 1.0)
     for teacher in entry["teachers"]:
-        teacher_recipe = study.teacher_recipe(setup, teacher)
-        own = cost(1.0)
+        teacher_recipe, given = study.teacher_recipe(setup, teacher), study.given(setup, teacher)
         disk["logits"] += test_logits + train_logits
-        disk["teacher weights"] += 2 * own.state_bytes  # init.pt and model.pt
-        disk["rows and histories"] += (small
-                                       + HISTORY_BYTES_PER_EPOCH * teacher_recipe["epochs"])
-        if 0 < every < teacher_recipe["epochs"]:  # saved after an epoch that is not the last
-            checkpoint = max(checkpoint, own.state_bytes + optimizer_bytes(teacher_recipe, own))
+        disk["rows and histories"] += small
+        if given is None:
+            disk["teacher weights"] += 2 * own.state_bytes  # init.pt and model.pt
+            disk["rows and histories"] += HISTORY_BYTES_PER_EPOCH * teacher_recipe["epochs"]
+            if 0 < every < teacher_recipe["epochs"]:  # saved after an epoch but the last
+                checkpoint = max(checkpoint,
+                                 own.state_bytes + optimizer_bytes(teacher_recipe, own))
+        else:  # its copies: model.pt, and init.pt where its initial weights are given
+            disk["teacher weights"] += (1 + ("init" in given)) * own.state_bytes
         own_students = trained_students(study, setup, teacher)
         shared = len(study.students(setup)) - len(own_students)
         disk["rows and histories"] += ROW_BYTES * shared  # rows of the owner's siddo
         for width, _ in own_students:
-            student = cost(width)
             disk["logits"] += test_logits
-            disk["student weights"] += student.state_bytes
+            disk["student weights"] += cost(student_arch, width).state_bytes
             disk["rows and histories"] += small + HISTORY_BYTES_PER_EPOCH * epochs
         for width, students in study.blocks[setup].values() if 0 < every < epochs else ():
-            student = cost(width)
+            student = cost(student_arch, width)
             checkpoint = max(checkpoint, len(students) * (student.state_bytes
                                                           + optimizer_bytes(recipe, student)))
     return disk, checkpoint
@@ -785,7 +796,8 @@ def power_lines(found: PowerPlan) -> list:
     lines += ["  " + line for line in summary[1:]]
     if testable == 0:
         banner = "!" * 78
-        lines += [banner, "WARNING: this design cannot reach significance. "
-                  + (found.warning or "").removeprefix("warning: "), banner]
+        why = (found.warning or "").removeprefix("warning: ")
+        lines += [banner, f"WARNING: this design cannot reach significance. {why[:1].upper()}"
+                          f"{why[1:]}", banner]
     lines.append(f"  seeds per group needed for every cell: {found.fewest_seeds}")
     return [line for line in lines if line]

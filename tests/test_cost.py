@@ -52,7 +52,7 @@ def test_the_jobs_per_rule_are_those_of_the_dry_run(name, tmp_path):
     planned = cost.job_counts(Study(config.load(path)))
     assert planned == planned_jobs(tmp_path)
     if name == "paper.yaml":
-        assert sum(planned.values()) == 552
+        assert sum(planned.values()) == 593
 
 
 # --- FLOPs ---------------------------------------------------------------------------------------
@@ -101,6 +101,38 @@ def test_augmented_kd_students_add_the_teachers_forward_on_every_batch():
     kd_students = 3 * 2  # seeds x widths; rcd and siddo do not run the teacher
     assert plan.setups[0].flops["teacher passes"] == (
         kd_students * mlp_step_by_hand(1.0)[0] * DIGITS_TRAIN * 12)
+
+
+def test_students_of_another_architecture_cost_theirs_and_the_teacher_its_own():
+    """A CNN teacher with MLP students: the students' steps are the MLP's (by hand); the
+    teacher's and its evaluation pass are the CNN's, which the MLP students' setup without a
+    student_arch does not have."""
+    recipe = {"epochs": 12, "batch_size": 32}
+    plan = cost.estimate(tiny(setups={
+        "cnn-to-mlp": {"dataset": "digits", "arch": "cnn", "student_arch": "mlp",
+                       "recipe": recipe},
+        "mlp": {"dataset": "digits", "arch": "mlp", "recipe": recipe}}))
+    crossed, alone = plan.setups
+    assert crossed.arch == "cnn -> mlp"
+    assert crossed.flops["students"] == alone.flops["students"] == 9 * sum(
+        sum(mlp_step_by_hand(w)) for w in (0.5, 1.0)) * DIGITS_TRAIN * 12
+    cnn = cost.arithmetic("cnn", (1, 8, 8), "float32", 10, 1.0)
+    assert crossed.flops["teachers"] == (cnn.forward + cnn.backward) * DIGITS_TRAIN * 12
+
+
+def test_a_teacher_given_by_file_is_evaluated_not_trained(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "teacher.pt").write_bytes(b"weights")  # the plan reads no weights
+    plan = cost.estimate(tiny(setups={"digits-mlp": {
+        "dataset": "digits", "arch": "mlp", "recipe": {"epochs": 12, "batch_size": 32},
+        "teachers": {"given": {"weights": "teacher.pt"}}}}))
+    (setup,) = plan.setups
+    forward = mlp_step_by_hand(1.0)[0]
+    assert setup.flops["teachers"] == 0
+    assert setup.flops["evaluation"] == (forward + 9 * sum(
+        mlp_step_by_hand(w)[0] for w in (0.5, 1.0))) * (DIGITS_TRAIN + DIGITS_TEST)
+    weights = cost.arithmetic("mlp", (1, 8, 8), "float32", 10, 1.0).state_bytes
+    assert setup.disk["teacher weights"] == weights  # its model.pt; no init.pt
 
 
 def test_hours_are_flops_over_the_calibrated_rates_and_a_missing_rate_is_named():
@@ -287,9 +319,11 @@ def test_kdpipe_plan_prints_the_papers_plan_without_data(tmp_path):
                              str(REPO / "config/paper.yaml")], env=ENV, capture_output=True,
                             text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "train_block 524" in result.stdout and "total 552" in result.stdout
+    # 15 teachers; 4 widths x 10 seeds, one seed a job but digits-mlp's 10
+    assert "train_block 564" in result.stdout and "total 593" in result.stdout
     assert "unknown until prepared" not in result.stdout  # every family declares its facts
-    assert "4,536 Mann-Whitney tests" in result.stdout  # 504 cells x 9 metrics
+    # 15 teachers x 4 widths x 3 alphas x 3 comparisons x 9 metrics
+    assert "4,860 Mann-Whitney tests" in result.stdout
 
 
 def test_kdpipe_plan_names_a_bad_config_key(tmp_path):
