@@ -19,7 +19,8 @@ context: exact for a cost that is a polynomial of degree at most 2 in the length
 layers, attention), and it spares counting a recurrent layer's steps one by one.
 
 What a model costs: a teacher, its recipe's epochs (at most: with ``stop_at_train_loss`` it may
-stop sooner); a student, the setup's recipe's epochs, plus, for a target that runs the teacher
+stop sooner; a teacher given by file is not trained); a student, the setup's recipe's epochs in
+its own architecture (``student_arch``) and width, plus, for a target that runs the teacher
 on every batch (kd and kd-masked under augmentation, fm), the teacher's forward pass (fm: up to
 its stage) on each of its batches; and every model one forward pass over the train and the test
 set after training (the train loss and the logits). siddo students a teacher shares are counted
