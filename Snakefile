@@ -27,3 +27,7 @@ rule all:
         FIGURES,
         AUDIT_TABLES,
         AUDIT_FIGURES,
+        # rebuilt when lost (a job whose outputs exist does not rerun for a missing input): the
+        # teachers, and the block manifests, whose removal retrains a block's lost students
+        STUDY.every_teacher_file(),
+        STUDY.manifests(),

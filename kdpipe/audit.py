@@ -274,7 +274,7 @@ def _write_audit_figure(setup, stem, errors, copied, logits_path, labels_path, c
 
     from kdpipe.plots import method_colors, save_figure
 
-    logits, labels = _checked(np.load(logits_path), np.load(labels_path), name=str(logits_path))
+    logits, labels = _read_teacher(logits_path, labels_path)
     colors = method_colors(options["palette"])
     with sns.axes_style(options["style"]), sns.plotting_context(options["context"]):
         fig = audit_figure(setup, errors, copied, logits, labels, classes=classes,
@@ -467,10 +467,21 @@ def _teachers(models):
 
 
 def _load(results, row) -> tuple[np.ndarray, np.ndarray]:
-    """The test logits and labels of a models-table row (a namedtuple or Series)."""
+    """The test logits and labels of a teacher's row of the models table (a namedtuple or
+    Series)."""
     results = Path(results)
-    return _checked(np.load(results / row.logits_path), np.load(results / row.labels_path),
-                    name=str(row.logits_path))
+    return _read_teacher(results / row.logits_path, results / row.labels_path)
+
+
+def _read_teacher(logits_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A teacher's test logits and labels, read as collect reads them: a missing or damaged file
+    raises ResultError naming it and the remedy."""
+    from kdpipe.store import ROW
+    from kdpipe.tables import check_logits, read_labels
+
+    labels = read_labels(labels_path)
+    logits = check_logits(logits_path, len(labels), None, Path(logits_path).parent / ROW)
+    return _checked(np.asarray(logits), labels, name=str(logits_path))
 
 
 def _checked(logits, labels, name: str = "logits") -> tuple[np.ndarray, np.ndarray]:

@@ -23,6 +23,50 @@ from kdpipe.io import ResultError
 from kdpipe.jobs import JobError
 
 
+# The keys of each step's --spec: (required, optional), each with what it is. The help lists them
+# and a spec lacking a required key is refused before the step starts.
+TRAINING_KEYS = {
+    "setup": "the setup's name", "dataset": "the dataset's name", "arch": "the architecture",
+    "teacher_id": "<setup>/<teacher>", "recipe": "the training recipe (the config schema's)"}
+SPEC_KEYS = {
+    "prepare-data": ({"family": "the dataset family", "options": "the family's options"}, {}),
+    "train-teacher": (TRAINING_KEYS,
+                      {"seed": "a trained teacher's seed",
+                       "given": "a teacher given by file: {weights, init}, each {path, sha256}",
+                       "data": "the dataset's family and options (part of the data "
+                               "fingerprint)"}),
+    "train-block": ({**TRAINING_KEYS, "arch": "the students' architecture",
+                     "width": "the students' width multiplier",
+                     "students": "the students: method, seed, run and their method's alpha, "
+                                 "temperature and options"},
+                    {"data": "as for train-teacher",
+                     "teacher_arch": "the teacher's architecture where it differs",
+                     "teacher_theta0": "false where the teacher has no initial weights",
+                     "allow_chance_teacher": "true: train the students of a teacher at chance "
+                                             "(default false: the job stops)"}),
+    "collect": ({"ece_bins": "confidence bins of the calibration error"}, {}),
+    "stats": ({"metrics": "the metrics tested, a list", "level": "significance level",
+               "correction": "none, holm or bh",
+               "bootstrap": "bootstrap draws of the scaling intervals",
+               "scaling_widths": "all or fresh-init"}, {}),
+    "figures": ({}, {"formats": "file formats", "dpi": "raster resolution",
+                     "width": "student width shown", "temperature": "KD temperature shown",
+                     "style": "seaborn style", "context": "seaborn context",
+                     "palette": "seaborn palette"}),
+    "audit": ({}, {"formats": "file formats", "dpi": "raster resolution",
+                   "width": "student width shown", "style": "seaborn style",
+                   "context": "seaborn context", "palette": "seaborn palette"}),
+}
+
+
+def spec_help(step: str) -> str:
+    """The --spec help of ``step``: a JSON object and every key the step reads."""
+    required, optional = SPEC_KEYS[step]
+    keys = [f"{key} ({what})" for key, what in required.items()]
+    keys += [f"{key} (optional: {what})" for key, what in optional.items()]
+    return "JSON object (or @file) with the keys: " + "; ".join(keys)
+
+
 def spec_arg(text: str) -> dict:
     """A JSON object, given inline or as @path."""
     if text.startswith("@"):
@@ -56,21 +100,24 @@ def prepare_data(args) -> int:
 def train_teacher(args) -> int:
     from kdpipe import jobs
 
-    jobs.train_teacher(args.spec, args.data, args.labels, args.out, args.results, args.threads,
-                       args.device, args.checkpoint_dir, args.checkpoint_every)
+    with jobs.exclusive(args.out / "teacher.lock", f"the teacher job of {args.out}"):
+        jobs.train_teacher(args.spec, args.data, args.labels, args.out, args.results,
+                           args.threads, args.device, args.checkpoint_dir, args.checkpoint_every)
     return 0
 
 
 def train_block(args) -> int:
     from kdpipe import jobs
 
-    jobs.train_block(args.spec, args.data, args.labels, args.teacher, args.manifest, args.results,
-                     args.threads, args.device, args.checkpoint_dir, args.checkpoint_every,
-                     siddo_from=args.siddo_from)
+    with jobs.exclusive(args.manifest.with_suffix(".lock"), f"the block job {args.manifest}"):
+        jobs.train_block(args.spec, args.data, args.labels, args.teacher, args.manifest,
+                         args.results, args.threads, args.device, args.checkpoint_dir,
+                         args.checkpoint_every, siddo_from=args.siddo_from)
     return 0
 
 
 def collect(args) -> int:
+    from kdpipe.store import manifest_files
     from kdpipe.tables import collect_rows, history_table, write_table
 
     def lines(path):
@@ -78,7 +125,7 @@ def collect(args) -> int:
 
     rows, manifests = lines(args.rows_file), {}
     for manifest in lines(args.manifests_file) if args.manifests_file else []:
-        for row in json.loads(Path(manifest).read_text())["students"]:
+        for row in manifest_files(manifest)["students"]:
             manifests[args.results / row] = manifest
     table = collect_rows(rows + list(manifests), args.results, manifests,
                          ece_bins=args.spec["ece_bins"])
@@ -215,9 +262,11 @@ def parser() -> argparse.ArgumentParser:
         s.set_defaults(func=func)
         return s
 
-    def training(s):
-        s.add_argument("--spec", type=spec_arg, required=True,
-                       help="JSON (or @file): setup, dataset, arch, seed, teacher_id, recipe, ...")
+    def step_spec(s, name):
+        s.add_argument("--spec", type=spec_arg, required=True, help=spec_help(name))
+
+    def training(s, name):
+        step_spec(s, name)
         s.add_argument("--data", type=Path, required=True, help="prepared dataset (.pt)")
         s.add_argument("--labels", type=Path, required=True, help="test labels (.npy)")
         s.add_argument("--results", type=Path, default=Path("results"),
@@ -231,7 +280,7 @@ def parser() -> argparse.ArgumentParser:
                        help="epochs between checkpoints (default: 5; 0: none)")
 
     s = step("prepare-data", prepare_data, "Prepare a dataset once into a tensor file.")
-    s.add_argument("--spec", type=spec_arg, required=True, help='JSON: {"family": ..., "options": {...}}')
+    step_spec(s, "prepare-data")
     s.add_argument("--raw-dir", type=Path, required=True, help="folder of the official files")
     s.add_argument("--out", type=Path, required=True, help="prepared tensor file (.pt)")
     s.add_argument("--labels-out", type=Path, required=True, help="test labels (.npy, int64)")
@@ -239,13 +288,13 @@ def parser() -> argparse.ArgumentParser:
     s = step("train-teacher", train_teacher,
              "Train a teacher with cross-entropy, or load one given by file; keep theta0, "
              "weights, train and test logits.")
-    training(s)
+    training(s, "train-teacher")
     s.add_argument("--out", type=Path, required=True, help="teacher folder")
 
     s = step("train-block", train_block,
              "Train a block of students of one (setup, teacher, width) together; skip those "
              "already finished.")
-    training(s)
+    training(s, "train-block")
     s.add_argument("--teacher", type=Path, required=True, help="the teacher's folder")
     s.add_argument("--manifest", type=Path, required=True,
                    help="the block's manifest (.json) listing its students' rows, written last")
@@ -254,8 +303,7 @@ def parser() -> argparse.ArgumentParser:
                         "students this teacher's rows reference instead of training them again")
 
     s = step("collect", collect, "Merge per-model rows into models.parquet (+ .csv).")
-    s.add_argument("--spec", type=spec_arg, required=True,
-                   help='JSON: {"ece_bins": 15} (confidence bins of the calibration error)')
+    step_spec(s, "collect")
     s.add_argument("--rows-file", type=Path, required=True, help="text file, one row.json per line")
     s.add_argument("--manifests-file", type=Path,
                    help="text file, one block manifest per line: adds its students' rows")
@@ -265,13 +313,11 @@ def parser() -> argparse.ArgumentParser:
                    help="history table (.parquet): the models' training histories, per epoch")
 
     s = step("stats", statistics, "Mann-Whitney tests, asymmetry and scaling tables.")
-    s.add_argument("--spec", type=spec_arg, required=True,
-                   help='JSON: {"metrics": [...], "level": 0.05, "correction": "none|holm|bh", '
-                        '"bootstrap": 1000}')
+    step_spec(s, "stats")
     s.add_argument("--out", type=Path, required=True, help="tables folder holding models.parquet")
 
     s = step("figures", figures, "Draw every figure from the tables alone.")
-    s.add_argument("--spec", type=spec_arg, required=True, help="JSON plotting options")
+    step_spec(s, "figures")
     s.add_argument("--tables", type=Path, required=True, help="tables folder")
     s.add_argument("--out", type=Path, required=True, help="figures folder")
 
@@ -317,7 +363,7 @@ def parser() -> argparse.ArgumentParser:
                             "architecture and width)")
 
     s = step("audit", audit, "Tables and figures of each teacher's errors and the students' copies.")
-    s.add_argument("--spec", type=spec_arg, required=True, help="JSON plotting options")
+    step_spec(s, "audit")
     s.add_argument("--tables", type=Path, required=True, help="tables folder (models.parquet)")
     s.add_argument("--results", type=Path, default=Path("results"),
                    help="results folder the table's paths are relative to (default: results)")
@@ -326,11 +372,28 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def append_to_log() -> None:
+    """Make stderr append where it is a file (a job's log): a second copy of a job, started while
+    a first still runs, truncates the log as its shell opens it, and the first would then write
+    at its old offset, leaving NUL bytes before its lines."""
+    import fcntl
+    import stat
+
+    if stat.S_ISREG(os.fstat(2).st_mode):
+        fcntl.fcntl(2, fcntl.F_SETFL, fcntl.fcntl(2, fcntl.F_GETFL) | os.O_APPEND)
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    append_to_log()
     slurm_job = os.environ.get("SLURM_JOB_ID")
     print(f"{args.step} on {socket.gethostname()}, pid {os.getpid()}"
           + (f", SLURM job {slurm_job}" if slurm_job else ""), file=sys.stderr)
+    lacking = [key for key in SPEC_KEYS.get(args.step, ({}, {}))[0] if key not in args.spec]
+    if lacking:
+        print(f"kdpipe {args.step}: error: --spec lacks {', '.join(map(repr, lacking))} (see "
+              f"--help)", file=sys.stderr)
+        return 1
     start = time.perf_counter()
     try:
         code = args.func(args)

@@ -6,10 +6,15 @@ evaluates and writes each student into its own folder ``<teacher>/<method>/<run>
 are not Snakemake outputs (their number depends on the config, and Snakemake would delete them
 before a rerun): they are the store of finished students. A student's row.json, written last,
 carries a digest of everything its result depends on; a rerun of the block skips each student
-whose row has the expected digest, so that adding an alpha, a temperature, a seed or a method
-trains only the new students, and a changed recipe or retrained teacher retrains what depends on
-it. The block's declared output is a manifest listing its students' rows. How a digest stays the
-same when a setting is added: kdpipe.digests.
+whose row has the expected digest and whose test logits are readable, so that adding an alpha, a
+temperature, a seed or a method trains only the new students, a changed recipe or retrained
+teacher retrains what depends on it, and a lost student file retrains that student. The block's
+declared output is a manifest listing its students' rows and test logits (kdpipe.store). How a
+digest stays the same when a setting is added: kdpipe.digests.
+
+A job holds a lock named after it (``exclusive``), so that a second copy of it stops rather than
+train the same students at once, and stops after an epoch once the snakemake that started it
+has ended (``stop_when_orphaned``).
 
 Every function raises (JobError, kdpipe.data.DataError, kdpipe.io.ResultError) rather than
 exiting: the command line (kdpipe.cli) turns those into a message and an exit status.
@@ -21,17 +26,16 @@ import hashlib
 import json
 import math
 import os
+import socket
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from kdpipe.digests import NEUTRAL, digest, recipe_with_neutral, without_neutral
 from kdpipe.methods import method
-
-TEACHER_INIT, TEACHER_WEIGHTS = "init.pt", "model.pt"
-TEST_LOGITS, TRAIN_LOGITS, ROW, TIMING = "logits.npy", "train_logits.npy", "row.json", "timing.json"
-HISTORY = "history.json"
-STUDENT_WEIGHTS = TEACHER_WEIGHTS  # a student's kept weights (keep_student_weights), as a teacher's
+from kdpipe.store import (HISTORY, ROW, STUDENT_WEIGHTS, TEACHER_INIT, TEACHER_WEIGHTS,
+                          TEST_LOGITS, TIMING, TRAIN_LOGITS, write_manifest)
 
 
 class JobError(Exception):
@@ -93,6 +97,73 @@ def setup_torch(threads: int, device: str) -> str:
     return device
 
 
+# --- one copy of a job at a time, and none left running without its snakemake -------------------
+
+@contextmanager
+def exclusive(lock: Path, job: str):
+    """Run the body holding an exclusive lock (``fcntl.flock``) on the file ``lock``, named
+    after the job (its output's name, not its work's: a rerun of the job takes the same lock),
+    in which the holder writes its process id, host and start. A second copy of the job, such
+    as a rerun after a kill while the first still trains, or a requeued cluster job meeting a
+    straggler, raises JobError naming the holder instead of training the same students at once.
+    The kernel releases the lock when its holder exits, however it ends."""
+    import fcntl
+
+    lock = Path(lock)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = True
+        except BlockingIOError:
+            handle.seek(0)
+            try:
+                holder = json.loads(handle.read())
+                who = f"process {holder['pid']} on {holder['host']} (since {holder['since']})"
+                end = f"kill {holder['pid']} on {holder['host']}"
+            except (ValueError, KeyError, TypeError):
+                who, end = "another process", "end it"
+            raise JobError(f"{job} is already running: {who} holds its lock {lock}. A copy left "
+                           "by a killed run stops by itself at the end of its current epoch, "
+                           "seeing that the snakemake that started it has ended; wait for it to "
+                           f"end (or {end}), then run again") from None
+        except OSError as error:  # a file system without flock (some network mounts)
+            print(f"warning: cannot lock {lock} ({error}): this file system does not support "
+                  "flock, so a second copy of this job would not be stopped", file=sys.stderr)
+            held = False
+        if held:
+            handle.truncate(0)
+            handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "since": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+            handle.flush()
+        yield
+
+
+def stop_when_orphaned(log):
+    """``log`` (an epoch log of kdpipe.train.train) preceded by a check that the process that
+    started this job, recorded now, is still its parent. Snakemake starts a training job as its
+    own child (the rules ``exec`` python), so a job whose snakemake was killed is reparented and
+    stops at the end of the epoch, writing nothing, instead of training on beside a rerun. (A
+    parent-death signal would fire when the snakemake *thread* that started the job ends.)"""
+    parent = os.getppid()
+
+    def checked(epoch: int, learners: list) -> None:
+        if os.getppid() != parent:
+            raise JobError(f"the process that started this job (pid {parent}, its snakemake) has "
+                           f"ended: stopped after epoch {epoch}, nothing of this job is written; "
+                           "run the workflow again (the job resumes from its last checkpoint)")
+        log(epoch, learners)
+
+    return checked
+
+
+def discard(saved) -> None:
+    """Remove a finished job's checkpoint and any unreadable one it set aside."""
+    if saved is not None:
+        for path in (saved.path, saved.damaged):
+            path.unlink(missing_ok=True)
+
+
 # --- fingerprints: what a result depends on, without hashing gigabytes --------------------------
 
 def data_fingerprint(spec: dict, data: Path, labels: Path) -> str:
@@ -107,7 +178,14 @@ def weights_fingerprint(path: Path) -> str:
     for equal weights)."""
     import torch
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from kdpipe.io import ResultError
+    from kdpipe.tables import remedy
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # missing, truncated or corrupt: whatever torch.load raises
+        raise ResultError(f"teacher weights {path} are missing or damaged ({error}); "
+                          f"{remedy(Path(path).parent / ROW)}") from None
     h = hashlib.sha256()
     for key in sorted(state):
         tensor = state[key].detach().contiguous().reshape(-1)
@@ -184,6 +262,18 @@ def finished(row_path: Path, expected: str, key="digest") -> bool:
         return False
 
 
+def readable_logits(path: Path, n: int, classes: int) -> bool:
+    """Whether ``path`` holds float32 logits [n, classes], judged by the file's header alone (a
+    block checks every stored student of it; collect checks the values)."""
+    import numpy as np
+
+    try:
+        logits = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError):
+        return False
+    return logits.dtype == np.float32 and logits.shape == (n, classes)
+
+
 # --- evaluation -----------------------------------------------------------------------------------
 
 def evaluate(model, x, y, batch_size: int, keep: bool = False):
@@ -208,17 +298,40 @@ def evaluate(model, x, y, batch_size: int, keep: bool = False):
     return total / count, (np.concatenate(kept) if keep else None)
 
 
-def chance_warning(n_correct: int, labels) -> str | None:
-    """A warning when a teacher is no better than the best constant guess (the most frequent test
-    label): kdpipe.audit's one-sided binomial test, which also flags it in the audit."""
-    from kdpipe.audit import at_chance, chance_accuracy
+def at_chance_problem(n_correct: int, labels) -> str | None:
+    """What is wrong with a teacher no better than the best constant guess (the most frequent test
+    label), or None: kdpipe.audit's one-sided binomial test, which also flags it in the audit
+    and, through collect, in the models table (at_chance)."""
+    from kdpipe.audit import CHANCE_LEVEL, at_chance, chance_accuracy
 
     chance = chance_accuracy(labels)
     if at_chance(n_correct, len(labels), chance):
-        return (f"WARNING: the teacher's test accuracy {n_correct / len(labels):.4f} is at chance "
-                f"(the most frequent class is {chance:.4f} of the test set); its students measure "
-                "nothing")
+        return (f"test accuracy {n_correct / len(labels):.4f} is at chance: not significantly "
+                f"above the {chance:.4f} of always predicting the most frequent class (one-sided "
+                f"binomial test at {CHANCE_LEVEL})")
     return None
+
+
+def chance_warning(n_correct: int, labels) -> str | None:
+    """The teacher job's warning when its teacher is at chance (``at_chance_problem``)."""
+    problem = at_chance_problem(n_correct, labels)
+    return None if problem is None else \
+        f"WARNING: the teacher's {problem}; its students measure nothing"
+
+
+def refuse_chance_teacher(spec: dict, teacher_logits, labels) -> None:
+    """Raise JobError where the block's teacher is at chance, unless its setup allows it
+    (``allow_chance_teacher``): every student of such a teacher would measure nothing, while
+    the tables and figures would look like results."""
+    correct = int((teacher_logits.argmax(-1) == labels).sum())
+    problem = at_chance_problem(correct, labels)
+    if problem is not None and not spec.get("allow_chance_teacher", False):
+        setup = spec["setup"]
+        raise JobError(f"teacher {spec['teacher_id']}: {problem}. Its students would measure "
+                       "nothing, so none is trained. Train the teacher better (more epochs or "
+                       f"another lr in setups.{setup}.recipe), or, to study it anyway, set "
+                       f"setups.{setup}.allow_chance_teacher: true (every figure of the setup "
+                       "then says so in its title)")
 
 
 def base_row(spec: dict, role: str, results: Path, logits: Path, labels: Path) -> dict:
@@ -282,13 +395,14 @@ def train_teacher(spec: dict, data: Path, labels: Path, out: Path, results: Path
     """Train a teacher from its seed, or load one given by file (``spec["given"]``), into
     ``out``: init.pt (theta0, where it has one), model.pt, its train and test logits, its row.
     A given teacher's files are checked against the setup's architecture first."""
-    import numpy as np
-
     from kdpipe import data as datasets, metrics, models
     from kdpipe.io import write_json, write_npy
+    from kdpipe.tables import read_labels
     from kdpipe.train import EpochLog, Learner, TrainingDiverged, generator, seed_for, train
 
     out, recipe = Path(out), spec_recipe(spec)
+    log = stop_when_orphaned(EpochLog(f"{spec['setup']} teacher", recipe.epochs))
+    y = read_labels(labels)  # before training: a damaged file stops the job at once
     device = setup_torch(threads, device)
     dataset = datasets.load(data, device)
     model = models.build(spec["arch"], dataset.input_shape, dataset.num_classes, 1.0).to(device)
@@ -312,7 +426,7 @@ def train_teacher(spec: dict, data: Path, labels: Path, out: Path, results: Path
                            json.dumps([without_neutral(spec), data_fingerprint(spec, data, labels),
                                        kind], sort_keys=True))
         learner = Learner("teacher", model, order_seed=seed_for("order", "teacher", spec["seed"]))
-        clock = EpochClock(EpochLog(f"{spec['setup']} teacher", recipe.epochs))
+        clock = EpochClock(log)
         try:
             seconds = train([learner], dataset.x_train, dataset.y_train, recipe, log=clock,
                             checkpoint=saved)
@@ -326,7 +440,6 @@ def train_teacher(spec: dict, data: Path, labels: Path, out: Path, results: Path
     _, logits = evaluate(model, dataset.x_test, dataset.y_test, recipe.eval_batch_size,
                          keep=True)
     write_npy(out / TEST_LOGITS, logits)
-    y = np.load(labels)
     correct = int((logits.argmax(-1) == y).sum())
     row = base_row(spec, "teacher", results, out / TEST_LOGITS, labels)
     # a teacher given by file has no seed: -1
@@ -342,8 +455,7 @@ def train_teacher(spec: dict, data: Path, labels: Path, out: Path, results: Path
         print(warning, file=sys.stderr)
     write_json(out / TIMING, {"train_seconds": seconds})
     write_json(out / ROW, row)
-    if saved is not None:
-        saved.path.unlink(missing_ok=True)
+    discard(saved)
 
 
 def given_state(file: dict, model, arch: str, dataset) -> dict:
@@ -405,14 +517,29 @@ def train_block(spec: dict, data: Path, labels: Path, teacher_dir: Path, manifes
     import numpy as np
 
     from kdpipe import data as datasets
-    from kdpipe.io import write_json
+    from kdpipe.io import ResultError
+    from kdpipe.tables import check_logits, read_labels, remedy
     from kdpipe.train import EpochLog, TrainingDiverged, train
 
     recipe, teacher = spec_recipe(spec), Teacher(teacher_dir)
+    log = stop_when_orphaned(EpochLog(f"{spec['teacher_id']} w={float(spec['width']):g}",
+                                      recipe.epochs))
+    y = read_labels(labels)
+    teacher_logits = np.asarray(check_logits(teacher.folder / TEST_LOGITS, len(y), None,
+                                             teacher.folder / ROW))
+    if spec.get("teacher_theta0", True) and not (teacher.folder / TEACHER_INIT).is_file():
+        raise ResultError(f"the teacher's initial weights {teacher.folder / TEACHER_INIT} are "
+                          f"missing; remove its row {teacher.folder / ROW} and run the workflow "
+                          "again: the teacher retrains to the same weights and keeps its students")
+    refuse_chance_teacher(spec, teacher_logits, y)
     data_fp = data_fingerprint(spec, data, labels)
     kind = device_kind(device)
-    teacher_logits = np.load(teacher.folder / TEST_LOGITS)
-    y = np.load(labels)
+
+    def stored(row_folder: Path, logits_folder: Path, expected: str, key="digest") -> bool:
+        """A row with the expected digest, and the test logits it is scored from readable."""
+        return finished(row_folder / ROW, expected, key) and readable_logits(
+            logits_folder / TEST_LOGITS, *teacher_logits.shape)
+
     plan = []  # (student, its folder, training digest, row digest, folder of its logits)
     for student in spec["students"]:
         trained = digest(training_settings(spec, student, data_fp, teacher, kind))
@@ -420,26 +547,29 @@ def train_block(spec: dict, data: Path, labels: Path, teacher_dir: Path, manifes
         source = folder
         if siddo_from is not None and student["method"] == "siddo":
             source = student_folder(siddo_from, student)
-            if not finished(source / ROW, trained, key="train_digest"):
+            if not stored(source, source, trained, key="train_digest"):
                 raise JobError(f"{source} holds no finished siddo student with these settings; "
                                f"the block of {siddo_from} trains it")
         plan.append((student, folder, trained, digest([trained, teacher.fingerprint]), source))
-    unscored = [p for p in plan if not finished(p[1] / ROW, p[3])]
-    # trained anew: a student of its own whose trained weights are not stored; the others only
-    # get a new row (a siddo student of another teacher, or one whose teacher was retrained
-    # without changing what the student depends on)
-    todo = [p for p in unscored if p[4] == p[1] and not finished(p[1] / ROW, p[2], "train_digest")]
+    unscored = [p for p in plan if not stored(p[1], p[4], p[3])]
+    # trained anew: a student of its own whose trained weights are not stored (or whose logits
+    # are lost); the others only get a new row (a siddo student of another teacher, or one whose
+    # teacher was retrained without changing what the student depends on)
+    todo = [p for p in unscored if p[4] == p[1] and not stored(p[1], p[1], p[2], "train_digest")]
     print(f"block of {len(plan)} students: {len(plan) - len(unscored)} already finished, "
           f"training {len(todo)}", file=sys.stderr)
 
     if todo:
         device = setup_torch(threads, device)
         dataset = datasets.load(data, device)
+        if not readable_logits(teacher.folder / TRAIN_LOGITS, dataset.y_train.numel(),
+                               teacher_logits.shape[1]):
+            raise ResultError(f"teacher train logits {teacher.folder / TRAIN_LOGITS} are missing "
+                              f"or damaged; {remedy(teacher.folder / ROW)}")
         learners = build_learners(spec, [p[0] for p in todo], dataset, teacher.folder, device)
         saved = checkpoint(checkpoint_dir, checkpoint_every, "block",
                            json.dumps(sorted(p[2] for p in todo)))
-        label = f"{spec['teacher_id']} w={float(spec['width']):g}"
-        clock = EpochClock(EpochLog(label, recipe.epochs))
+        clock = EpochClock(log)
         try:
             seconds = train(learners, dataset.x_train, dataset.y_train, recipe, log=clock,
                             checkpoint=saved)
@@ -451,13 +581,13 @@ def train_block(spec: dict, data: Path, labels: Path, teacher_dir: Path, manifes
             write_student(spec, student, learner.model, dataset, folder, folder, trained,
                           row_digest, teacher_logits, y, labels, results,
                           seconds / len(learners), recipe, kind)
-        if saved is not None:
-            saved.path.unlink(missing_ok=True)
+        discard(saved)
     for student, folder, trained, row_digest, source in unscored:
         if not any(p[1] == folder for p in todo):  # stored weights' logits, scored anew
             write_student(spec, student, None, None, folder, source, trained, row_digest,
                           teacher_logits, y, labels, results, 0.0, recipe, kind)
-    write_json(manifest, {"students": [relative(p[1] / ROW, results) for p in plan]})
+    write_manifest(manifest, [relative(p[1] / ROW, results) for p in plan],
+                   [relative(p[4] / TEST_LOGITS, results) for p in plan])
 
 
 def write_student(spec, student, model, dataset, folder: Path, source: Path, trained: str,

@@ -22,6 +22,7 @@ import json
 from kdpipe import methods
 from kdpipe.config import GIVEN
 from kdpipe.digests import NEUTRAL, without_neutral
+from kdpipe.store import TEACHER_FILES, TEACHER_INIT
 
 
 def number(x) -> str:
@@ -100,6 +101,30 @@ class Study:
     def teacher_dir(self, setup: str, teacher: str) -> str:
         """A teacher's folder: its weights, logits and row; its students below it."""
         return f"{self.results}/{setup}/{teacher}"
+
+    def teacher_files(self, setup: str, teacher: str) -> dict:
+        """The files a teacher's job writes and later steps read, by name (kdpipe.store)."""
+        return {name: f"{self.teacher_dir(setup, teacher)}/{file}"
+                for name, file in TEACHER_FILES.items()}
+
+    def every_teacher_file(self, name: str | None = None) -> list[str]:
+        """Every teacher's files (only those called ``name``, such as "logits", if given)."""
+        return [path for setup, teacher in self.teachers
+                for key, path in self.teacher_files(setup, teacher).items()
+                if name in (None, key)]
+
+    def teacher_inits(self) -> list[str]:
+        """The initial weights of every teacher that has them (each trained one, and each given
+        by file with its `init`): not a declared output, as a teacher given without them has
+        none (kdpipe.store checks them)."""
+        return [f"{self.teacher_dir(setup, teacher)}/{TEACHER_INIT}"
+                for setup, teacher in self.teachers
+                if self.given(setup, teacher) is None or "init" in self.given(setup, teacher)]
+
+    def labels_files(self) -> list[str]:
+        """The test labels of every dataset a setup uses."""
+        return [self.data_files(dataset)["labels"]
+                for dataset in dict.fromkeys(map(self.dataset_of, self.setups))]
 
     def manifest(self, setup: str, teacher: str, block: str) -> str:
         """A block's declared output, listing its students' rows."""
@@ -289,9 +314,10 @@ class Study:
     def block_spec(self, setup: str, teacher: str, block: str) -> str:
         """The block's students and width; ``arch`` is the students' architecture, with
         ``teacher_arch`` where the teacher's differs, ``teacher_theta0: false`` where the
-        teacher has no initial weights (given by file without them), and ``keep_weights``
-        where keep_student_weights is on. Each is left out at its usual value, so that a study
-        without them keeps its specs (their text is the rerun trigger)."""
+        teacher has no initial weights (given by file without them), ``keep_weights`` where
+        keep_student_weights is on, and ``allow_chance_teacher`` where the setup sets it. Each
+        is left out at its usual value, so that a study without them keeps its specs (their
+        text is the rerun trigger)."""
         width, students = self.blocks[setup][block]
         entry, extra = self.config["setups"][setup], {}
         if self.student_arch(setup) != entry["arch"]:
@@ -301,6 +327,8 @@ class Study:
             extra["teacher_theta0"] = False
         if self.config["keep_student_weights"]:
             extra["keep_weights"] = True
+        if entry["allow_chance_teacher"]:
+            extra["allow_chance_teacher"] = True
         return self.training_spec(setup, teacher, entry["recipe"], width=float(width),
                                   students=students, **extra)
 

@@ -130,16 +130,39 @@ def make_figures(tables_dir, out_dir, options: dict | None = None,
         "fig9_training": lambda s: partial(fig9_training, history, s, widths[s], temperature,
                                            colors),
     }
-    jobs = [(stem, drawing[figure](setup), Path(out_dir), options)
+    jobs = [(stem, drawing[figure](setup), Path(out_dir), options,
+             chance_note(models if setup else every["models"], setup))
             for stem, figure, setup in figures(setups, temperatures, set(students["method"]),
                                                options["training_curves"])]
     return render(write_figure, jobs, workers, "figures")
 
 
-def write_figure(stem: str, draw, out_dir: Path, options: dict) -> list[Path]:
-    """Draw one figure in the options' seaborn style and context and save it; the paths."""
+def write_figure(stem: str, draw, out_dir: Path, options: dict,
+                 note: str | None = None) -> list[Path]:
+    """Draw one figure in the options' seaborn style and context, ``note`` (a warning) first in
+    its title, and save it; the paths."""
     with sns.axes_style(options["style"]), sns.plotting_context(options["context"]):
-        return save_figure(draw(), out_dir, stem, options["formats"], options["dpi"])
+        fig = draw()
+        if note:
+            fig.suptitle(f"{note}\n{fig.get_suptitle()}", wrap=True)
+        return save_figure(fig, out_dir, stem, options["formats"], options["dpi"])
+
+
+def chance_note(models, setup: str | None = None) -> str | None:
+    """The warning a figure of ``setup`` (None: of every setup) carries where it shows students
+    of a teacher at chance, which its setup's allow_chance_teacher let train: the models table's
+    at_chance (collect's; a table from before that column has none to say)."""
+    if "at_chance" not in models:
+        return None
+    teachers = models[(models["role"] == "teacher") & models["at_chance"].eq(True)]
+    if setup is not None:
+        teachers = teachers[teachers["setup"] == setup]
+    if teachers.empty:
+        return None
+    named = ", ".join(f"{t.teacher_id} (test accuracy {t.accuracy:.3f}, chance "
+                      f"{t.chance_accuracy:.3f})" for t in teachers.itertuples())
+    return (f"WARNING: teacher at chance, whose students measure nothing (allowed by "
+            f"allow_chance_teacher): {named}")
 
 
 def save_figure(fig: Figure, out_dir: Path, stem: str, formats, dpi: float) -> list[Path]:
@@ -343,6 +366,9 @@ def fig4_width(models, scaling_table, setup, temperature, colors) -> Figure:
     widths = np.sort(students["width"].unique())
     fitted = scaling_table.loc[scaling_table["setup"] == setup, "widths"]
     fresh_init = len(fitted) > 0 and fitted.iloc[0] == "fresh-init"
+    # a slope needs two widths among those fitted
+    one_width = len(widths[widths != 1] if fresh_init else widths) < 2
+    missing = "n/a (one width: no slope)" if one_width else "n/a"
     fig = Figure(figsize=(3.6 * len(alphas) + 0.8, 7), layout="constrained")
     axes = fig.subplots(2, len(alphas), sharex=True, sharey="row", squeeze=False)
     for col, alpha in enumerate(alphas):
@@ -356,14 +382,15 @@ def fig4_width(models, scaling_table, setup, temperature, colors) -> Figure:
             for method, offset in zip(METHODS, _dodge(len(METHODS))):
                 slope = _scaling_value(scaling_table, setup, method, alpha, temperature, slope_column)
                 rows = at_alpha[(at_alpha["method"] == method) & ~(fresh_init & (at_alpha["width"] == 1))]
-                _fit_line(ax, rows, metric, slope, offset, colors[method], label=method)
+                _fit_line(ax, rows, metric, slope, offset, colors[method], label=method,
+                          missing=missing)
                 handles.append(ax.lines[-1])
                 labels.append(handles[-1].get_label())
-                if metric == "incorrect_agreement":
+                if metric == "incorrect_agreement" and not one_width:
                     ratio, low, high = (_scaling_value(scaling_table, setup, method, alpha, temperature, column)
                                         for column in ("slope_ratio", "slope_ratio_low", "slope_ratio_high"))
                     labels[-1] += f"; ratio {number(ratio)} [{number(low)}, {number(high)}]"
-            title = ("slope per doubling" if metric == "correct_agreement" else
+            title = ("slope per doubling" if metric == "correct_agreement" or one_width else
                      "slope per doubling; ratio to the correct\nslope [95% bootstrap interval over seeds]")
             ax.legend(handles, labels, title=title, fontsize="x-small", title_fontsize="x-small", loc="best")
             if row == 0:
@@ -372,11 +399,16 @@ def fig4_width(models, scaling_table, setup, temperature, colors) -> Figure:
                 ax.set_ylabel(f"{METRIC_LABELS[metric][0]}\n{_value_label(metric)}")
             if row == 1:
                 _width_axis(ax, widths)
+    fit = ("lines: least-squares fit on log2(width) over all models "
+           + ("of every width but 1\n(fresh-init widths: width-1 students start from the "
+              "teacher's initial weights)" if fresh_init else "of every width"))
+    if one_width:
+        fit = ("no lines: the slopes need students of two widths or more"
+               + (" other than 1 (fresh-init widths)" if fresh_init else ""))
+    # wrapped to the figure's width, which is that of one column per alpha
     fig.suptitle(f"{setup}: agreement with the teacher against student width (T = {temperature:g}, "
-                 f"{_n_seeds(students)}); {REFERENCE} (no alpha) repeated in every column\n"
-                 "lines: least-squares fit on log2(width) over all models "
-                 + ("of every width but 1\n(fresh-init widths: width-1 students start from the "
-                    "teacher's initial weights)" if fresh_init else "of every width"))
+                 f"{_n_seeds(students)}); {REFERENCE} (no alpha) repeated in every column\n{fit}",
+                 wrap=True)
     return fig
 
 
@@ -609,16 +641,16 @@ def _dots_and_medians(ax, students, metric, by, to_x, methods, colors, medians=T
                     marker="_", markersize=14, markeredgewidth=2.2, lw=1.2, zorder=3)
 
 
-def _fit_line(ax, rows, metric, slope, offset, color, label) -> None:
+def _fit_line(ax, rows, metric, slope, offset, color, label, missing="n/a") -> None:
     """The least-squares line of ``metric`` on log2(width) with the given slope, labelled with it.
 
     The intercept that goes with a least-squares slope is mean(y) - slope * mean(x). Without a
-    finite slope only the legend entry is drawn.
+    finite slope only the legend entry is drawn, saying ``missing``.
     """
     rows = rows[["width", metric]].dropna()
     x = np.log2(rows["width"].to_numpy(dtype=float))
     if len(rows) == 0 or not np.isfinite(slope):
-        ax.plot([], [], color=color, lw=1.5, label=f"{label}: n/a")
+        ax.plot([], [], color=color, lw=1.5, label=f"{label}: {missing}")
         return
     y = rows[metric].to_numpy(dtype=float)
     ends = np.array([x.min(), x.max()])

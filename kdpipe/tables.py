@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kdpipe.audit import at_chance, chance_accuracy
 from kdpipe.io import ResultError, atomic_path
 from kdpipe.metrics import ECE_BINS, expected_calibration_error
+from kdpipe.store import ROW
 
 MODEL_COLUMNS = {  # name -> dtype; the order is the table's
     "setup": "string", "dataset": "string", "arch": "string", "role": "string",
@@ -27,6 +29,9 @@ MODEL_COLUMNS = {  # name -> dtype; the order is the table's
     "incorrect_agreement": "float64", "n_teacher_correct": "int64", "n_teacher_incorrect": "int64",
     "rank_disagreement": "float64",
     "ece": "float64", "ece_gap": "float64",  # computed by collect from the logits (collect_rows)
+    # teachers, also computed by collect: the accuracy of always predicting the most frequent
+    # test class, and whether the teacher is not significantly above it (kdpipe.audit)
+    "chance_accuracy": "float64", "at_chance": "boolean",
     "logits_path": "string", "labels_path": "string",
     "copied_by_class": "object",  # students: per true class, teacher errors copied (kdpipe.audit)
 }
@@ -44,13 +49,16 @@ SPLITS = {"correct_agreement": "n_teacher_correct", "incorrect_agreement": "n_te
 
 
 def remedy(row_path, manifest=None) -> str:
-    """What to do about a model's lost or damaged files. A student's folder is not an output of
-    its block job (its manifest is), so the manifest goes too: the block reruns and trains only
-    the students it does not find."""
+    """What to do about a model's lost or damaged files. A teacher: its job is forced to rerun
+    (removing its folder would remove its students too); it trains to the same weights, which
+    its students' digests hold, so its blocks rerun and keep every student. A student's folder
+    is not an output of its block job (its manifest is), so the manifest goes too: the block
+    reruns and trains only the students it does not find."""
     folder = Path(row_path).parent
     if manifest is None:
-        return (f"remove the folder {folder} and run the workflow again: the job that trains "
-                "this model reruns")
+        return (f"retrain the teacher: snakemake --cores all --forcerun {folder / ROW} "
+                "(with your other options, such as --configfile); on the same code and device "
+                "it trains to the same weights, so its students are kept")
     return (f"remove the folder {folder} and its block's manifest {manifest}, and run the "
             "workflow again: the block reruns and trains only the models it lacks")
 
@@ -132,7 +140,9 @@ def collect_rows(row_files: list, results, manifests: dict | None = None,
     The logits are read here anyway, so the calibration columns are computed here, for every
     model and without retraining: ``ece`` (kdpipe.metrics.expected_calibration_error with
     ``ece_bins`` bins) and, for a student, ``ece_gap`` = its ece minus its teacher's (NaN for
-    teachers). A student whose teacher has no row among ``row_files`` raises ResultError.
+    teachers); so are a teacher's ``chance_accuracy`` and ``at_chance`` (kdpipe.audit's test;
+    NA for students), which the figures read. A student whose teacher has no row among
+    ``row_files`` raises ResultError.
     A student's ``teacher_arch`` and ``teacher_source`` are its teacher's, read from the
     teacher's row. Rows stored before those columns existed get the values every model then
     had: a trained teacher of the students' architecture, whose width-1 students started from
@@ -156,6 +166,9 @@ def collect_rows(row_files: list, results, manifests: dict | None = None,
             classes[row["teacher_id"]] = logits.shape[1]
             teacher_ece[row["teacher_id"]] = row["ece"]
             teachers[row["teacher_id"]] = (row["arch"], row.get("teacher_source", "trained"))
+            row["chance_accuracy"] = chance_accuracy(y)
+            row["at_chance"] = at_chance(int((np.argmax(logits, axis=1) == y).sum()), len(y),
+                                         row["chance_accuracy"])
         elif row["teacher_id"] not in teacher_ece:
             raise ResultError(f"model row {path}: its teacher {row['teacher_id']} has no row "
                               "among the rows collected, so its ece_gap is undefined")

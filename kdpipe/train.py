@@ -300,6 +300,11 @@ class Checkpoint:
     every: int
     key: str
 
+    @property
+    def damaged(self) -> Path:
+        """Where an unreadable checkpoint is set aside, until its job finishes."""
+        return Path(self.path).with_name(Path(self.path).name + ".damaged")
+
 
 def learner_loss(learner: Learner, index, xb, yb, epoch: int, step: int):
     """One learner's loss on one batch, and its logits."""
@@ -746,7 +751,8 @@ def save_checkpoint(checkpoint: Checkpoint, learners: list, engines: list, live:
 def resume(checkpoint: Checkpoint | None, learners: list, device):
     """Load a matching checkpoint into the learners. Return the epochs done, the indices of the
     learners still training and their optimizer states by index. A checkpoint that cannot be
-    read is renamed with a ``.damaged`` suffix (kept for inspection) and training starts over."""
+    read is renamed with a ``.damaged`` suffix (kept for inspection until the job finishes) and
+    training starts over."""
     fresh = 0, list(range(len(learners))), {}
     if checkpoint is None or not Path(checkpoint.path).exists():
         return fresh
@@ -754,7 +760,7 @@ def resume(checkpoint: Checkpoint | None, learners: list, device):
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:  # truncated or corrupt: whatever torch.load raises
-        damaged = path.with_name(path.name + ".damaged")
+        damaged = checkpoint.damaged
         path.replace(damaged)
         print(f"warning: checkpoint {path} cannot be read ({str(error).strip()}); moved it to "
               f"{damaged}, training starts over", file=sys.stderr)

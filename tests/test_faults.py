@@ -11,19 +11,55 @@ failures and the tests that cover them:
    flagged in its log (test_a_teacher_at_chance_is_flagged,
    test_a_teacher_trained_to_nothing_gets_a_warning_in_its_log) and in the audit
    (test_at_chance_is_a_one_sided_binomial_test,
-   test_a_teacher_at_chance_is_flagged_in_the_table_and_its_figure).
+   test_a_teacher_at_chance_is_flagged_in_the_table_and_its_figure); its students are not
+   trained unless the setup allows it, and then every figure says so in its title
+   (test_a_teacher_at_chance_stops_its_students_unless_allowed_and_then_every_figure_says_so).
 2. a --configfile replaces the default study: test_a_configfile_replaces_the_default_study,
    test_without_a_configfile_the_default_study_runs.
 3. lost or damaged outputs named by collect with the remedy: test_collect_reads_a_sound_study,
    test_collect_names_a_missing_or_damaged_student_file_and_the_remedy,
-   test_collect_names_damaged_labels, test_a_lost_student_file_stops_collect_with_the_remedy_which_works.
-4. a damaged checkpoint set aside: test_a_damaged_checkpoint_is_set_aside_and_training_starts_over;
+   test_collect_names_a_damaged_teacher_file_and_a_remedy_that_keeps_its_students,
+   test_collect_names_damaged_labels.
+   A finished study damaged as a user damages one; each test follows the printed remedy
+   literally and checks the study is whole again (its tables equal the original's), counting
+   the students retrained from the block logs:
+   - a damaged student file: test_a_damaged_student_file_stops_collect_with_the_remedy_which_works;
+   - a lost student file, which Snakemake does not see, stops every run, --unlock too, until the
+     manifest listing it goes:
+     test_a_lost_student_file_stops_every_run_until_its_manifest_is_removed
+     (unless the study was copied without its students' logits on purpose:
+     test_a_study_copied_without_its_students_logits_still_draws_its_figures);
+   - a damaged teacher row is retrained, its students kept:
+     test_a_damaged_teacher_row_is_retrained_and_its_students_kept;
+   - damaged prepared data, whose failed rerun deletes the teacher's files, which the next run
+     rebuilds (and the audit then finds the files it reads):
+     test_damaged_prepared_data_is_named_and_its_remedy_brings_the_teacher_back;
+   - damaged test labels, seen by the teacher's job or by collect:
+     test_damaged_test_labels_are_named_with_a_remedy_that_works.
+   A job left running: a second copy stops naming the first
+   (test_a_second_copy_of_a_running_block_is_refused_naming_the_first,
+   test_a_lock_names_its_holder_and_a_file_system_without_flock_only_warns); a block whose
+   snakemake is killed stops by itself
+   (test_a_block_whose_snakemake_is_killed_stops_and_the_rerun_makes_the_study_whole).
+4. a damaged checkpoint set aside: test_a_damaged_checkpoint_is_set_aside_and_training_starts_over,
+   and removed when its job finishes:
+   test_a_damaged_checkpoint_set_aside_goes_when_its_job_finishes;
    a damaged prepared data file named: test_a_damaged_prepared_file_is_named_when_loaded.
-5. numbers that collide in paths: test_numbers_that_print_alike_get_their_own_paths_and_values.
+5. numbers that collide in paths: test_numbers_that_print_alike_get_their_own_paths_and_values;
+   names too long for a path: test_a_name_too_long_for_a_path_is_refused_before_any_job,
+   test_the_longest_path_component_the_plan_builds_fits_in_255_bytes.
 
 Clear messages:
 - YAML and config errors name the key: test_bad_config_stops_before_any_job_naming_key_and_value,
   test_a_yaml_syntax_error_stops_before_any_job_and_verbose_names_line_and_column.
+- a target after --configfile, read as a config file; the docs' `--` form works:
+  test_a_target_after_a_configfile_needs_the_double_dash_the_docs_show.
+- a step's --spec: its help names every key, a lacking one is named
+  (test_a_spec_built_from_the_help_runs_and_a_lacking_key_is_named,
+  test_every_spec_the_workflow_gives_has_the_keys_its_step_names,
+  test_the_figure_options_a_spec_may_hold_are_those_of_kdpipe_plots).
+- figure 4 of one width says why it has no slope, in a title that fits:
+  test_figure_4_of_one_width_says_why_it_has_no_slope_and_its_title_fits.
 - dataset options out of range, checked by their family when prepared (one place for every
   family): test_digits_options_out_of_range_name_the_option.
 - devices: test_every_torch_device_form_is_accepted, test_every_device_form_passes_the_schema,
@@ -44,23 +80,29 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import soundfile
 import torch
+import yaml
 from scipy.io import savemat
+from scipy.stats import binomtest
 
 from conftest import (ENV, LABELS, REPO, TEACHER, TEACHER_CONFIDENCE, TINY, fresh_mlp, full_recipe,
                       job_spec, kdpipe_step, logits_for, planned_jobs, prepare_digits,
                       schema_errors, snakemake, tables, toy_data, write_audit_study, write_config)
 from fixtures import (WNIDS, build_cifar10, build_imagefolder, build_shakespeare,
                       build_speechcommands, build_svhn, build_tinyimagenet, tone)
-from kdpipe import audit, data, io, jobs
+from kdpipe import audit, config, data, io, jobs, plots
 from kdpipe.data import DataError, audio, family, text
 from kdpipe.io import ResultError
 from kdpipe.metrics import accuracy, cross_entropy, student_metrics
@@ -156,6 +198,54 @@ def test_a_teacher_at_chance_is_flagged_in_the_table_and_its_figure(tmp_path):
     fig = audit.audit_figure("errant", errors, audit.copied_errors(models, tmp_path),
                              logits_for(TEACHER, TEACHER_CONFIDENCE), LABELS)
     assert "chance" not in fig._suptitle.get_text()
+
+
+@pytest.mark.slow
+def test_a_teacher_at_chance_stops_its_students_unless_allowed_and_then_every_figure_says_so(
+        tmp_path, monkeypatch):
+    """Adam at lr 1e4 leaves the teacher at chance. Its students would measure nothing while
+    the run passed and the figures looked like results: the block job stops before training,
+    naming the teacher, its accuracy and the chance level; allow_chance_teacher, as the message
+    says, lets it go on, and then every figure of the setup says so in its title."""
+    setup = {"dataset": "digits", "arch": "mlp",
+             "recipe": {"epochs": 2, "batch_size": 32, "optimizer": "adam", "lr": 1.0e4}}
+    write_config(tmp_path, widths=[1], seeds=[0, 1], setups={"digits-mlp": setup},
+                 plots={"formats": ["png"], "dpi": 40}, stats={"bootstrap": 10})
+    result = snakemake(tmp_path, check=False)
+    assert result.returncode != 0
+    found = re.search(r"kdpipe train-block: error: teacher digits-mlp/teacher: test accuracy "
+                      r"(0\.\d+) is at chance: not significantly above the (0\.\d+) of always "
+                      r"predicting the most frequent class .* set (\S+): true", console(result))
+    assert found, console(result)[-3000:]
+    assert not list((tmp_path / "results/digits-mlp/teacher").glob("*/*/row.json"))
+    assert not (tmp_path / "results/tables/models.parquet").exists()
+
+    edit_config(tmp_path, **{found.group(3): True})
+    snakemake(tmp_path)
+    models = pd.read_parquet(tmp_path / "results/tables/models.parquet")
+    teacher = models[models.role == "teacher"].iloc[0]
+    labels = np.load(tmp_path / "results/data/digits.labels.npy")
+    logits = np.load(tmp_path / "results/digits-mlp/teacher/logits.npy")
+    chance = np.bincount(labels).max() / len(labels)
+    correct = int((logits.argmax(1) == labels).sum())
+    assert teacher.chance_accuracy == pytest.approx(chance)
+    assert f"{teacher.accuracy:.4f}" == found.group(1) and f"{chance:.4f}" == found.group(2)
+    assert binomtest(correct, len(labels), chance, alternative="greater").pvalue >= 0.05
+    assert teacher.at_chance and models.loc[models.role == "student", "at_chance"].isna().all()
+    # every figure drawn from these tables, the audit's too, warns in its title
+    titles = {}
+
+    def keep_title(fig, out_dir, stem, formats, dpi):
+        titles[stem] = fig.get_suptitle()
+        return []
+
+    monkeypatch.setattr(plots, "save_figure", keep_title)
+    tables_dir = tmp_path / "results/tables"
+    plots.make_figures(tables_dir, tmp_path / "figures", workers=1)
+    audit.make_audit(tables_dir, tmp_path / "results", tmp_path / "figures", workers=1)
+    assert sorted(titles) == sorted(p.stem for p in (tmp_path / "results/figures").glob("*.png"))
+    for stem, title in titles.items():
+        assert re.search("at chance", title, re.I), stem
 
 
 # --- 2. a --configfile replaces the default study ----------------------------------------------
@@ -273,9 +363,28 @@ def test_collect_names_a_missing_or_damaged_student_file_and_the_remedy(study, d
     results, rows = study
     folder = student_folder(results)
     damage(folder)
+    manifest = results / "s/teacher/blocks/w1.json"
+    with pytest.raises(ResultError, match=problem) as error:
+        collect_rows(rows, results, {rows[1]: manifest})
+    assert (f"remove the folder {folder} and its block's manifest {manifest}, and run the "
+            "workflow again") in str(error.value)
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda f: (f / "logits.npy").unlink(), r"test logits \S+logits.npy of \S+ are missing"),
+    (truncate, r"test logits \S+logits.npy of \S+ are unreadable"),
+    (lambda f: (f / "row.json").write_text('{"setup": "s", "acc'), r"model row \S+ is damaged"),
+    (edit_row(accuracy=float("nan")), r"metrics that must be numbers: accuracy=nan"),
+])
+def test_collect_names_a_damaged_teacher_file_and_a_remedy_that_keeps_its_students(study, damage,
+                                                                                    problem):
+    """Removing a teacher's folder would remove its students too: its job is forced instead."""
+    results, rows = study
+    damage(results / "s/teacher")
     with pytest.raises(ResultError, match=problem) as error:
         collect_rows(rows, results)
-    assert f"remove the folder {folder} and run the workflow again" in str(error.value)
+    assert (f"retrain the teacher: snakemake --cores all --forcerun {results}/s/teacher/row.json "
+            in str(error.value))
 
 
 def test_collect_names_damaged_labels(study):
@@ -313,28 +422,434 @@ def finished(tmp_path_factory):
     return workdir, scratch
 
 
-@pytest.mark.slow
-def test_a_lost_student_file_stops_collect_with_the_remedy_which_works(finished, tmp_path):
-    original, _ = finished
+# --- 3b. a finished study damaged: the message, its remedy followed literally, the study whole ---
+
+TEACHER_DIR = "results/digits-mlp/teacher"
+BLOCK = f"{TEACHER_DIR}/blocks/w1_s0-1.json"  # the finished study's one block
+BLOCK_LOGS = "results/logs/train_block"
+
+
+def copy_of(finished, tmp_path) -> Path:
+    """A copy of the finished study to damage; the original stays whole for the other tests."""
     workdir = tmp_path / "study"
-    shutil.copytree(original, workdir, symlinks=True)
-    folder = workdir / "results/digits-mlp/teacher/kd/a0.5_T1_w1_s1"
-    (folder / "logits.npy").unlink()
+    shutil.copytree(finished[0], workdir, symlinks=True)
+    return workdir
+
+
+def console(result) -> str:
+    return result.stdout + result.stderr
+
+
+def run_counting_students(workdir: Path, *args) -> int:
+    """Run the workflow, which must succeed; return how many students its block jobs trained,
+    from their logs ("block of N students: K already finished, training M"), 0 where none ran."""
+    shutil.rmtree(workdir / BLOCK_LOGS, ignore_errors=True)
+    snakemake(workdir, *args)
+    trained = 0
+    for log in (workdir / BLOCK_LOGS).glob("*/*/*.log"):
+        found = re.search(r"block of \d+ students: \d+ already finished, training (\d+)",
+                          log.read_text())
+        assert found, f"{log} does not say how many students it trained"
+        trained += int(found.group(1))
+    return trained
+
+
+def assert_whole(workdir: Path, original: Path, rtol=None) -> None:
+    """The study is whole again: every teacher file and block manifest is there and the tables
+    equal the original's (exactly, or to ``rtol`` where a student was retrained alone rather
+    than stacked with its block: float rounding, kdpipe.train)."""
+    for name in ("init.pt", "model.pt", "train_logits.npy", "logits.npy", "row.json"):
+        assert (workdir / TEACHER_DIR / name).is_file(), name
+    assert (workdir / BLOCK).is_file()
+    for name, table in tables(workdir).items():
+        pd.testing.assert_frame_equal(table, tables(original)[name], check_exact=rtol is None,
+                                      rtol=rtol or 1e-5, obj=name)
+
+
+def edit_config(workdir: Path, **changes) -> None:
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    for key, value in changes.items():
+        *path, last = key.split(".")
+        entry = config
+        for part in path:
+            entry = entry.setdefault(part, {})
+        entry[last] = value
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+@pytest.mark.slow
+def test_a_damaged_student_file_stops_collect_with_the_remedy_which_works(finished, tmp_path):
+    original, _ = finished
+    workdir = copy_of(finished, tmp_path)
+    folder = workdir / TEACHER_DIR / "kd/a0.5_T1_w1_s1"
+    truncate(folder)
     result = snakemake(workdir, "--forcerun", "collect", check=False)
-    console = result.stdout + result.stderr
     assert result.returncode != 0
     # the job's log on the console (show-failed-logs): the file, and what to do
     found = re.search(r"kdpipe collect: error: test logits \S+/kd/a0.5_T1_w1_s1/logits.npy of "
-                      r"\S+row.json are missing; remove the folder \S+ and its block's manifest "
-                      r"(\S+), and run", console)
-    assert found, console[-3000:]
-    shutil.rmtree(folder)
-    (workdir / found.group(1)).unlink()
+                      r"\S+row.json are unreadable .*; remove the folder (\S+) and its block's "
+                      r"manifest (\S+), and run", console(result))
+    assert found, console(result)[-3000:]
+    shutil.rmtree(workdir / found.group(1))
+    (workdir / found.group(2)).unlink()
+    assert run_counting_students(workdir) == 1
+    assert_whole(workdir, original, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lost", ["kd/a0.5_T1_w1_s1/logits.npy", "siddo/w1_s0/row.json"])
+def test_a_lost_student_file_stops_every_run_until_its_manifest_is_removed(finished, tmp_path,
+                                                                           lost):
+    """Snakemake does not track a block's students (its manifest is its output): a plain run
+    after one is lost would do nothing. The check at parse time names the file and the manifest
+    to remove, and stops --unlock too, which must not trap the user: removing the manifest, as
+    the message says, lets every command run, and the block retrains that student alone."""
+    original, _ = finished
+    workdir = copy_of(finished, tmp_path)
+    (workdir / TEACHER_DIR / lost).unlink()
+    for args in ((), ("--unlock",)):
+        result = snakemake(workdir, *args, check=False)
+        assert result.returncode != 0, f"snakemake {args} ran: {console(result)[-2000:]}"
+        assert f"{TEACHER_DIR}/{lost} (listed by {BLOCK})" in console(result)
+    remove = re.search(r"^\s*rm (.+)$", console(result), re.M)
+    assert remove, console(result)[-3000:]
+    for path in remove.group(1).split():
+        (workdir / path).unlink()
+    assert run_counting_students(workdir) == 1
+    assert_whole(workdir, original, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_lost_teacher_init_stops_every_run_until_the_teachers_row_is_removed(finished, tmp_path):
+    """A teacher's init.pt is not a Snakemake output (a teacher given by file may have none): the
+    check at parse time names it and the teacher's row to remove, after which the teacher
+    retrains to the same weights and every student is kept."""
+    original, _ = finished
+    workdir = copy_of(finished, tmp_path)
+    (workdir / TEACHER_DIR / "init.pt").unlink()
+    result = snakemake(workdir, "--unlock", check=False)
+    assert result.returncode != 0
+    assert f"{TEACHER_DIR}/init.pt (a teacher's initial weights)" in console(result)
+    remove = re.search(r"^\s*rm (.+)$", console(result), re.M)
+    assert remove and remove.group(1).split() == [f"{TEACHER_DIR}/row.json"], console(result)
+    (workdir / remove.group(1)).unlink()
+    assert run_counting_students(workdir) == 0
+    assert_whole(workdir, original)
+
+
+@pytest.mark.slow
+def test_a_study_copied_without_its_students_logits_still_draws_its_figures(finished, tmp_path):
+    """The figures and the audit read the tables and the teachers' files only: with
+    check_student_logits false the check at every run leaves the students' logits out, so that
+    a study copied without them runs its figures; by default it names them."""
+    workdir = copy_of(finished, tmp_path)
+    for logits in (workdir / TEACHER_DIR).glob("*/*/logits.npy"):
+        logits.unlink()
+    edit_config(workdir, **{"plots.dpi": 41})
+    result = snakemake(workdir, check=False)
+    assert result.returncode != 0 and "6 file(s) of finished jobs are missing" in console(
+        result)
+    edit_config(workdir, check_student_logits=False)
+    assert planned_jobs(workdir) == {"figures": 1, "audit": 1, "all": 1}
     snakemake(workdir)
-    # the student is retrained alone, not stacked with the others of its block: the same result
-    # to float rounding (kdpipe.train)
-    for name, table in tables(workdir).items():
-        pd.testing.assert_frame_equal(table, tables(original)[name], rtol=1e-4, obj=name)
+
+
+@pytest.mark.slow
+def test_a_damaged_teacher_row_is_retrained_and_its_students_kept(finished, tmp_path):
+    """Removing the teacher's folder, the remedy of a student's files, would remove every
+    student too. Forcing the teacher's job retrains it to the same weights, so its block reruns
+    and finds every student finished (their digests hold the teacher's weights)."""
+    original, _ = finished
+    workdir = copy_of(finished, tmp_path)
+    row = workdir / TEACHER_DIR / "row.json"
+    row.write_text(row.read_text()[:40])
+    result = snakemake(workdir, "--forcerun", "collect", check=False)
+    assert result.returncode != 0
+    found = re.search(r"kdpipe collect: error: model row \S+row.json is damaged .*; retrain the "
+                      r"teacher: snakemake --cores all --forcerun (\S+) \(", console(result))
+    assert found, console(result)[-3000:]
+    assert run_counting_students(workdir, "--forcerun", found.group(1)) == 0
+    assert list((workdir / BLOCK_LOGS).glob("*/*/*.log"))  # the block reran, and trained none
+    assert_whole(workdir, original)
+
+
+@pytest.mark.slow
+def test_damaged_prepared_data_is_named_and_its_remedy_brings_the_teacher_back(finished,
+                                                                               tmp_path):
+    """The prepared file changed, so the teacher reruns, stops naming it, and Snakemake deletes
+    the teacher's outputs. Removing the file and running again, as the message says, must
+    rebuild it and the teacher (a target of `all`: a job whose outputs exist does not rerun for
+    a lost input), retraining no student, and a later change of the figures must find every
+    file the audit reads."""
+    original, _ = finished
+    workdir = copy_of(finished, tmp_path)
+    prepared = workdir / "results/data/digits.pt"
+    prepared.write_bytes(prepared.read_bytes()[:prepared.stat().st_size // 2])
+    result = snakemake(workdir, check=False)
+    assert result.returncode != 0
+    found = re.search(r"kdpipe train-teacher: error: (\S+): damaged prepared data file .*; delete "
+                      r"it and run the workflow again", console(result))
+    assert found, console(result)[-3000:]
+    (workdir / found.group(1)).unlink()
+    assert run_counting_students(workdir) == 0
+    assert_whole(workdir, original)
+    edit_config(workdir, **{"plots.dpi": 41})
+    assert planned_jobs(workdir) == {"figures": 1, "audit": 1, "all": 1}
+    snakemake(workdir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("read_by", ["train-teacher", "collect"])
+def test_damaged_test_labels_are_named_with_a_remedy_that_works(finished, tmp_path, read_by):
+    """Test labels cut short. Changed, they rerun the teacher, whose job must name the file
+    (numpy's error names none); with their old time kept (a backup restored, say) a forced
+    collect reads them. Either way, removing them as the message says rebuilds them: collect and
+    the audit declare them as inputs, so that they are rebuilt before either runs."""
+    original, _ = finished
+    workdir = copy_of(finished, tmp_path)
+    labels = workdir / "results/data/digits.labels.npy"
+    before = labels.stat()
+    labels.write_bytes(labels.read_bytes()[:before.st_size // 2])
+    args = ()
+    if read_by == "collect":
+        os.utime(labels, ns=(before.st_atime_ns, before.st_mtime_ns))
+        args = ("--forcerun", "collect")
+    result = snakemake(workdir, *args, check=False)
+    assert result.returncode != 0
+    found = re.search(rf"kdpipe {read_by}: error: test labels (\S+) are missing or damaged .*; "
+                      r"remove them and run the workflow again", console(result))
+    assert found, console(result)[-3000:]
+    (workdir / found.group(1)).unlink()
+    assert run_counting_students(workdir) == 0
+    assert_whole(workdir, original)
+
+
+# --- 3c. a job left running: a second copy is refused, an orphan stops -------------------------
+
+def without_block(workdir: Path) -> None:
+    """Remove the block's manifest and its students, so that the next run trains all six."""
+    (workdir / BLOCK).unlink()
+    for method in ("kd", "rcd", "siddo"):
+        shutil.rmtree(workdir / TEACHER_DIR / method)
+
+
+def wait_until_ended(pid: int, seconds: float) -> bool:
+    """Whether process ``pid`` (not a child of this one) ends, or is a zombie, within
+    ``seconds``."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z"):
+                return True
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_lock_names_its_holder_and_a_file_system_without_flock_only_warns(tmp_path, monkeypatch,
+                                                                           capsys):
+    lock = tmp_path / "blocks/w1.lock"
+    holder = rf"process {os.getpid()} on {re.escape(socket.gethostname())} \(since [^)]+\)"
+    with jobs.exclusive(lock, "the block job w1"):
+        with pytest.raises(jobs.JobError, match=rf"the block job w1 is already running: {holder} "
+                                                rf"holds its lock {re.escape(str(lock))}"):
+            with jobs.exclusive(lock, "the block job w1"):
+                pytest.fail("a second copy ran")
+    with jobs.exclusive(lock, "the block job w1"):  # released when its holder ends
+        pass
+
+    def no_flock(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr("fcntl.flock", no_flock)
+    ran = []
+    with jobs.exclusive(lock, "the block job w1"):
+        ran.append(True)
+    assert ran and "this file system does not support flock" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_second_copy_of_a_running_block_is_refused_naming_the_first(finished, tmp_path):
+    """A straggler still training a block (a requeued cluster job's first run, a copy left by a
+    killed run) holds the block's lock: the workflow's copy of the job stops naming its process
+    and host instead of training the same students beside it, and runs once it has ended."""
+    original, _ = finished
+    workdir = copy_of(finished, tmp_path)
+    without_block(workdir)
+    lock = (workdir / BLOCK).with_suffix(".lock")
+    straggler = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom kdpipe.jobs import exclusive\n"
+         "with exclusive(sys.argv[1], 'a block'):\n    print('holding', flush=True)\n"
+         "    time.sleep(600)\n", str(lock)], stdout=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert straggler.stdout.readline() == "holding\n"
+        result = snakemake(workdir, check=False)
+    finally:
+        straggler.kill()  # as the message says: end it (or wait for it)
+        straggler.wait()
+    assert result.returncode != 0
+    assert re.search(rf"kdpipe train-block: error: the block job \S+w1_s0-1.json is already "
+                     rf"running: process {straggler.pid} on {re.escape(socket.gethostname())} "
+                     rf"\(since [^)]+\) holds its lock", console(result)), console(result)[-3000:]
+    assert not list((workdir / TEACHER_DIR).glob("*/*/row.json"))
+    assert run_counting_students(workdir) == 6
+    assert_whole(workdir, original)
+
+
+@pytest.mark.slow
+def test_a_block_whose_snakemake_is_killed_stops_and_the_rerun_makes_the_study_whole(tmp_path):
+    """kill -9 of snakemake leaves its running block job an orphan: it must stop at the end of
+    its epoch, writing no student and no manifest (and, its log appending, no NUL bytes),
+    rather than train on beside the rerun that --unlock allows. The rerun then ends as an
+    uninterrupted run of the same config does."""
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    write_config(reference, widths=[1], seeds=[0, 1],
+                 setups={"digits-mlp": {"dataset": "digits", "arch": "mlp",
+                                        "recipe": {"epochs": 40, "batch_size": 32}}},
+                 plots={"formats": ["png"], "dpi": 40}, stats={"bootstrap": 10})
+    snakemake(reference)
+    workdir = tmp_path / "study"
+    shutil.copytree(reference, workdir, symlinks=True)
+    without_block(workdir)
+    log = workdir / BLOCK_LOGS / "digits-mlp/teacher/w1_s0-1.log"
+    log.unlink()
+    run = snakemake(workdir, start_new_session=True, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not (log.exists() and "epoch 1/40" in log.read_text()):
+            assert run.poll() is None and time.time() < deadline, "no block was seen training"
+            time.sleep(0.02)
+    finally:
+        os.kill(run.pid, signal.SIGKILL)  # snakemake alone, as kill -9 <its pid> does
+        run.wait()
+    job = int(re.search(r"train-block on \S+, pid (\d+)", log.read_text()).group(1))
+    assert wait_until_ended(job, 30), "the orphaned block job trains on"
+    text = log.read_bytes().decode()
+    assert "\0" not in text
+    assert re.search(r"kdpipe train-block: error: the process that started this job \(pid \d+, "
+                     r"its snakemake\) has ended: stopped after epoch \d+, nothing of this job is "
+                     r"written", text), text[-2000:]
+    assert "epoch 40/40" not in text
+    assert not (workdir / BLOCK).exists()
+    assert not list((workdir / TEACHER_DIR).glob("*/*/row.json"))
+    snakemake(workdir, "--unlock")
+    assert run_counting_students(workdir) == 6
+    assert_whole(workdir, reference)
+
+
+# --- 3d. messages of a finished study's reruns: checkpoints, a spec by hand, figure 4, targets ---
+
+@pytest.mark.slow
+def test_a_damaged_checkpoint_set_aside_goes_when_its_job_finishes(finished, tmp_path):
+    """An unreadable checkpoint is set aside as *.damaged, for inspection while its job runs,
+    and must not stay behind it."""
+    original, _ = finished
+    workdir = copy_of(finished, tmp_path)
+    trained = sorted(json.loads(row.read_text())["train_digest"]
+                     for row in (workdir / TEACHER_DIR).glob("*/*/row.json"))
+    without_block(workdir)
+    # where the block's job, training these six, keeps its checkpoint
+    saved = jobs.checkpoint(workdir / "results/checkpoints", 5, "block", json.dumps(trained))
+    saved.path.parent.mkdir(exist_ok=True)
+    saved.path.write_bytes(b"not a checkpoint")
+    assert run_counting_students(workdir) == 6
+    log = next((workdir / BLOCK_LOGS).glob("*/*/*.log")).read_text()
+    assert f"warning: checkpoint results/checkpoints/{saved.path.name} cannot be read" in log
+    assert list((workdir / "results/checkpoints").iterdir()) == []
+    assert_whole(workdir, original)
+
+
+@pytest.mark.slow
+def test_a_spec_built_from_the_help_runs_and_a_lacking_key_is_named(finished, tmp_path):
+    """A user reading `kdpipe stats --help` finds every key the step reads; a spec without one
+    gets the key named, not a KeyError."""
+    original, _ = finished
+    help_text = subprocess.run([sys.executable, "-m", "kdpipe", "stats", "--help"], env=ENV,
+                               capture_output=True, text=True, check=True).stdout
+    listed = help_text.split("with the keys:")[1].split("--out")[0]
+    keys = re.findall(r"(\w+) \(", " ".join(listed.split()))
+    stats_config = config.load(original / "config.yaml")["stats"]
+    spec = {key: stats_config[key] for key in keys}
+    tables_dir = tmp_path / "tables"
+    shutil.copytree(original / "results/tables", tables_dir)
+    kdpipe_step("stats", "--spec", json.dumps(spec), "--out", tables_dir)
+    pd.testing.assert_frame_equal(pd.read_parquet(tables_dir / "scaling.parquet"),
+                                  pd.read_parquet(original / "results/tables/scaling.parquet"))
+    for key in keys:
+        result = subprocess.run([sys.executable, "-m", "kdpipe", "stats", "--spec",
+                                 json.dumps({k: v for k, v in spec.items() if k != key}),
+                                 "--out", tables_dir], env=ENV, capture_output=True, text=True)
+        assert result.returncode == 1
+        assert f"kdpipe stats: error: --spec lacks {key!r}" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("step", ["prepare-data", "train-teacher", "train-block", "collect",
+                                  "stats", "figures", "audit"])
+def test_every_spec_the_workflow_gives_has_the_keys_its_step_names(step):
+    """The help names each step's keys (kdpipe.cli.SPEC_KEYS); the specs the rules build from a
+    config have every required one, so that the workflow never trips the check."""
+    from kdpipe.cli import SPEC_KEYS, parser
+    from kdpipe.plan import Study
+
+    study = Study(config.load(REPO / "config/config.yaml"))
+    setup, teacher = study.teachers[0]
+    given = {"prepare-data": study.dataset_spec(study.dataset_of(setup)),
+             "train-teacher": json.loads(study.teacher_spec(setup, teacher)),
+             "train-block": json.loads(study.block_spec(setup, teacher,
+                                                         next(iter(study.blocks[setup])))),
+             "collect": {"ece_bins": study.config["stats"]["ece_bins"]},
+             "stats": study.config["stats"], "figures": study.config["plots"],
+             "audit": study.config["plots"]}[step]
+    required, optional = SPEC_KEYS[step]
+    assert set(required) <= set(given)
+    help_text = " ".join(parser()._subparsers._group_actions[0].choices[step].format_help().split())
+    for key in [*required, *optional]:
+        assert f" {key} (" in help_text
+
+
+def test_the_figure_options_a_spec_may_hold_are_those_of_kdpipe_plots():
+    from kdpipe.cli import SPEC_KEYS
+
+    assert set(SPEC_KEYS["figures"][1]) == set(plots.DEFAULT_OPTIONS)
+    assert set(SPEC_KEYS["audit"][1]) == set(plots.DEFAULT_OPTIONS) - {"temperature"}
+
+
+@pytest.mark.slow
+def test_figure_4_of_one_width_says_why_it_has_no_slope_and_its_title_fits(finished):
+    """With widths [1] there is no slope to fit: the legend says so rather than a bare "n/a",
+    and the title, longer than the figure of one alpha is wide, is wrapped inside it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    t = tables(finished[0])
+    fig = plots.fig4_width(t["models"], t["scaling"], "digits-mlp", 1.0, plots.method_colors())
+    FigureCanvasAgg(fig).draw()
+    labels = [text.get_text() for ax in fig.axes for text in ax.get_legend().get_texts()]
+    assert labels and all(label.endswith(": n/a (one width: no slope)") for label in labels)
+    assert "no lines: the slopes need students of two widths or more" in fig.get_suptitle()
+    title = fig._suptitle.get_window_extent(fig.canvas.get_renderer())
+    assert fig.bbox.x0 <= title.x0 and title.x1 <= fig.bbox.x1
+
+
+@pytest.mark.slow
+def test_a_target_after_a_configfile_needs_the_double_dash_the_docs_show(finished, tmp_path):
+    """Snakemake's --configfile takes several files: a target after it is read as one more
+    config file. The form the docs show, `--configfile my.yaml -- <target>`, builds the target."""
+    workdir = copy_of(finished, tmp_path)
+    target = "results/figures/fig4_width_digits-mlp.png"
+    (workdir / target).unlink()
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
+               str(workdir), "--cores", "2", "-n", "--configfile", str(workdir / "config.yaml")]
+    misread = subprocess.run([*command, target], capture_output=True, text=True, env=ENV)
+    assert misread.returncode != 0
+    dry_run = subprocess.run([*command, "--", target], capture_output=True, text=True, env=ENV)
+    assert dry_run.returncode == 0, console(dry_run)[-3000:]
+    assert re.search(r"^figures\s+1\ntotal\s+1$", dry_run.stdout, re.M), dry_run.stdout
+    for page in ("docs/reruns.md", "docs/troubleshooting.md"):
+        assert "--configfile my.yaml -- " in (REPO / page).read_text(), page
 
 
 # --- 4. a damaged checkpoint, damaged prepared data --------------------------------------------
@@ -442,6 +957,54 @@ def test_a_yaml_syntax_error_stops_before_any_job_and_verbose_names_line_and_col
     assert "Config file is not valid JSON or YAML" in console, console[-3000:]
     assert f'in "{config}", line 2, column 11' in console, console[-3000:]  # the brace
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_a_name_too_long_for_a_path_is_refused_before_any_job(tmp_path):
+    """A 260-character setup name passed the config check, prepared the data, then failed with
+    "File name too long": the schema bounds names (kdpipe.config)."""
+    write_config(tmp_path, setups={"s" * 260: TINY["setups"]["digits-mlp"]})
+    result = snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0
+    assert re.search(r"config error at setups: 's{260}' is too long", console(result))
+    assert not (tmp_path / "results").exists()
+
+
+def test_the_longest_path_component_the_plan_builds_fits_in_255_bytes():
+    """Names at the schema's longest (128 characters), numbers of the longest text a float or a
+    seed has, every method and both kinds of block: no folder or file name the workflow builds,
+    the temporary file of an atomic write included, exceeds a file system's 255 bytes."""
+    from kdpipe.plan import Study
+
+    assert "is too long" in schema_errors(setups={"s" * 129: TINY["setups"]["digits-mlp"]})[0]
+    assert "is too long" in schema_errors(datasets={"d" * 129: {"family": "digits"}})[0]
+    assert "is too long" in schema_errors(setups={"s": {**TINY["setups"]["digits-mlp"],
+                                                        "teachers": {"t" * 129: {}}}})[0]
+    assert "is greater than the maximum" in schema_errors(seeds=[2 ** 32])[0]
+    dataset, setup, teacher = "d" * 128, "s" * 128, "t" * 128
+    components = set()
+    for split_runs in (False, True):
+        study = Study(config.validate({
+            "datasets": {dataset: {"family": "digits"}},
+            "setups": {setup: {"dataset": dataset, "arch": "mlp", "teachers": {teacher: {}},
+                               "recipe": {"epochs": 1, "batch_size": 8}}},
+            # the longest text of a float (23 characters) and of a seed (10 digits)
+            "alphas": [2.2250738585072014e-308], "temperatures": [1.7976931348623157e+308, 1],
+            "widths": [2.2250738585072014e-308], "seeds": [4294967295, 4294967294],
+            "block": {"split_runs": split_runs}, "kd_masked": {"enabled": True},
+            "feature_matching": {"enabled": True}}))
+        paths = [*study.data_files(dataset).values(), *study.every_teacher_file(),
+                 *study.manifests(),
+                 *(f"{study.teacher_dir(setup, teacher)}/{s['method']}/{s['run']}/logits.npy"
+                   for s in study.students(setup)),
+                 *(f"figures/{stem}.{ext}" for stem in study.figure_stems() + study.audit_stems()
+                   for ext in ("png", "pdf", "svg"))]
+        paths += [str(Path(p).with_suffix(".lock")) for p in study.manifests()]
+        for path in paths:
+            components.update(Path(path).parts)
+            components.add(f".{Path(path).name}.abcdefgh.tmp")  # kdpipe.io.atomic_path's
+    worst = max(components, key=lambda c: len(c.encode()))
+    assert len(worst.encode()) <= 255, worst
 
 
 @pytest.mark.parametrize("changes", [

@@ -324,7 +324,8 @@ def test_parsing_the_snakefile_imports_nothing_heavy(tmp_path):
     the config check and the study's plan (config also imports yaml and jsonschema, which
     Snakemake has imported already), the method registry, the neutral values of the digests, the
     power arithmetic, and the package's own import of compare (whose heavy imports are inside its
-    functions) with the atomic writes it names. A wrapper Snakefile records the modules that
+    functions) with the atomic writes it names, and the names of the stored files with the check
+    that the finished students' files are there. A wrapper Snakefile records the modules that
     including ours adds."""
     config = yaml.safe_load((REPO / "config/paper.yaml").read_text())
     config.update(kd_masked={"enabled": True}, feature_matching={"enabled": True})
@@ -343,7 +344,7 @@ def test_parsing_the_snakefile_imports_nothing_heavy(tmp_path):
     assert [m for m in added if m.split(".")[0] in HEAVY] == []
     assert [m for m in added if m.startswith("kdpipe")] == [
         "kdpipe", "kdpipe.compare", "kdpipe.config", "kdpipe.digests", "kdpipe.io",
-        "kdpipe.methods", "kdpipe.plan", "kdpipe.power"]
+        "kdpipe.methods", "kdpipe.plan", "kdpipe.power", "kdpipe.store"]
 
 
 @pytest.mark.parametrize("mode", ["samples", "classes"])

@@ -167,7 +167,8 @@ def _read(path: Path, device: str, mmap: bool = False) -> dict:
 
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: prepared data file is missing; run prepare_data again")
+        raise DataError(f"{path}: prepared data file is missing; run the workflow again: its data "
+                        "step prepares it")
     try:
         prepared = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
         return {key: prepared[key] for key in ("x_train", "y_train", "x_test", "y_test",
@@ -176,7 +177,7 @@ def _read(path: Path, device: str, mmap: bool = False) -> dict:
             pickle.UnpicklingError, zipfile.BadZipFile) as error:
         raise DataError(f"{path}: damaged prepared data file ({type(error).__name__}: "
                         f"{str(error).splitlines()[0] if str(error) else ''}); delete it and "
-                        "run prepare_data again") from None
+                        "run the workflow again: its data step prepares it anew") from None
 
 
 def prepared_facts(path: Path) -> Facts:

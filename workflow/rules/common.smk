@@ -11,7 +11,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from kdpipe import config as study_config, power
+from kdpipe import config as study_config, power, store
 from kdpipe.plan import Study
 
 try:
@@ -28,6 +28,16 @@ if (seeds_warning := power.seeds_warning(config)) is not None:
 
 STUDY = Study(config)
 R = STUDY.results
+# Finished students and a teacher's theta0 are not Snakemake outputs: one lost after its job
+# finished would go unnoticed, so every run checks them (stats only), here since onstart is not
+# called when nothing is to be done; cluster jobs re-parse the Snakefile and skip it.
+if workflow.is_main_process and (
+    lost := store.lost_message(
+        store.lost_student_files(STUDY.manifests(), R, config["check_student_logits"]),
+        store.lost_teacher_inits(STUDY.teacher_inits()),
+    )
+):
+    raise WorkflowError(lost)
 # importing torch._dynamo (every optimizer does) creates a compile cache folder, by default in
 # /tmp: keep it with Snakemake's own state so that a run leaves nothing behind in /tmp
 os.environ.setdefault(
@@ -41,10 +51,6 @@ wildcard_constraints:
     dataset="[^/]+",
     teacher="[A-Za-z][A-Za-z0-9_.]*",
     block="[A-Za-z0-9_.+-]+",
-
-
-# a teacher's files are in results/<setup>/<teacher>/, its students below
-TEACHER = STUDY.teacher_dir("{setup}", "{teacher}")
 
 
 def setup_data(wildcards):

@@ -38,7 +38,10 @@ AUDIT_FIGURES = [
 
 rule audit:
     input:
-        f"{R}/tables/models.parquet",
+        models=f"{R}/tables/models.parquet",
+        # read through the table's paths: declared, so that a lost one is rebuilt first
+        teacher_logits=STUDY.every_teacher_file("logits"),
+        labels=STUDY.labels_files(),
     output:
         AUDIT_TABLES,
         AUDIT_FIGURES,
@@ -52,8 +55,8 @@ rule audit:
     params:
         spec=json.dumps(config["plots"], sort_keys=True),
         code=package_hash("audit"),
-        tables=lambda w, input: Path(input[0]).parent,
-        results=lambda w, input: Path(input[0]).parent.parent,
+        tables=lambda w, input: Path(input.models).parent,
+        results=lambda w, input: Path(input.models).parent.parent,
         figures=lambda w, output: Path(output[-1]).parent,
     shell:
         "python -m kdpipe audit --spec {params.spec:q} --tables {params.tables:q}"

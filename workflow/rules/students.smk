@@ -10,7 +10,8 @@
 rule train_block:
     input:
         unpack(setup_data),
-        teacher=f"{TEACHER}/row.json",
+        # every file of the teacher the job reads: a lost one is rebuilt before the job runs
+        **STUDY.teacher_files("{setup}", "{teacher}"),
         shared_siddo=lambda w: STUDY.shared_siddo(w.setup, w.teacher, w.block) or [],
     output:
         manifest=STUDY.manifest("{setup}", "{teacher}", "{block}"),
@@ -28,7 +29,8 @@ rule train_block:
         spec=lambda w: STUDY.block_spec(w.setup, w.teacher, w.block),
         siddo=siddo_args,
         args=cpu_args(),
+    # exec: the job is snakemake's own child, and stops when snakemake has ended (kdpipe.jobs)
     shell:
-        "python -m kdpipe train-block --spec {params.spec:q} --data {input.data:q}"
-        " --labels {input.labels:q} --teacher $(dirname {input.teacher:q})"
+        "exec python -m kdpipe train-block --spec {params.spec:q} --data {input.data:q}"
+        " --labels {input.labels:q} --teacher $(dirname {input.row:q})"
         " --manifest {output.manifest:q} {params.siddo} {params.args} 2> {log:q}"

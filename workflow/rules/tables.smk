@@ -8,6 +8,9 @@ rule collect:
     input:
         teachers=STUDY.teacher_rows(),
         blocks=STUDY.manifests(),
+        # read through the rows: declared, so that a lost one is rebuilt before collect runs
+        teacher_logits=STUDY.every_teacher_file("logits"),
+        labels=STUDY.labels_files(),
     output:
         models=f"{R}/tables/models.parquet",
         csv=f"{R}/tables/models.csv",

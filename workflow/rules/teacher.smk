@@ -5,10 +5,7 @@ rule train_teacher:
     input:
         unpack(setup_data),
     output:
-        weights=f"{TEACHER}/model.pt",
-        train_logits=f"{TEACHER}/train_logits.npy",
-        logits=f"{TEACHER}/logits.npy",
-        row=f"{TEACHER}/row.json",
+        **STUDY.teacher_files("{setup}", "{teacher}"),
     log:
         f"{R}/logs/train_teacher/{{setup}}/{{teacher}}.log",
     conda:
@@ -19,6 +16,7 @@ rule train_teacher:
     params:
         spec=lambda w: STUDY.teacher_spec(w.setup, w.teacher),
         args=cpu_args(),
+    # exec: the job is snakemake's own child, and stops when snakemake has ended (kdpipe.jobs)
     shell:
-        "python -m kdpipe train-teacher --spec {params.spec:q} --data {input.data:q}"
+        "exec python -m kdpipe train-teacher --spec {params.spec:q} --data {input.data:q}"
         " --labels {input.labels:q} --out $(dirname {output.row:q}) {params.args} 2> {log:q}"
