@@ -702,7 +702,8 @@ def test_a_block_whose_snakemake_is_killed_stops_and_the_rerun_makes_the_study_w
     """kill -9 of snakemake leaves its running block job an orphan: it must stop at the end of
     its epoch, writing no student and no manifest (and, its log appending, no NUL bytes),
     rather than train on beside the rerun that --unlock allows. The rerun then ends as an
-    uninterrupted run of the same config does."""
+    uninterrupted run of the same config does. (The block is retrained as after editing the
+    training code: its store removed, train_block forced.)"""
     reference = tmp_path / "reference"
     reference.mkdir()
     write_config(reference, widths=[1], seeds=[0, 1],
@@ -715,15 +716,16 @@ def test_a_block_whose_snakemake_is_killed_stops_and_the_rerun_makes_the_study_w
     without_block(workdir)
     log = workdir / BLOCK_LOGS / "digits-mlp/teacher/w1_s0-1.log"
     log.unlink()
-    run = snakemake(workdir, start_new_session=True, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL)
+    run = snakemake(workdir, "--forcerun", "train_block", start_new_session=True,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
         while not (log.exists() and "epoch 1/40" in log.read_text()):
             assert run.poll() is None and time.time() < deadline, "no block was seen training"
             time.sleep(0.02)
     finally:
-        os.kill(run.pid, signal.SIGKILL)  # snakemake alone, as kill -9 <its pid> does
+        if run.poll() is None:
+            os.kill(run.pid, signal.SIGKILL)  # snakemake alone, as kill -9 <its pid> does
         run.wait()
     job = int(re.search(r"train-block on \S+, pid (\d+)", log.read_text()).group(1))
     assert wait_until_ended(job, 30), "the orphaned block job trains on"
