@@ -29,6 +29,8 @@ failures and the tests that cover them:
      test_a_lost_student_file_stops_every_run_until_its_manifest_is_removed
      (unless the study was copied without its students' logits on purpose:
      test_a_study_copied_without_its_students_logits_still_draws_its_figures);
+   - a lost teacher init.pt, which Snakemake does not track either:
+     test_a_lost_teacher_init_stops_every_run_until_the_teachers_row_is_removed;
    - a damaged teacher row is retrained, its students kept:
      test_a_damaged_teacher_row_is_retrained_and_its_students_kept;
    - damaged prepared data, whose failed rerun deletes the teacher's files, which the next run
