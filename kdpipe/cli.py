@@ -42,6 +42,7 @@ SPEC_KEYS = {
                     {"data": "as for train-teacher",
                      "teacher_arch": "the teacher's architecture where it differs",
                      "teacher_theta0": "false where the teacher has no initial weights",
+                     "keep_weights": "true: save each trained student's weights",
                      "allow_chance_teacher": "true: train the students of a teacher at chance "
                                              "(default false: the job stops)"}),
     "collect": ({"ece_bins": "confidence bins of the calibration error"}, {}),
@@ -51,6 +52,7 @@ SPEC_KEYS = {
                "scaling_widths": "all or fresh-init"}, {}),
     "figures": ({}, {"formats": "file formats", "dpi": "raster resolution",
                      "width": "student width shown", "temperature": "KD temperature shown",
+                     "training_curves": "true: draw figure 9, the training curves",
                      "style": "seaborn style", "context": "seaborn context",
                      "palette": "seaborn palette"}),
     "audit": ({}, {"formats": "file formats", "dpi": "raster resolution",

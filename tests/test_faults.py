@@ -819,7 +819,8 @@ def test_the_figure_options_a_spec_may_hold_are_those_of_kdpipe_plots():
     from kdpipe.cli import SPEC_KEYS
 
     assert set(SPEC_KEYS["figures"][1]) == set(plots.DEFAULT_OPTIONS)
-    assert set(SPEC_KEYS["audit"][1]) == set(plots.DEFAULT_OPTIONS) - {"temperature"}
+    assert set(SPEC_KEYS["audit"][1]) == set(plots.DEFAULT_OPTIONS) - {"temperature",
+                                                                       "training_curves"}
 
 
 @pytest.mark.slow
