@@ -216,8 +216,11 @@ def _copied_counts(students, teacher_logits, labels, results) -> np.ndarray:
 # ---- the figure --------------------------------------------------------------------------------
 
 def make_audit(tables_dir, results, figures_dir, options: dict | None = None,
-               classes: dict | None = None, workers: int | None = None) -> list[Path]:
-    """Write the two audit tables beside models.parquet in ``tables_dir`` and one figure per setup.
+               classes: dict | None = None, workers: int | None = None,
+               user_methods: dict | None = None) -> list[Path]:
+    """Write the two audit tables beside models.parquet in ``tables_dir`` and one figure per setup
+    and lead method (kdpipe.plan.audits: kd, and each other lead the study trained, against its
+    control).
 
     ``results`` is the folder the models table's paths are relative to. options, all optional
     (the figures options of kdpipe.plots, with its defaults; the others are not used here):
@@ -227,12 +230,14 @@ def make_audit(tables_dir, results, figures_dir, options: dict | None = None,
       style, context, palette   seaborn axes style, plotting context and method palette
     classes: setup -> class names, for the figures. workers: processes that render the figures
     (default: the CPUs this process may use, at most one per setup; 1 renders here). Every file
-    is written atomically. Returns the paths written: teacher_errors and copied_errors
-    (.parquet, .csv), then the figures.
+    is written atomically. user_methods: the config's own methods (its ``methods`` section).
+    Returns the paths written: teacher_errors and copied_errors (.parquet, .csv), then the
+    figures.
     """
     import pandas as pd
 
-    from kdpipe.plan import audit_stems
+    from kdpipe.methods import Registry
+    from kdpipe.plan import audits
     from kdpipe.plots import DEFAULT_OPTIONS, render
     from kdpipe.tables import of_teachers, primary_teachers, write_table
 
@@ -248,11 +253,14 @@ def make_audit(tables_dir, results, figures_dir, options: dict | None = None,
     teachers = _teachers(models).set_index("teacher_id", drop=False)
     setups = sorted(teachers["setup"].unique())
     primary = primary_teachers(models)  # one figure per setup: its primary teacher's
+    registry = Registry(user_methods)
+    trained = set(models.loc[models["role"] == "student", "method"])
     jobs = [(setup, stem, of_teachers(errors, [primary[setup]]), of_teachers(copied, [primary[setup]]),
              Path(results) / teachers.loc[primary[setup], "logits_path"],
              Path(results) / teachers.loc[primary[setup], "labels_path"], classes, options, figures_dir,
-             fresh_widths(models, primary[setup]))
-            for setup, stem in zip(setups, audit_stems(setups))]
+             fresh_widths(models, primary[setup]), (lead, registry.method(lead).control),
+             registry.order)
+            for stem, setup, lead in audits(setups, trained, registry)]
     return paths + render(_write_audit_figure, jobs, workers, "audit figures")
 
 
@@ -268,17 +276,19 @@ def fresh_widths(models, teacher_id: str) -> set:
 
 
 def _write_audit_figure(setup, stem, errors, copied, logits_path, labels_path, classes, options,
-                        figures_dir, fresh=frozenset()) -> list[Path]:
-    """Draw one setup's audit figure and write it in every format; the paths written."""
+                        figures_dir, fresh, methods, order) -> list[Path]:
+    """Draw one setup's audit figure of ``methods`` (a lead and its control; ``order``: every
+    method, for the colours) and write it in every format; the paths written."""
     import seaborn as sns
 
     from kdpipe.plots import method_colors, save_figure
 
     logits, labels = _read_teacher(logits_path, labels_path)
-    colors = method_colors(options["palette"])
+    colors = method_colors(options["palette"], order)
     with sns.axes_style(options["style"]), sns.plotting_context(options["context"]):
         fig = audit_figure(setup, errors, copied, logits, labels, classes=classes,
-                           width=options["width"], colors=colors, fresh_widths=fresh)
+                           width=options["width"], colors=colors, fresh_widths=fresh,
+                           methods=methods)
     return save_figure(fig, figures_dir, stem, options["formats"], options["dpi"])
 
 

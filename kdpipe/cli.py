@@ -28,6 +28,7 @@ from kdpipe.jobs import JobError
 TRAINING_KEYS = {
     "setup": "the setup's name", "dataset": "the dataset's name", "arch": "the architecture",
     "teacher_id": "<setup>/<teacher>", "recipe": "the training recipe (the config schema's)"}
+USER_METHODS = "the config's own methods (its methods section), where it has any"
 SPEC_KEYS = {
     "prepare-data": ({"family": "the dataset family", "options": "the family's options"}, {}),
     "train-teacher": (TRAINING_KEYS,
@@ -44,20 +45,22 @@ SPEC_KEYS = {
                      "teacher_theta0": "false where the teacher has no initial weights",
                      "keep_weights": "true: save each trained student's weights",
                      "allow_chance_teacher": "true: train the students of a teacher at chance "
-                                             "(default false: the job stops)"}),
+                                             "(default false: the job stops)",
+                     "methods": USER_METHODS}),
     "collect": ({"ece_bins": "confidence bins of the calibration error"}, {}),
     "stats": ({"metrics": "the metrics tested, a list", "level": "significance level",
                "correction": "none, holm or bh",
                "bootstrap": "bootstrap draws of the scaling intervals",
-               "scaling_widths": "all or fresh-init"}, {}),
+               "scaling_widths": "all or fresh-init"}, {"methods": USER_METHODS}),
     "figures": ({}, {"formats": "file formats", "dpi": "raster resolution",
                      "width": "student width shown", "temperature": "KD temperature shown",
                      "training_curves": "true: draw figure 9, the training curves",
                      "style": "seaborn style", "context": "seaborn context",
-                     "palette": "seaborn palette"}),
+                     "palette": "seaborn palette", "methods": USER_METHODS}),
     "audit": ({}, {"formats": "file formats", "dpi": "raster resolution",
                    "width": "student width shown", "style": "seaborn style",
-                   "context": "seaborn context", "palette": "seaborn palette"}),
+                   "context": "seaborn context", "palette": "seaborn palette",
+                   "methods": USER_METHODS}),
 }
 
 
@@ -145,27 +148,33 @@ def statistics(args) -> int:
     import pandas as pd
 
     from kdpipe import stats
+    from kdpipe.methods import Registry
     from kdpipe.tables import write_table
 
     out = Path(args.out)
     models = pd.read_parquet(out / "models.parquet")
     spec = args.spec
+    registry = Registry(spec.get("methods"))
     tests = stats.compare_methods(models, metrics=tuple(spec["metrics"]), level=spec["level"],
-                                  correction=spec["correction"])
+                                  correction=spec["correction"],
+                                  comparisons=registry.comparisons_of)
     for line in stats.untestable_summary(tests):
         print(line, file=sys.stderr)
     write_table(tests, out / "stats.parquet")
-    write_table(stats.claims(tests), out / "claims.parquet")
-    write_table(stats.asymmetry(models), out / "asymmetry.parquet")
-    write_table(stats.scaling(models, bootstrap=spec["bootstrap"], widths=spec["scaling_widths"]),
-                out / "scaling.parquet")
+    write_table(stats.claims_table(tests, registry.claims), out / "claims.parquet")
+    write_table(stats.asymmetry(models, methods=registry.distilled), out / "asymmetry.parquet")
+    write_table(stats.scaling(models, bootstrap=spec["bootstrap"], widths=spec["scaling_widths"],
+                              methods=registry.distilled), out / "scaling.parquet")
     return 0
 
 
 def figures(args) -> int:
     from kdpipe import plots
 
-    written = plots.make_figures(Path(args.tables), Path(args.out), args.spec)
+    options = dict(args.spec)
+    user_methods = options.pop("methods", None)
+    written = plots.make_figures(Path(args.tables), Path(args.out), options,
+                                 user_methods=user_methods)
     print(f"wrote {len(written)} figure files to {args.out}", file=sys.stderr)
     return 0
 
@@ -173,7 +182,10 @@ def figures(args) -> int:
 def audit(args) -> int:
     from kdpipe.audit import make_audit
 
-    written = make_audit(Path(args.tables), Path(args.results), Path(args.out), args.spec)
+    options = dict(args.spec)
+    user_methods = options.pop("methods", None)
+    written = make_audit(Path(args.tables), Path(args.results), Path(args.out), options,
+                         user_methods=user_methods)
     print(f"wrote {len(written)} audit files", file=sys.stderr)
     return 0
 

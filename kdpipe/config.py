@@ -30,7 +30,13 @@ class ConfigError(ValueError):
 
 @functools.cache
 def schema(path: Path = SCHEMA_PATH) -> dict:
-    return yaml.safe_load(Path(path).read_text())
+    """The config schema: the file's, with the config sections of the built-in methods, which
+    the method registry defines with the methods (kdpipe.methods.SECTIONS)."""
+    from kdpipe.methods import SECTIONS
+
+    loaded = yaml.safe_load(Path(path).read_text())
+    loaded["properties"].update(copy.deepcopy(SECTIONS))
+    return loaded
 
 
 # The defaults are filled by this validator rather than by snakemake.utils.validate, which sets
@@ -68,9 +74,17 @@ def validate(config: dict, path: Path = SCHEMA_PATH) -> dict:
     """A copy of ``config`` with the schema's defaults filled in; raises ConfigError, naming the
     key, on the first problem: the schema's, or a rule across keys (a setup's dataset must be
     defined, each teacher's merged recipe must be a recipe, a teacher given by file has neither
-    seed nor recipe and its files exist, kd_masked classes mode needs a weight)."""
+    seed nor recipe and its files exist, kd_masked classes mode needs a weight, a user's method
+    must not take a built-in method's name and its loss file must define its function:
+    kdpipe.methods.Registry.check)."""
+    from kdpipe.methods import MethodError, Registry
+
     config = copy.deepcopy(config)
     _check(config, schema(path), path=path)
+    try:
+        Registry(config["methods"]).check()
+    except MethodError as error:
+        raise ConfigError(error.key, error.problem) from None
     masked = config["kd_masked"]
     if masked["enabled"] and masked["mode"] == "classes" and masked["incorrect_weight"] == 0:
         raise ConfigError("kd_masked.incorrect_weight",

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from kdpipe.digests import NEUTRAL, digest, recipe_with_neutral, without_neutral
-from kdpipe.methods import method
+from kdpipe.methods import MethodError, Registry
 from kdpipe.store import (HISTORY, ROW, STUDENT_WEIGHTS, TEACHER_INIT, TEACHER_WEIGHTS,
                           TEST_LOGITS, TIMING, TRAIN_LOGITS, write_manifest)
 
@@ -228,6 +228,11 @@ def starts_from_theta0(spec: dict) -> bool:
             and spec.get("teacher_theta0", True))
 
 
+def registry(spec: dict) -> Registry:
+    """The methods a job's spec can name: the built-in ones and the user's it carries."""
+    return Registry(spec.get("methods"))
+
+
 def training_settings(spec: dict, student: dict, data_fp: str, teacher: Teacher,
                       kind: str) -> dict:
     """Everything a student's trained weights depend on, ``kind`` being the kind of device
@@ -236,8 +241,10 @@ def training_settings(spec: dict, student: dict, data_fp: str, teacher: Teacher,
     width 1: teachers sharing a seed share their siddo students. A student of another kind of
     device is another student: kept apart, a block moved to a GPU never pairs new kd students
     with rcd or siddo students drawn from a CPU's streams (their shared initial weights are what
-    those controls control for)."""
-    m = method(student["method"])
+    those controls control for). A student's options (noise, masking, stage, a method's
+    settings, a user's loss and the digest of its file's source) are all its keys but method,
+    seed, run, alpha and temperature."""
+    m = registry(spec).method(student["method"])
     settings = {"method": m.name, "seed": student["seed"], "width": float(spec["width"]),
                 "arch": spec["arch"], "recipe": spec["recipe"], "data": data_fp,
                 "options": {k: v for k, v in student.items()
@@ -247,7 +254,7 @@ def training_settings(spec: dict, student: dict, data_fp: str, teacher: Teacher,
         settings["alpha"] = float(student["alpha"])
     if m.uses_temperature:
         settings["temperature"] = float(student["temperature"])
-    if m.uses_teacher or m.masked or m.target.endswith("stage"):
+    if m.depends_on_teacher:
         settings["teacher"] = teacher.fingerprint
     elif starts_from_theta0(spec):
         settings["init"] = teacher.init_fingerprint
@@ -540,12 +547,13 @@ def train_block(spec: dict, data: Path, labels: Path, teacher_dir: Path, manifes
         return finished(row_folder / ROW, expected, key) and readable_logits(
             logits_folder / TEST_LOGITS, *teacher_logits.shape)
 
+    study_methods = registry(spec)
     plan = []  # (student, its folder, training digest, row digest, folder of its logits)
     for student in spec["students"]:
         trained = digest(training_settings(spec, student, data_fp, teacher, kind))
         folder = student_folder(teacher.folder, student)
         source = folder
-        if siddo_from is not None and student["method"] == "siddo":
+        if siddo_from is not None and study_methods.method(student["method"]).teacher_free:
             source = student_folder(siddo_from, student)
             if not stored(source, source, trained, key="train_digest"):
                 raise JobError(f"{source} holds no finished siddo student with these settings; "
@@ -615,7 +623,7 @@ def write_student(spec, student, model, dataset, folder: Path, source: Path, tra
     else:
         train_loss = json.loads((source / ROW).read_text())["train_loss"]
         logits = np.load(source / TEST_LOGITS)
-    m = method(student["method"])
+    m = registry(spec).method(student["method"])
     row = base_row(spec, "student", results, source / TEST_LOGITS, labels)
     row.update(method=m.name, alpha=float(student["alpha"]) if m.uses_alpha else 0.0,
                temperature=float(student["temperature"]) if m.uses_temperature else None,
@@ -648,10 +656,15 @@ def initial_model(spec: dict, seed: int, dataset, teacher_dir: Path, device: str
 
 
 def build_learners(spec: dict, students: list, dataset, teacher_dir: Path, device: str) -> list:
-    """One Learner per student, in order; the teacher's pieces are loaded once per block."""
-    from kdpipe.train import (DownweightedClasses, FeatureMatch, Learner, RandomLogits,
-                              TeacherFeatures, generator, seed_for, staged_forward)
+    """One Learner per student, in order, built from its method's entry (kdpipe.methods): its
+    target kind, masking, settings and loss; the teacher's pieces are loaded once per block. A
+    user's loss is imported and called on one batch first (``check_user_loss``)."""
+    import functools
 
+    from kdpipe.train import (ConstantLogits, DownweightedClasses, FeatureMatch, Learner,
+                              RandomLogits, TeacherFeatures, generator, seed_for, staged_forward)
+
+    study_methods = registry(spec)
     cache = {}
 
     def once(key, make):
@@ -660,18 +673,21 @@ def build_learners(spec: dict, students: list, dataset, teacher_dir: Path, devic
         return cache[key]
 
     teacher = lambda: once("teacher", lambda: load_teacher(spec, dataset, teacher_dir, device))
+    logits_shape = (*dataset.y_train.shape[1:], dataset.num_classes)
     learners = []
     for student in students:
-        m, seed, width = method(student["method"]), int(student["seed"]), float(spec["width"])
+        m = study_methods.method(student["method"])
+        seed, width = int(student["seed"]), float(spec["width"])
         initial = once(("init", seed), lambda: initial_model(spec, seed, dataset, teacher_dir,
                                                               device))
         target = weights = feature_match = None
         if m.target == "teacher":
             target = once("target", lambda: teacher_target(spec, dataset, teacher_dir, device))
         elif m.target == "noise":
-            shape = (*dataset.y_train.shape[1:], dataset.num_classes)
-            target = RandomLogits(len(dataset.y_train), shape, seed_for("noise", seed),
+            target = RandomLogits(len(dataset.y_train), logits_shape, seed_for("noise", seed),
                                   device=device, **student.get("noise", {}))
+        elif m.target == "uniform":
+            target = once("uniform", lambda: ConstantLogits(logits_shape, device))
         if m.masked:
             if student.get("mode", "samples") == "samples":
                 weights = once(("weights", student["incorrect_weight"]), lambda: masked_weights(
@@ -680,7 +696,7 @@ def build_learners(spec: dict, students: list, dataset, teacher_dir: Path, devic
                 target = DownweightedClasses(target, dataset.y_train, student["incorrect_weight"],
                                              float(student.get("temperature", 1.0)),
                                              dataset.num_classes)
-        if m.loss == "stage-mse":
+        if m.uses_stage:
             stage = matched_stage(spec, student.get("stage"), initial, teacher())
             adapter = stage_adapter(initial, teacher(), stage, dataset.x_train[:2],
                                     generator(seed_for("adapter", width, seed), device))
@@ -691,12 +707,77 @@ def build_learners(spec: dict, students: list, dataset, teacher_dir: Path, devic
                 shape = staged_forward(teacher(), stage, dataset.x_train[:1], stop=True).shape[1:]
                 target = RandomLogits(len(dataset.y_train), shape, seed_for("noise", seed),
                                       device=device, **student.get("noise", {}))
+        loss = m.loss
+        if m.user_loss:
+            loss = once(("loss", m.name), lambda: check_user_loss(
+                m, student, spec, initial, dataset,
+                once("target", lambda: teacher_target(spec, dataset, teacher_dir, device))))
+        if m.loss_settings:
+            loss = functools.partial(loss, **{key: student[key] for key in m.loss_settings})
         learners.append(Learner(f"{m.name} {student['run']}", copy.deepcopy(initial), target,
                                 alpha=float(student.get("alpha", 0.0)) if m.uses_alpha else 0.0,
                                 temperature=float(student.get("temperature", 1.0)),
                                 sample_weights=weights, feature_match=feature_match,
-                                order_seed=seed_for("order", "student", seed)))
+                                order_seed=seed_for("order", "student", seed), loss=loss,
+                                fuse=m.fuse))
     return learners
+
+
+def check_user_loss(m, student: dict, spec: dict, model, dataset, teacher_target):
+    """A user's loss function, imported from its file and called once before training: on one
+    batch of training data with the student's initial model (in eval mode, without gradients)
+    and the teacher's target, alone and, where it may fuse, under ``torch.func.vmap`` over two
+    copies. Raises JobError naming the config key and the file where the file cannot be
+    imported, has changed since the workflow read it, lacks the function, or the loss is not a
+    finite scalar (or does not work under vmap)."""
+    import torch
+    from torch.func import vmap
+
+    from kdpipe.methods import load_loss, loss_parts, loss_source
+
+    key = f"{m.config_key}.loss"
+    path = loss_parts(m.loss)[0]
+    try:
+        loss = load_loss(key, m.loss)
+        if loss_source(m.loss) != student["loss_source"]:
+            raise MethodError(key, f"loss file {str(path)!r} has changed since the workflow read "
+                                   "it; run the workflow again")
+    except MethodError as error:
+        raise JobError(f"config {error}") from None
+    index = torch.arange(min(len(dataset.y_train), spec["recipe"]["batch_size"]),
+                         device=dataset.y_train.device)
+    alpha = float(student.get("alpha", 0.0)) if m.uses_alpha else 0.0
+    temperature = float(student.get("temperature", 1.0))
+    was_training = model.training
+    with torch.no_grad():
+        model.eval()
+        output = model(dataset.x_train[index])
+        model.train(was_training)
+        y, target = dataset.y_train[index], teacher_target(index, dataset.x_train[index], 0, 0)
+        calls = [("called on one batch", lambda: loss(output, y, target, alpha, temperature,
+                                                     None), ())]
+        if m.fuse:
+            pair = [torch.stack([t, t]) for t in (output, y, target)]
+            calls.append(("under torch.func.vmap", lambda: vmap(
+                loss, in_dims=(0, 0, 0, 0, 0, None))(*pair, torch.tensor([alpha] * 2),
+                                                      torch.tensor([temperature] * 2), None),
+                (2,)))
+        for how, call, shape in calls:
+            try:
+                value = call()
+            except Exception as error:  # whatever the user's function raises
+                hint = (f"; make it work under vmap or set {m.config_key}.fuse: false"
+                        if shape else "")
+                raise JobError(f"config {key}: the loss {m.loss!r} fails when {how}: "
+                               f"{type(error).__name__}: {error}{hint}") from error
+            if not torch.is_tensor(value) or tuple(value.shape) != shape:
+                got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+                raise JobError(f"config {key}: the loss {m.loss!r} returned {got} when {how}, "
+                               "not a scalar tensor (docs/methods.md)")
+            if not torch.isfinite(value).all():
+                raise JobError(f"config {key}: the loss {m.loss!r} returned {value.tolist()} "
+                               f"when {how}, not a finite value")
+    return loss
 
 
 def masked_weights(dataset, teacher_dir: Path, incorrect_weight: float, device: str):

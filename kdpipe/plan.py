@@ -32,40 +32,67 @@ def number(x) -> str:
     return repr(float(x)).removesuffix(".0")
 
 
-def run_name(method: str, alpha, temperature, width, seed) -> str:
+def run_name(method: str, alpha, temperature, width, seed,
+             registry: methods.Registry = methods.BUILT_IN) -> str:
     """A student's folder below its method's: what it depends on among alpha, T, width and seed
     (each as ``number`` writes it)."""
-    m = methods.method(method)
+    m = registry.method(method)
     return "".join([f"a{alpha}_" if m.uses_alpha else "",
                     f"T{temperature}_" if m.uses_temperature else "",
                     f"w{width}_s{seed}"])
 
 
-def figures(setups: list[str], temperatures: list[float], trained: list[str] = methods.ALWAYS,
-            training_curves: bool = False) -> list[tuple[str, str, str | None]]:
-    """(file name without extension, figure, setup or None) of every figure kdpipe.plots draws
-    for these setups, temperatures and trained methods: figures 1-4 per setup, figure 5 across
-    setups, figure 6 per setup where several temperatures were trained, the figure of each
-    trained method that has one (kdpipe.methods), per setup, and with ``training_curves``
-    (plots.training_curves) figure 9 per setup."""
+def figures(setups: list[str], temperatures: list[float], trained=methods.ALWAYS,
+            training_curves: bool = False,
+            registry: methods.Registry = methods.BUILT_IN) -> list[tuple]:
+    """(file name without extension, figure, setup or None, method) of every figure kdpipe.plots
+    draws for these setups, temperatures and trained methods: figures 1-4 per setup for each
+    trained lead method of the registry (those with STANDARD_FIGURES, drawn against their
+    controls), figure 5 across setups, figure 6 per setup where several temperatures were
+    trained, the figure of each trained method that has one of its own, per setup, and with
+    ``training_curves`` (plots.training_curves) figure 9 per setup. The method is the one the
+    figure is drawn for: the lead, or the method of its own figure.
+
+    kd's figures are named <figure>_<setup>; another lead's <figure>-<method>_<setup> (a method's
+    name has no underscore, so no two names meet)."""
     per_setup = ["fig1_functional", "fig2_payoff", "fig3_accuracy", "fig4_width"]
-    found = [(f"{figure}_{setup}", figure, setup) for setup in setups for figure in per_setup]
-    found.append(("fig5_teacher_loss", "fig5_teacher_loss", None))
-    later = ["fig6_temperature"] if len(set(temperatures)) > 1 else []
-    later += [m.figure for m in methods.REGISTRY if m.figure and m.name in trained]
-    later += ["fig9_training"] if training_curves else []
-    return found + [(f"{figure}_{setup}", figure, setup) for figure in later for setup in setups]
+    leads = [name for name in registry.leads if name in trained]
+    found = [(lead_stem(figure, setup, lead), figure, setup, lead)
+             for lead in leads for setup in setups for figure in per_setup]
+    found.append(("fig5_teacher_loss", "fig5_teacher_loss", None, methods.LEAD))
+    later = [("fig6_temperature", methods.LEAD)] if len(set(temperatures)) > 1 else []
+    later += [(m.figure, m.name) for m in registry.methods
+              if m.figure not in (None, methods.STANDARD_FIGURES) and m.name in trained]
+    later += [("fig9_training", methods.LEAD)] if training_curves else []
+    return found + [(f"{figure}_{setup}", figure, setup, name) for figure, name in later
+                    for setup in setups]
 
 
-def figure_stems(setups: list[str], temperatures: list[float],
-                 trained: list[str] = methods.ALWAYS, training_curves: bool = False) -> list[str]:
+def lead_stem(figure: str, setup: str, lead: str) -> str:
+    """The file name (without extension) of a figure drawn for a lead method."""
+    return f"{figure}_{setup}" if lead == methods.LEAD else f"{figure}-{lead}_{setup}"
+
+
+def figure_stems(setups: list[str], temperatures: list[float], trained=methods.ALWAYS,
+                 training_curves: bool = False,
+                 registry: methods.Registry = methods.BUILT_IN) -> list[str]:
     """The file names without extension of ``figures``."""
-    return [stem for stem, _, _ in figures(setups, temperatures, trained, training_curves)]
+    return [found[0] for found in figures(setups, temperatures, trained, training_curves,
+                                          registry)]
 
 
-def audit_stems(setups: list[str]) -> list[str]:
-    """The file names without extension of the audit's figures (kdpipe.audit), one per setup."""
-    return [f"audit_{setup}" for setup in setups]
+def audits(setups: list[str], trained=methods.ALWAYS,
+           registry: methods.Registry = methods.BUILT_IN) -> list[tuple[str, str, str]]:
+    """(file name without extension, setup, lead method) of the audit's figures (kdpipe.audit):
+    one per setup and trained lead method, named as the lead's figures 1-4."""
+    return [(lead_stem("audit", setup, lead), setup, lead)
+            for lead in registry.leads if lead in trained for setup in setups]
+
+
+def audit_stems(setups: list[str], trained=methods.ALWAYS,
+                registry: methods.Registry = methods.BUILT_IN) -> list[str]:
+    """The file names without extension of ``audits``."""
+    return [stem for stem, _, _ in audits(setups, trained, registry)]
 
 
 class Study:
@@ -79,7 +106,9 @@ class Study:
         self.widths = [number(w) for w in config["widths"]]  # of setups without their own
         self.seeds = [str(s) for s in config["seeds"]]
         self.setups = list(config["setups"])
-        self.methods = methods.enabled(config)
+        self.registry = methods.Registry(config.get("methods"))
+        self._loss_sources = {}
+        self.methods = self.registry.enabled(config)
         # every (setup, teacher), in config order
         self.teachers = [(setup, teacher) for setup in self.setups
                          for teacher in config["setups"][setup]["teachers"]]
@@ -139,10 +168,10 @@ class Study:
 
     def figure_stems(self) -> list[str]:
         return figure_stems(self.setups, self.config["temperatures"], self.methods,
-                            self.config["plots"]["training_curves"])
+                            self.config["plots"]["training_curves"], self.registry)
 
     def audit_stems(self) -> list[str]:
-        return audit_stems(self.setups)
+        return audit_stems(self.setups, self.methods, self.registry)
 
     # --- students and blocks ----------------------------------------------------------------
 
@@ -150,20 +179,17 @@ class Study:
         """Every student of one (setup, width, seed), grouped by the (alpha, T) it depends on
         (None for what does not depend on it): {(alpha, T): [student, ...]}. A student is the
         dict a block's spec lists: method, seed, run, alpha and temperature where it uses them,
-        and its method's options (rcd's noise, kd_masked's mode and weight, fm's stage)."""
-        config = self.config
-        masked = {k: config["kd_masked"][k] for k in ("mode", "incorrect_weight")}
+        and its method's options (the noise of a noise target, the settings of its config
+        section, the stage of a stage target, a user's loss and the digest of its file)."""
         groups = {}
         for name in self.methods:
-            m = methods.method(name)
-            extra = {**({"noise": config["rcd"]} if m.uses_noise else {}),
-                     **(masked if m.masked else {}),
-                     **({"stage": config["setups"][setup].get("fm_stage")}
-                        if m.loss == "stage-mse" else {})}
+            extra = self.options_of(name, setup)
+            m = self.registry.method(name)
             for alpha in self.alphas if m.uses_alpha else [None]:
                 for temperature in self.temperatures if m.uses_temperature else [None]:
                     student = {"method": name, "seed": int(seed),
-                               "run": run_name(name, alpha, temperature, width, seed), **extra}
+                               "run": run_name(name, alpha, temperature, width, seed,
+                                               self.registry), **extra}
                     if alpha is not None:
                         student["alpha"] = float(alpha)
                     if temperature is not None:
@@ -181,6 +207,25 @@ class Study:
         entry = self.config["setups"][setup]
         return entry.get("student_arch", entry["arch"])
 
+    def options_of(self, name: str, setup: str) -> dict:
+        """What a student of method ``name`` in ``setup`` carries beside its method, seed, run,
+        alpha and temperature: everything else its training depends on."""
+        config, m = self.config, self.registry.method(name)
+        options = {key: config[m.option][key] for key in m.settings}
+        if m.uses_noise:
+            options["noise"] = config[methods.NOISE_OPTIONS]
+        if m.uses_stage:
+            options["stage"] = config["setups"][setup].get("fm_stage")
+        if m.user_loss:
+            options.update(loss=m.loss, loss_source=self._loss_source(m.loss))
+        return options
+
+    def _loss_source(self, loss: str) -> str:
+        """The digest of a user's loss file, read once per study (at parse time)."""
+        if loss not in self._loss_sources:
+            self._loss_sources[loss] = methods.loss_source(loss)
+        return self._loss_sources[loss]
+
     def seeds_per_block(self, setup: str) -> int:
         """The seeds one packed block trains: the setup's `block_seeds`, else `block.seeds`."""
         return self.config["setups"][setup].get("block_seeds", self.config["block"]["seeds"])
@@ -193,7 +238,7 @@ class Study:
                     for (alpha, temperature), students in self.students_of(setup, width,
                                                                            seed).items():
                         method = students[0]["method"]
-                        name = run_name(method, alpha, temperature, width, seed)
+                        name = run_name(method, alpha, temperature, width, seed, self.registry)
                         if alpha is None or temperature is None:
                             name = f"{method}_{name}"
                         blocks[name] = (width, students)
@@ -276,7 +321,8 @@ class Study:
         siddo students instead of training them, else None."""
         owner = self.siddo_owner(setup, teacher)
         _, students = self.blocks[setup][block]
-        if owner == teacher or not any(s["method"] == "siddo" for s in students):
+        if owner == teacher or not any(self.registry.method(s["method"]).teacher_free
+                                       for s in students):
             return None
         return self.manifest(setup, owner, block)
 
@@ -315,7 +361,8 @@ class Study:
         """The block's students and width; ``arch`` is the students' architecture, with
         ``teacher_arch`` where the teacher's differs, ``teacher_theta0: false`` where the
         teacher has no initial weights (given by file without them), ``keep_weights`` where
-        keep_student_weights is on, and ``allow_chance_teacher`` where the setup sets it. Each
+        keep_student_weights is on, ``allow_chance_teacher`` where the setup sets it, and the
+        user's methods where the study has any. Each
         is left out at its usual value, so that a study without them keeps its specs (their
         text is the rerun trigger)."""
         width, students = self.blocks[setup][block]
@@ -330,7 +377,22 @@ class Study:
         if entry["allow_chance_teacher"]:
             extra["allow_chance_teacher"] = True
         return self.training_spec(setup, teacher, entry["recipe"], width=float(width),
-                                  students=students, **extra)
+                                  students=students, **extra, **self.user_methods())
+
+    def user_methods(self) -> dict:
+        """{"methods": the config's user methods} for a step's spec, or {} where there are
+        none, so that a study without them keeps the specs (Snakemake's rerun triggers) of one
+        made before they existed."""
+        return {"methods": self.config["methods"]} if self.config.get("methods") else {}
+
+    def stats_spec(self) -> str:
+        """What the statistics step depends on: the stats options and the user's methods."""
+        return json.dumps({**self.config["stats"], **self.user_methods()}, sort_keys=True)
+
+    def plots_spec(self) -> str:
+        """What the figures and audit steps depend on: the plots options and the user's
+        methods."""
+        return json.dumps({**self.config["plots"], **self.user_methods()}, sort_keys=True)
 
     def resources(self, setup: str) -> dict:
         """What one training job of ``setup`` asks a cluster for: gpu, mem_mb, runtime

@@ -9,12 +9,13 @@ open figures and rcParams are left alone, PNG is rendered by Agg whatever backen
 a figure is freed as soon as it is dropped (pyplot holds no reference that would need closing).
 seaborn's style and context apply only while make_figures runs.
 
-Conventions of every figure: methods in the order kd, rcd, siddo, one colour each; a dot is one
+Conventions of every figure: methods in the registry's order, one colour each; a dot is one
 student (one seed) and a bar joined by a line is the median over seeds. siddo does not depend on
 alpha or T, so against those it is drawn as a reference across the panel: median line and
 interquartile band. The methods drawn are arguments of the figures with the registry's defaults
-(kdpipe.methods: the lead method kd, its control rcd, the reference siddo), so that figures 1
-and 2 also draw the groups of ``kdpipe compare``.
+(kdpipe.methods: the lead method kd, its control rcd, the reference siddo): figures 1-4 are drawn
+for every lead method of the study (kd, and any other with STANDARD_FIGURES, a user's too)
+against its control, and figures 1 and 2 also draw the groups of ``kdpipe compare``.
 """
 from __future__ import annotations
 
@@ -31,13 +32,12 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from kdpipe.io import atomic_path
-from kdpipe.methods import ALWAYS, COMPARISONS_OF, CONTROL, LEAD, ORDER, REFERENCE, versus
+from kdpipe.methods import COMPARISONS_OF, CONTROL, LEAD, ORDER, REFERENCE, Registry, versus
 from kdpipe.metrics import FUNCTIONAL_METRICS, HIGHER_IS_CLOSER
 from kdpipe.plan import figures
 from kdpipe.stats import asymmetry
 from kdpipe.tables import of_teachers, primary_teachers
 
-METHODS = ALWAYS  # kd, rcd, siddo
 SHOWN = (LEAD, CONTROL)  # the methods drawn as dots against the reference: kd, rcd
 TABLES = ("models", "stats", "asymmetry", "scaling")
 DEFAULT_OPTIONS = {
@@ -77,7 +77,7 @@ def method_colors(palette: str = "colorblind", methods=ORDER) -> dict:
 
 
 def make_figures(tables_dir, out_dir, options: dict | None = None,
-                 workers: int | None = None) -> list[Path]:
+                 workers: int | None = None, user_methods: dict | None = None) -> list[Path]:
     """Draw every figure kdpipe.plan.figures names, from the four tables in ``tables_dir``, into
     ``out_dir``.
 
@@ -95,8 +95,9 @@ def make_figures(tables_dir, out_dir, options: dict | None = None,
       style, context, palette   seaborn axes style, plotting context and method palette
                    (defaults "whitegrid", "paper", "colorblind")
     workers: processes drawing the figures (default: the CPUs this process may use; 1 draws
-    here). Every file is written atomically. Returns the paths written, in the order of
-    kdpipe.plan.figures.
+    here). user_methods: the config's own methods (its ``methods`` section), whose students the
+    tables may hold. Every file is written atomically. Returns the paths written, in the order
+    of kdpipe.plan.figures.
     """
     options = {**DEFAULT_OPTIONS, **(options or {})}
     unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
@@ -111,29 +112,38 @@ def make_figures(tables_dir, out_dir, options: dict | None = None,
     setups = sorted(students["setup"].unique())
     temperatures = sorted(students["temperature"].dropna().unique())
     widths, temperature = shown_widths_and_temperature(models, options["width"], options["temperature"])
-    colors = method_colors(options["palette"])
+    registry = Registry(user_methods)
+    colors = method_colors(options["palette"], registry.order)
     history = None
     if options["training_curves"]:
         history = of_teachers(pd.read_parquet(Path(tables_dir) / "history.parquet"), primary)
 
-    # figure -> the drawing of it for a setup (None: across setups)
+    def shown(m):
+        """A lead method and its control; the T shown, None for a method without T (every one)."""
+        return (m, registry.method(m).control), temperature if registry.method(m).uses_temperature else None
+
+    # figure -> the drawing of it for a setup (None: across setups) and method
     drawing = {
-        "fig1_functional": lambda s: partial(fig1_functional, models, stats, s, widths[s], temperature, colors),
-        "fig2_payoff": lambda s: partial(fig2_payoff, models, stats, tables["asymmetry"], s, widths[s],
-                                         temperature, colors),
-        "fig3_accuracy": lambda s: partial(fig3_accuracy, models, stats, s, widths[s], temperature, colors),
-        "fig4_width": lambda s: partial(fig4_width, models, tables["scaling"], s, temperature, colors),
-        "fig5_teacher_loss": lambda s: partial(fig5_teacher_loss, every["models"], widths, temperature),
-        "fig6_temperature": lambda s: partial(fig6_temperature, models, stats, s, widths[s], colors),
-        "fig7_masked": lambda s: partial(fig7_masked, models, s, widths[s], temperature, colors),
-        "fig8_fm": lambda s: partial(fig8_fm, models, s, widths[s], colors),
-        "fig9_training": lambda s: partial(fig9_training, history, s, widths[s], temperature,
-                                           colors),
+        "fig1_functional": lambda s, m: partial(fig1_functional, models, stats, s, widths[s], shown(m)[1],
+                                                colors, shown(m)[0]),
+        "fig2_payoff": lambda s, m: partial(fig2_payoff, models, stats, tables["asymmetry"], s, widths[s],
+                                            shown(m)[1], colors, shown(m)[0]),
+        "fig3_accuracy": lambda s, m: partial(fig3_accuracy, models, stats, s, widths[s], shown(m)[1], colors,
+                                              shown(m)[0], comparisons=registry.comparisons_of[m]),
+        "fig4_width": lambda s, m: partial(fig4_width, models, tables["scaling"], s, shown(m)[1], colors,
+                                           shown(m)[0]),
+        "fig5_teacher_loss": lambda s, m: partial(fig5_teacher_loss, every["models"], widths, temperature),
+        "fig6_temperature": lambda s, m: partial(fig6_temperature, models, stats, s, widths[s], colors),
+        "fig7_masked": lambda s, m: partial(fig7_masked, models, s, widths[s], temperature, colors,
+                                            registry.method(m)),
+        "fig8_fm": lambda s, m: partial(fig8_fm, models, s, widths[s], colors, registry.method(m)),
+        "fig9_training": lambda s, m: partial(fig9_training, history, s, widths[s], temperature,
+                                              colors, registry.order),
     }
-    jobs = [(stem, drawing[figure](setup), Path(out_dir), options,
+    jobs = [(stem, drawing[figure](setup, method), Path(out_dir), options,
              chance_note(models if setup else every["models"], setup))
-            for stem, figure, setup in figures(setups, temperatures, set(students["method"]),
-                                               options["training_curves"])]
+            for stem, figure, setup, method in figures(setups, temperatures, set(students["method"]),
+                                                       options["training_curves"], registry)]
     return render(write_figure, jobs, workers, "figures")
 
 
@@ -290,50 +300,55 @@ def fig2_payoff(models, stats, asymmetry_table, setup, width, temperature, color
     return fig
 
 
-def fig3_accuracy(models, stats, setup, width, temperature, colors) -> Figure:
-    """Student test accuracy by alpha for kd, rcd and siddo; the teacher's as a dashed line.
+def fig3_accuracy(models, stats, setup, width, temperature, colors, methods=SHOWN,
+                  reference=REFERENCE, comparisons=COMPARISONS_OF[LEAD]) -> Figure:
+    """Student test accuracy by alpha for ``methods`` (default kd and rcd) and the ``reference``
+    (siddo); the teacher's as a dashed line.
 
-    Above each alpha, the two-sided Mann-Whitney p of the stats table's accuracy rows (kd vs rcd,
-    kd vs siddo, rcd vs siddo), with a star where the row is significant and "n/a" where it has
-    a p but cannot reject with so few seeds (the table's testable is False).
+    Above each alpha, the two-sided Mann-Whitney p of the stats table's accuracy rows of
+    ``comparisons`` (default kd vs siddo, kd vs rcd, rcd vs siddo), with a star where the row is
+    significant and "n/a" where it has a p but cannot reject with so few seeds (the table's
+    testable is False).
     """
-    students = _students(models, setup, width, temperature)
-    alphas = _levels(students, "alpha")
+    students = _students(models, setup, width, temperature, reference)
+    alphas = _levels(students, "alpha", methods)
     to_x = partial(_level_index, alphas)
     teachers = models.loc[(models["role"] == "teacher") & (models["setup"] == setup), "accuracy"].dropna()
     fig = Figure(figsize=(7, 5.4), layout="constrained")
     ax = fig.subplots()
-    _metric_panel(ax, students, "accuracy", "alpha", to_x, colors)
-    handles, labels = _method_legend(colors)
+    _metric_panel(ax, students, "accuracy", "alpha", to_x, colors, methods, reference)
+    handles, labels = _method_legend(colors, methods=methods, reference=reference)
     if len(teachers):
         ax.axhline(teachers.median(), color="black", ls="--", lw=1.2)
         handles.append(Line2D([], [], color="black", ls="--", lw=1.2))
         labels.append("teacher" if len(teachers) == 1 else f"teacher (median of {len(teachers)})")
-    untestable = _accuracy_tests(ax, stats, setup, width, temperature, to_x)
+    untestable = _accuracy_tests(ax, stats, setup, width, temperature, to_x, comparisons)
     ax.set_ylabel(_value_label("accuracy"))
     _level_axis(ax, alphas, "alpha (weight of the distillation term)")
     ax.set_title(f"{setup}: test accuracy of teacher and students\n"
-                 f"student width {width:g}, T = {temperature:g}, {_n_seeds(students)}; "
+                 f"{_cell(width, temperature)}{_n_seeds(students)}; "
                  "p: two-sided Mann-Whitney, * significant"
                  + (f"\n{_untestable_label(stats)}" if untestable else ""))
     fig.legend(handles, labels, loc="outside lower center", ncols=2, frameon=False)
     return fig
 
 
-def _accuracy_tests(ax, stats, setup, width, temperature, to_x) -> bool:
-    """Write above each alpha the p of each accuracy comparison, starred where significant,
+def _accuracy_tests(ax, stats, setup, width, temperature, to_x,
+                    comparisons=COMPARISONS_OF[LEAD]) -> bool:
+    """Write above each alpha the p of each accuracy comparison of ``comparisons`` ((name,
+    first, second) triples), starred where significant,
     followed by "n/a" where the test has a p but is not testable; the y range grows to make
     room. Each text's gid is "accuracy:<comparison>". Whether an "n/a" was written."""
-    rows = stats[(stats["setup"] == setup) & (stats["metric"] == "accuracy")
-                 & _isclose(stats["width"], width) & _isclose(stats["temperature"], temperature)
-                 & stats["comparison"].isin([name for name, _, _ in COMPARISONS_OF[LEAD]])]
+    rows = _cell_rows(stats[(stats["metric"] == "accuracy")
+                            & stats["comparison"].isin([name for name, _, _ in comparisons])],
+                      setup, width, temperature)
     if rows.empty:
         return False
     low, high = ax.get_ylim()
     ax.set_ylim(low, high + 0.25 * (high - low))
     p_column = "p_adjusted" if "p_adjusted" in rows else "p"
     untestable = False
-    for line, (name, first, second) in enumerate(COMPARISONS_OF[LEAD]):
+    for line, (name, first, second) in enumerate(comparisons):
         for row in rows[rows["comparison"] == name].itertuples():
             p = getattr(row, p_column)
             text = f"{first}-{second} p " + (f"{p:.2g}" if np.isfinite(p) else "n/a")
@@ -347,8 +362,10 @@ def _accuracy_tests(ax, stats, setup, width, temperature, to_x) -> bool:
     return untestable
 
 
-def fig4_width(models, scaling_table, setup, temperature, colors) -> Figure:
-    """Correct and incorrect agreement against student width, one column per alpha.
+def fig4_width(models, scaling_table, setup, temperature, colors, methods=SHOWN,
+               reference=REFERENCE) -> Figure:
+    """Correct and incorrect agreement against student width, one column per alpha, for
+    ``methods`` (default kd and rcd) and the ``reference`` (siddo).
 
     Each method gets the least-squares line on log2(width) over all its models: the slope is the
     scaling table's, the intercept mean(y) - slope * mean(log2 width) over the same models. The
@@ -361,8 +378,10 @@ def fig4_width(models, scaling_table, setup, temperature, colors) -> Figure:
     def number(value):
         return f"{value:.3g}" if np.isfinite(value) else "n/a"
 
-    students = _students(models, setup, None, temperature)
-    alphas = _levels(students, "alpha")
+    students = _students(models, setup, None, temperature, reference)
+    alphas = _levels(students, "alpha", methods)
+    drawn = (*methods, reference)
+    students = students[students["method"].isin(drawn)]
     widths = np.sort(students["width"].unique())
     fitted = scaling_table.loc[scaling_table["setup"] == setup, "widths"]
     fresh_init = len(fitted) > 0 and fitted.iloc[0] == "fresh-init"
@@ -372,22 +391,24 @@ def fig4_width(models, scaling_table, setup, temperature, colors) -> Figure:
     fig = Figure(figsize=(3.6 * len(alphas) + 0.8, 7), layout="constrained")
     axes = fig.subplots(2, len(alphas), sharex=True, sharey="row", squeeze=False)
     for col, alpha in enumerate(alphas):
-        at_alpha = students[(students["method"] == REFERENCE) | _isclose(students["alpha"], alpha)]
+        at_alpha = students[(students["method"] == reference) | _isclose(students["alpha"], alpha)]
         for row, (metric, slope_column, _) in enumerate(PAYOFF):
             ax = axes[row, col]
             if at_alpha[metric].isna().all():
                 _no_data(ax)
-            _dots_and_medians(ax, at_alpha, metric, "width", np.log2, METHODS, colors, medians=False)
+            _dots_and_medians(ax, at_alpha, metric, "width", np.log2, drawn, colors, medians=False)
             handles, labels = [], []
-            for method, offset in zip(METHODS, _dodge(len(METHODS))):
-                slope = _scaling_value(scaling_table, setup, method, alpha, temperature, slope_column)
+            for method, offset in zip(drawn, _dodge(len(drawn))):
+                slope = _scaling_value(scaling_table, setup, method, alpha, temperature, slope_column,
+                                       reference)
                 rows = at_alpha[(at_alpha["method"] == method) & ~(fresh_init & (at_alpha["width"] == 1))]
                 _fit_line(ax, rows, metric, slope, offset, colors[method], label=method,
                           missing=missing)
                 handles.append(ax.lines[-1])
                 labels.append(handles[-1].get_label())
                 if metric == "incorrect_agreement" and not one_width:
-                    ratio, low, high = (_scaling_value(scaling_table, setup, method, alpha, temperature, column)
+                    ratio, low, high = (_scaling_value(scaling_table, setup, method, alpha, temperature, column,
+                                                       reference)
                                         for column in ("slope_ratio", "slope_ratio_low", "slope_ratio_high"))
                     labels[-1] += f"; ratio {number(ratio)} [{number(low)}, {number(high)}]"
             title = ("slope per doubling" if metric == "correct_agreement" or one_width else
@@ -406,8 +427,8 @@ def fig4_width(models, scaling_table, setup, temperature, colors) -> Figure:
         fit = ("no lines: the slopes need students of two widths or more"
                + (" other than 1 (fresh-init widths)" if fresh_init else ""))
     # wrapped to the figure's width, which is that of one column per alpha
-    fig.suptitle(f"{setup}: agreement with the teacher against student width (T = {temperature:g}, "
-                 f"{_n_seeds(students)}); {REFERENCE} (no alpha) repeated in every column\n{fit}",
+    fig.suptitle(f"{setup}: agreement with the teacher against student width ({_cell(None, temperature)}"
+                 f"{_n_seeds(students)}); {reference} (no alpha) repeated in every column\n{fit}",
                  wrap=True)
     return fig
 
@@ -461,21 +482,25 @@ def fig5_teacher_loss(models, widths: dict, temperature) -> Figure:
     return fig
 
 
-def fig7_masked(models, setup, width, temperature, colors) -> Figure:
-    """Our kd-masked (the KD term only where the teacher is right) against kd, by alpha: does it
-    copy fewer of the teacher's errors without losing accuracy?"""
+def fig7_masked(models, setup, width, temperature, colors, masked) -> Figure:
+    """Our kd-masked (the KD term only where the teacher is right; ``masked`` is its registry
+    entry) and its control against kd, by alpha: does it copy fewer of the teacher's errors
+    without losing accuracy?"""
     return _variant_figure(
-        _students(models, setup, width, temperature), (LEAD, "kd-masked", "rcd-masked"),
-        ("kd-masked", LEAD), colors,
-        f"{setup}: kd-masked (ours: no KD term on the teacher's errors) against kd\n"
+        _students(models, setup, width, temperature), (LEAD, masked.name, masked.control),
+        (masked.name, LEAD), colors,
+        f"{setup}: {masked.name} (ours: no KD term on the teacher's errors) against {LEAD}\n"
         f"student width {width:g}, T = {temperature:g}")
 
 
-def fig8_fm(models, setup, width, colors) -> Figure:
-    """Feature-map matching (fm) and its random control (fm-rcd) against siddo, by alpha."""
+def fig8_fm(models, setup, width, colors, matching) -> Figure:
+    """Feature-map matching (``matching`` is its registry entry) and its random control against
+    siddo, by alpha."""
     return _variant_figure(
-        _students(models, setup, width), ("fm", "fm-rcd"), ("fm", REFERENCE), colors,
-        f"{setup}: feature-map matching (fm) and its random control\nstudent width {width:g}")
+        _students(models, setup, width), (matching.name, matching.control),
+        (matching.name, REFERENCE), colors,
+        f"{setup}: feature-map matching ({matching.name}) and its random control\n"
+        f"student width {width:g}")
 
 
 def _variant_figure(students, methods, delta, colors, title) -> Figure:
@@ -544,19 +569,20 @@ def fig6_temperature(models, stats, setup, width, colors) -> Figure:
     return fig
 
 
-def fig9_training(history, setup, width, temperature, colors) -> Figure:
+def fig9_training(history, setup, width, temperature, colors, order=ORDER) -> Figure:
     """Training curves of a setup's students at ``width`` and ``temperature`` (siddo: at any T),
     one column per alpha: the mean training loss and accuracy of each epoch against the epoch,
     per method the median over seeds and the interquartile band; the teacher's own curve dashed.
     A method's loss is its own objective (kd's includes its distillation term), so losses of
-    different methods are not one quantity; accuracy is on the training batches."""
+    different methods are not one quantity; accuracy is on the training batches. ``order``: the
+    study's methods (the registry's, a user's included), in the order drawn."""
     rows = history[history["setup"] == setup]
     teacher = rows[rows["role"] == "teacher"]
     students = _students(rows, setup, width, temperature)
-    alphas = _levels(students, "alpha", [m for m in ORDER if m != REFERENCE])
+    alphas = _levels(students, "alpha", [m for m in order if m != REFERENCE])
     fig = Figure(figsize=(max(7.5, 3.6 * len(alphas) + 1.6), 6.4), layout="constrained")
     axes = fig.subplots(2, len(alphas), sharex=True, squeeze=False)
-    shown = [m for m in ORDER if m in set(students["method"])]
+    shown = [m for m in order if m in set(students["method"])]
     for col, alpha in enumerate(alphas):
         at_alpha = students[(students["method"] == REFERENCE) | np.isnan(alpha)
                             | _isclose(students["alpha"], alpha)]
@@ -803,12 +829,15 @@ def _cell(width, temperature) -> str:
     return "".join(f"{part}, " for part in parts)
 
 
-def _scaling_value(scaling_table, setup, method, alpha, temperature, column) -> float:
+def _scaling_value(scaling_table, setup, method, alpha, temperature, column,
+                   reference=REFERENCE) -> float:
     """A slope of the scaling table; the reference's row is matched by setup alone (it has no
     alpha or T)."""
     rows = scaling_table[(scaling_table["setup"] == setup) & (scaling_table["method"] == method)]
-    if method != REFERENCE:
-        rows = rows[_isclose(rows["alpha"], alpha) & _isclose(rows["temperature"], temperature)]
+    if method != reference:
+        rows = rows[_isclose(rows["alpha"], alpha)]
+        rows = rows[rows["temperature"].isna() if temperature is None
+                    else _isclose(rows["temperature"], temperature)]
     return float(rows[column].iloc[0]) if len(rows) else float("nan")
 
 

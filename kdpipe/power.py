@@ -64,13 +64,14 @@ def planned_tests(config: dict) -> int:
     (validated) config, when every metric has values: per (setup, teacher, width), each
     distillation method with comparisons (kdpipe.methods) that the config trains contributes
     its comparisons times the tested metrics, once per alpha and, if it uses one, per T."""
-    trained = methods.enabled(config)
+    registry = methods.Registry(config.get("methods"))
+    trained = registry.enabled(config)
     per_width = 0
-    for lead, comparisons in methods.COMPARISONS_OF.items():
+    for lead, comparisons in registry.comparisons_of.items():
         if lead not in trained:
             continue
-        groups = len(config["alphas"])
-        if methods.method(lead).uses_temperature:
+        groups = len(config["alphas"]) if registry.method(lead).uses_alpha else 1
+        if registry.method(lead).uses_temperature:
             groups *= len(config["temperatures"])
         per_width += groups * len(comparisons)
     # (teacher, width) cells: a setup's own widths, else the study's

@@ -18,7 +18,8 @@ import pandas as pd
 from scipy.stats import (false_discovery_control, mannwhitneyu, permutation_test, rankdata,
                          wilcoxon)
 
-from kdpipe.methods import COMPARISONS_OF, CONTROL, DISTILLED, LEAD, REFERENCE, versus
+from kdpipe.methods import (CLAIMS, COMPARISONS_OF, CONTROL, DISTILLED, LEAD, NO_DIFFERENCE,
+                            NOT_BELOW, REFERENCE, versus)
 from kdpipe.metrics import FUNCTIONAL_METRICS, HIGHER_IS_CLOSER, PERFORMANCE_METRICS
 from kdpipe.power import CORRECTIONS, min_p
 
@@ -372,6 +373,85 @@ def claims(stats: pd.DataFrame, lead: str = LEAD, control: str = CONTROL) -> pd.
     power = ["level", "p_min"] + (["p_min_adjusted"] if "p_min_adjusted" in stats else [])
     table = pd.concat([table, rows[power + ["testable", "verdict_note"]]], axis=1)
     return table.reset_index(drop=True)
+
+
+def no_difference(stats: pd.DataFrame, first: str, second: str) -> pd.DataFrame:
+    """The claim "``second`` and ``first`` do not differ significantly on any tested metric"
+    (ls against rcd: is rcd's effect label smoothing's?), as the data says it.
+
+    One row per (setup, teacher_id, alpha, temperature, width) with tests of the comparison
+    ``first``_vs_``second`` in ``stats`` (compare_methods): metrics_tested (how many metrics
+    have a p), metrics_differing (those whose two-sided test is significant: p, or p_adjusted
+    with a correction, below the level, in whichever direction; comma-separated),
+    <first>_differs_from_<second> (a testable metric differs) and claim_holds (it does not).
+    A difference found is a verdict whatever else is untestable; "no difference" is a verdict
+    only where every metric's test is testable: elsewhere both are NA (too few seeds to reject,
+    or no p). level, p_min (p_min_adjusted) are the cell's tests' (the smallest p_min of
+    them), testable whether all of them are, verdict_note the first untestable test's note.
+    """
+    comparison, _, _ = versus(first, second)
+    differs_column = f"{first}_differs_from_{second}"
+    adjusted = "p_adjusted" in stats
+    power = ["level", "p_min"] + (["p_min_adjusted"] if "p_min_adjusted" in stats else [])
+    rows = []
+    tested = stats[(stats["comparison"] == comparison) & stats["p"].notna()]
+    for key, cell in tested.groupby(GROUP, dropna=False, sort=True):
+        p = cell["p_adjusted" if adjusted else "p"].to_numpy(dtype=np.float64)
+        testable = cell["testable"].to_numpy(dtype=bool)
+        level = float(cell["level"].iloc[0])
+        differing = list(cell["metric"][testable & (p < level)])
+        verdict = True if differing else (False if testable.all() else None)
+        untestable = cell["verdict_note"][~testable]
+        rows.append({**dict(zip(GROUP, key)),
+                     "claim": f"{second} and {first} do not differ significantly on any "
+                              "tested metric",
+                     "metrics_tested": len(cell), "metrics_differing": ", ".join(differing),
+                     differs_column: verdict,
+                     "claim_holds": None if verdict is None else not verdict,
+                     **{column: cell[column].min() for column in power},
+                     "testable": bool(testable.all()),
+                     "verdict_note": untestable.iloc[0] if len(untestable) else ""})
+    columns = GROUP + ["claim", "metrics_tested", "metrics_differing", differs_column,
+                       "claim_holds"] + power + ["testable", "verdict_note"]
+    table = pd.DataFrame(rows, columns=columns)
+    return table.astype({"metrics_tested": "int64", differs_column: "boolean",
+                         "claim_holds": "boolean", "testable": "bool"})
+
+
+def _empty(n: int, dtype, index) -> pd.Series:
+    """n missing values of ``dtype``, or of its nullable form (boolean, Int64)."""
+    if pd.api.types.is_bool_dtype(dtype):
+        dtype = "boolean"
+    elif pd.api.types.is_integer_dtype(dtype):
+        dtype = "Int64"
+    return pd.Series([None] * n, index=index, dtype=dtype)
+
+
+def claims_table(stats: pd.DataFrame, claimed=CLAIMS) -> pd.DataFrame:
+    """The claims table: each claim of ``claimed`` ((kind, method, other method) triples, the
+    registry's: kdpipe.methods.Registry.claims) where ``stats`` tested it, kind NOT_BELOW by
+    ``claims`` and NO_DIFFERENCE by ``no_difference``, one claim after another. A column that
+    names a claim's methods is empty on the other claims' rows. The first claim's table is
+    returned as it is (empty or not) where no other claim has rows."""
+    tables = []
+    for kind, first, second in claimed:
+        if kind not in (NOT_BELOW, NO_DIFFERENCE):
+            raise ValueError(f"unknown claim {kind!r}; known: {NOT_BELOW!r}, {NO_DIFFERENCE!r}")
+        make = claims if kind == NOT_BELOW else no_difference
+        tables.append(make(stats, first, second))
+    found = [table for table in tables if not table.empty]
+    if len(found) <= 1:
+        return found[0] if found else (tables[0] if tables else pd.DataFrame(columns=GROUP))
+    dtypes = {}
+    for table in found:
+        for column, dtype in table.dtypes.items():
+            dtypes.setdefault(column, dtype)
+    # each table gets the others' columns, empty and of a dtype that holds NA (a boolean column
+    # stays boolean rather than becoming objects)
+    filled = [table.assign(**{column: _empty(len(table), dtype, table.index)
+                              for column, dtype in dtypes.items() if column not in table})
+              [list(dtypes)] for table in found]
+    return pd.concat(filled, ignore_index=True)
 
 
 def _median_count(rows: pd.DataFrame, share: str, size: str) -> tuple[float, float]:

@@ -1,9 +1,11 @@
-"""One training loop for teachers and students. Methods differ only in their target.
+"""One training loop for teachers and students. Methods differ only in their target and loss.
 
-A ``Learner`` is a model with its distillation target: ``None`` for plain cross-entropy
-(teachers, ``siddo``), the teacher's cached train logits (``kd``) or noise logits (``rcd``),
-and its own data order (``order_seed``). ``train`` steps any number of learners in one process;
-learners sharing an order seed see identical batches (one gather, one augmentation draw).
+A ``Learner`` is a model with its target, a callable ``(index, inputs, epoch, step) -> Tensor``
+(None for plain cross-entropy: teachers, siddo; the teacher's cached train logits, noise logits,
+a constant distribution, a stage's output), its loss (a function of kdpipe.methods' losses'
+signature) and its own data order (``order_seed``). ``train`` steps any number of learners in one
+process; learners sharing an order seed see identical batches (one gather, one augmentation
+draw). The engine knows no method: kdpipe.jobs builds each learner from its method's entry.
 
 Data lives on the device as tensors; a batch is an index into them. Every random stream is an
 explicit ``torch.Generator`` derived from named seeds, re-derived every epoch, so that a run
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import math
 import sys
@@ -28,6 +31,7 @@ from torch.optim.adam import adam
 from torch.optim.sgd import sgd
 
 from kdpipe.augment import augment
+from kdpipe.methods import cross_entropy, kd_loss, stage_mse_loss
 
 
 def seed_for(*parts) -> int:
@@ -119,6 +123,18 @@ class RandomLogits:
         return self.draw(len(index), *self.shape, generator=self.stream, device=self.device)
 
 
+class ConstantLogits:
+    """The same logits for every sample: all zeros are the uniform distribution at any T (label
+    smoothing's target). ``shape`` per sample, as RandomLogits'."""
+
+    def __init__(self, shape, device="cpu"):
+        self.logits = torch.zeros((shape,) if isinstance(shape, int) else tuple(shape),
+                                  device=device)
+
+    def __call__(self, index, inputs, epoch: int, step: int) -> torch.Tensor:
+        return self.logits.expand(len(index), *self.logits.shape)
+
+
 class DownweightedClasses:
     """A target whose distribution, at temperature T, has the mass on every class other than the
     sample's true one multiplied by ``weight`` and renormalised (kd-masked's class variant):
@@ -134,41 +150,6 @@ class DownweightedClasses:
         logits = self.target(index, inputs, epoch, step)
         true = F.one_hot(self.labels[index], self.num_classes).to(logits.dtype)
         return logits + self.offset * (1 - true)
-
-
-def distillation_loss(student_logits, labels, target_logits, alpha: float, temperature: float,
-                      sample_weights=None):
-    """(1 - alpha) CE(y, z_s) + alpha T^2 KL(softmax(z_t / T) || softmax(z_s / T)), batch mean.
-
-    Logits [..., C] with labels [...]: for a language model every position is a sample.
-    ``sample_weights`` [...] scale each sample's KL term (the batch mean still divides by the
-    batch size): kd-masked gives the samples its teacher gets wrong weight 0.
-    """
-    classes = student_logits.shape[-1]
-    student_logits, labels = student_logits.reshape(-1, classes), labels.reshape(-1)
-    if target_logits is not None:
-        target_logits = target_logits.reshape(-1, classes)
-    log_p = F.log_softmax(student_logits, dim=-1)
-    ce = F.nll_loss(log_p, labels)
-    if target_logits is None:
-        return ce
-    t = temperature
-    if t != 1:  # at T = 1 the CE's log-probabilities serve the KL term as well
-        log_p, target_logits = F.log_softmax(student_logits / t, dim=-1), target_logits / t
-    log_q = F.log_softmax(target_logits, dim=-1)
-    if sample_weights is None:
-        kl = F.kl_div(log_p, log_q, log_target=True, reduction="batchmean")
-    else:
-        per_sample = F.kl_div(log_p, log_q, log_target=True, reduction="none").sum(-1)
-        kl = (per_sample * sample_weights.reshape(-1)).mean()
-    return (1 - alpha) * ce + alpha * t * t * kl
-
-
-def feature_matching_loss(student_logits, labels, student_features, target_features, alpha: float):
-    """CE(y, z_s) + alpha MSE(student stage output, target of that shape): FitNets-style matching
-    of a named stage (fm), or of noise of the same shape (its random control fm-rcd)."""
-    ce = F.cross_entropy(student_logits.reshape(-1, student_logits.shape[-1]), labels.reshape(-1))
-    return ce + alpha * F.mse_loss(student_features, target_features)
 
 
 def staged_forward(model, stage: str, x, stop: bool = False):
@@ -217,10 +198,15 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class Learner:
-    """A model and what it learns from: ``target=None`` is plain cross-entropy;
-    ``sample_weights`` (one per training sample, or per position) weight the distillation term.
-    ``order_seed`` draws the learner's batch order and augmentation; learners with one
-    ``order_seed`` see identical batches."""
+    """A model and what it learns from: ``target`` is a callable ``(index, inputs, epoch, step)
+    -> Tensor`` giving a batch's target (None: no target), and ``loss(output, labels, target,
+    alpha, temperature, sample_weights)`` the batch's loss (the model's logits as output, or with
+    ``feature_match`` (logits, the matched stage's output)); ``sample_weights`` (one per training
+    sample, or per position) weight the distillation term. ``order_seed`` draws the learner's
+    batch order and augmentation; learners with one ``order_seed`` see identical batches.
+    ``fuse`` False: the loss does not work under vmap, and the learner trains alone. Without a
+    ``loss`` (kdpipe.jobs always gives one), a learner learns by cross-entropy without a target,
+    by kdpipe.methods.stage_mse_loss with ``feature_match``, else by kdpipe.methods.kd_loss."""
     name: str
     model: torch.nn.Module
     target: object = None
@@ -230,6 +216,13 @@ class Learner:
     feature_match: FeatureMatch | None = None
     history: list = field(default_factory=list)
     order_seed: int = field(kw_only=True)
+    loss: object = field(default=None, kw_only=True)
+    fuse: bool = field(default=True, kw_only=True)
+
+    def __post_init__(self):
+        if self.loss is None:
+            self.loss = (cross_entropy if self.target is None else
+                         stage_mse_loss if self.feature_match is not None else kd_loss)
 
     def modules(self) -> list:
         """The modules trained: the model, and an fm adapter where there is one."""
@@ -306,17 +299,9 @@ class Checkpoint:
         return Path(self.path).with_name(Path(self.path).name + ".damaged")
 
 
-def learner_loss(learner: Learner, index, xb, yb, epoch: int, step: int):
-    """One learner's loss on one batch, and its logits."""
-    target = None if learner.target is None else learner.target(index, xb, epoch, step)
-    if learner.feature_match is None:
-        logits = learner.model(xb)
-        weights = None if learner.sample_weights is None else learner.sample_weights[index]
-        return distillation_loss(logits, yb, target, learner.alpha, learner.temperature,
-                                 weights), logits
-    features, logits = staged_forward(learner.model, learner.feature_match.stage, xb)
-    return feature_matching_loss(logits, yb, learner.feature_match.adapt(features), target,
-                                 learner.alpha), logits
+def logits_of(output):
+    """The logits of a learner's output: the output, or its first part with feature matching."""
+    return output[0] if isinstance(output, tuple) else output
 
 
 class Alone:
@@ -324,6 +309,7 @@ class Alone:
 
     def __init__(self, learner: Learner, recipe: Recipe, optimizer_state=None):
         self.learners, self.recipe = [learner], recipe
+        self.trainee = Trainee(learner)
         self.parameters = learner.parameters()
         self.optimizer = Optimizer(self.parameters, recipe)
         for p, state in zip(self.parameters, optimizer_state or ()):
@@ -344,11 +330,15 @@ class Alone:
         if self.channels_last and xb.dim() == 4:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with autocast(self.recipe.precision, yb.device):
-            loss, logits = learner_loss(learner, index, xb, yb, epoch, step)
+            target = None if learner.target is None else learner.target(index, xb, epoch, step)
+            output = self.trainee(xb)
+            weights = None if learner.sample_weights is None else learner.sample_weights[index]
+            loss = learner.loss(output, yb, target, learner.alpha, learner.temperature, weights)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step(lr)
-        return loss.detach().float()[None], (logits.detach().argmax(-1) == yb).sum()[None]
+        right = (logits_of(output).detach().argmax(-1) == yb).sum()
+        return loss.detach().float()[None], right[None]
 
     def optimizer_states(self) -> list:
         """Per learner: its parameters' optimizer states, in ``Learner.parameters`` order."""
@@ -412,14 +402,15 @@ AUTO_FUSE = {"cpu": FuseLimits(100_000, 3, (torch.nn.Conv1d,)),
 
 
 def fusion_key(learner: Learner, fuse: str = "auto"):
-    """Learners with equal keys may train as one stacked computation; None: train alone.
-    ``fuse``: ``auto`` (the device type's ``AUTO_FUSE`` limits; ``build_engines`` applies the
-    group size), ``always`` (every fusable learner), ``never``."""
+    """Learners with equal keys may train as one stacked computation; None: train alone (a
+    recurrent model, or a learner whose loss does not work under vmap). ``fuse``: ``auto`` (the
+    device type's ``AUTO_FUSE`` limits; ``build_engines`` applies the group size), ``always``
+    (every fusable learner), ``never``."""
     if fuse not in ("auto", "always", "never"):
         raise ValueError(f"fuse must be auto, always or never, got {fuse!r}")
     modules = [m for module in learner.modules() for m in module.modules()]
     parameters = learner.parameters()
-    if fuse == "never" or any(isinstance(m, UNFUSABLE) for m in modules):
+    if fuse == "never" or not learner.fuse or any(isinstance(m, UNFUSABLE) for m in modules):
         return None
     if fuse == "auto":
         limits = AUTO_FUSE.get(parameters[0].device.type)
@@ -433,31 +424,32 @@ def fusion_key(learner: Learner, fuse: str = "auto"):
             None if fm is None else (fm.stage, fm.adapter is not None))
 
 
-def stacked_distillation_loss(logits, labels, targets, alpha, temperature, sample_weights):
-    """``distillation_loss`` of K learners at once: logits [K, B, ..., C], labels [K, B, ...],
-    targets like logits or None (no learner has one), alpha and temperature [K] (a learner
-    without a target has alpha 0), sample_weights [K, B, ...] or None. Returns [K]."""
-    k, classes = logits.shape[0], logits.shape[-1]
-    logits, labels = logits.reshape(k, -1, classes), labels.reshape(k, -1)
-    log_p = F.log_softmax(logits, dim=-1)
-    ce = -log_p.gather(-1, labels[..., None]).squeeze(-1).mean(-1)
-    if targets is None:
-        return ce
-    t = temperature[:, None, None]
-    log_p = F.log_softmax(logits / t, dim=-1)
-    log_q = F.log_softmax(targets.reshape(k, -1, classes) / t, dim=-1)
-    per_sample = (log_q.exp() * (log_q - log_p)).sum(-1)
-    if sample_weights is not None:
-        per_sample = per_sample * sample_weights.reshape(k, -1)
-    return (1 - alpha) * ce + alpha * temperature ** 2 * per_sample.mean(-1)
+def loss_key(loss):
+    """What makes two learners' losses one function for a stacked step: the function, and for a
+    ``functools.partial`` its bound arguments (dkd's weights, say)."""
+    if isinstance(loss, functools.partial):
+        return (loss.func, loss.args, tuple(sorted(loss.keywords.items())))
+    return loss
+
+
+@dataclass
+class LossGroup:
+    """The learners of a stacked step that share a loss function (and having a target or not):
+    their positions in the stack (``index``; a slice where they are consecutive) and the loss
+    vmapped over their slices."""
+    members: list
+    index: object
+    loss: object
 
 
 class Fused:
     """K learners of one structure stepped as one computation: their parameters and buffers
     stacked along a new first dimension (``torch.func.stack_module_state``), the model run on
-    the K batches at once by ``vmap`` over ``functional_call``, one backward of the summed
-    losses (each slice gets exactly its own learner's gradient) and one optimizer step. Adam,
-    AdamW and SGD are elementwise, so every slice keeps its own optimizer state."""
+    the K batches at once by ``vmap`` over ``functional_call``, each learner's loss function
+    vmapped over the slices of the learners that share it (``group_losses``: the function a lone
+    learner calls, no second copy), one backward of the summed losses (each slice gets exactly
+    its own learner's gradient) and one optimizer step. Adam, AdamW and SGD are elementwise, so
+    every slice keeps its own optimizer state."""
 
     def __init__(self, learners: list, recipe: Recipe, optimizer_states: list):
         from torch.func import functional_call, stack_module_state, vmap
@@ -494,13 +486,31 @@ class Fused:
         self.alpha = torch.tensor([l.alpha if l.target is not None else 0.0 for l in learners],
                                   device=device)
         self.temperature = torch.tensor([l.temperature for l in learners], device=device)
-        self.feature_match = learners[0].feature_match is not None
+        self.loss_groups = self.group_losses(learners, vmap)
         if recipe.precision == "bf16":
             # vmap's batch norm wants its input in the running statistics' dtype (on CUDA a bf16
             # input failed against float32 statistics): normalise in float32
             for module in skeleton.modules():
                 if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                     module.register_forward_pre_hook(lambda _, args: (args[0].float(),))
+
+    def group_losses(self, learners: list, vmap) -> list:
+        """The learners grouped by loss function (``loss_key``) and by having a target: each
+        group's loss is its function vmapped over the group's slices of the stack, so that one
+        function serves a learner trained alone and fused (kdpipe.methods' losses)."""
+        groups = {}
+        for k, learner in enumerate(learners):
+            groups.setdefault((loss_key(learner.loss), learner.target is None), []).append(k)
+        found = []
+        for (_, no_target), members in groups.items():
+            consecutive = members == list(range(members[0], members[-1] + 1))
+            index = (slice(members[0], members[-1] + 1) if consecutive
+                     else torch.tensor(members, device=self.device))
+            weighted = any(learners[k].sample_weights is not None for k in members)
+            in_dims = (0, 0, None if no_target else 0, 0, 0, 0 if weighted else None)
+            found.append(LossGroup(members, index,
+                                   vmap(learners[members[0]].loss, in_dims=in_dims)))
+        return found
 
     def attention_kernels(self):
         """On CUDA, attention without the memory-efficient kernel: with the learners folded into
@@ -523,35 +533,32 @@ class Fused:
                 out = self.run_shared(weights, self.buffers, picked[0][1])
             else:
                 out = self.run_each(weights, self.buffers, torch.stack([b[1] for b in picked]))
-            if self.feature_match:
-                logits, features = out
-                ce = F.cross_entropy(logits.flatten(0, -2), y.flatten(), reduction="none")
-                mse = (features - torch.stack(targets)).square().flatten(1).mean(1)
-                losses = ce.view(len(y), -1).mean(1) + self.alpha * mse
-            else:
-                logits = out
-                losses = stacked_distillation_loss(logits, y, self.stacked_targets(targets),
-                                                   self.alpha, self.temperature,
-                                                   self.sample_weights(picked))
+            parts = [self.group_loss(group, out, y, targets, picked)
+                     for group in self.loss_groups]
         self.optimizer.zero_grad()
-        losses.sum().backward()
+        sum(part.sum() for part in parts).backward()
         self.optimizer.step(lr)
-        right = (logits.detach().argmax(-1) == y).flatten(1).sum(1)
-        return losses.detach().float(), right
+        losses = torch.empty(len(self.learners), device=y.device)
+        for group, part in zip(self.loss_groups, parts):
+            losses[group.index] = part.detach().float()
+        right = (logits_of(out).detach().argmax(-1) == y).flatten(1).sum(1)
+        return losses, right
 
-    @staticmethod
-    def stacked_targets(targets: list):
-        if all(t is None for t in targets):
-            return None
-        like = next(t for t in targets if t is not None)
-        return torch.stack([torch.zeros_like(like) if t is None else t for t in targets])
-
-    def sample_weights(self, picked: list):
-        if all(l.sample_weights is None for l in self.learners):
-            return None
-        return torch.stack([torch.ones(yb.shape, device=yb.device) if l.sample_weights is None
-                            else l.sample_weights[index]
-                            for l, (index, _, yb) in zip(self.learners, picked)])
+    def group_loss(self, group: LossGroup, out, y, targets: list, picked: list):
+        """The losses [k] of one loss group's learners, from the stacked output."""
+        members, index = group.members, group.index
+        output = tuple(o[index] for o in out) if isinstance(out, tuple) else out[index]
+        target = None
+        if targets[members[0]] is not None:
+            target = torch.stack([targets[k] for k in members])
+        weights = None
+        if any(self.learners[k].sample_weights is not None for k in members):
+            weights = torch.stack([
+                torch.ones(picked[k][2].shape, device=y.device)
+                if self.learners[k].sample_weights is None
+                else self.learners[k].sample_weights[picked[k][0]] for k in members])
+        return group.loss(output, y[index], target, self.alpha[index], self.temperature[index],
+                          weights)
 
     def stored(self, name: str, stacked):
         """A stacked parameter (or its optimizer state) in the layout it is kept in."""

@@ -818,9 +818,11 @@ def test_every_spec_the_workflow_gives_has_the_keys_its_step_names(step):
 def test_the_figure_options_a_spec_may_hold_are_those_of_kdpipe_plots():
     from kdpipe.cli import SPEC_KEYS
 
-    assert set(SPEC_KEYS["figures"][1]) == set(plots.DEFAULT_OPTIONS)
+    # beside the options, a spec may hold the config's own methods (kdpipe.methods.Registry)
+    assert set(SPEC_KEYS["figures"][1]) == set(plots.DEFAULT_OPTIONS) | {"methods"}
     assert set(SPEC_KEYS["audit"][1]) == set(plots.DEFAULT_OPTIONS) - {"temperature",
-                                                                       "training_curves"}
+                                                                       "training_curves"} | {
+        "methods"}
 
 
 @pytest.mark.slow

@@ -1,39 +1,65 @@
-"""The method registry (kdpipe/methods.py): what each method is, and that it stays light."""
+"""The method registry (kdpipe/methods.py): what each method is, its losses against independent
+computations, a user's method from the config, and that the registry stays the one place that
+names a method and stays light to import."""
+import ast
+import io
 import subprocess
 import sys
+import tokenize
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import vmap
 
 from kdpipe import methods
+from kdpipe.train import generator
+
+REPO = Path(__file__).resolve().parents[1]
+# a user's method as the config declares it, filled with the schema's defaults
+MINE = {"loss": "mylosses.py:my_kd", "target": "teacher", "uses_alpha": True,
+        "uses_temperature": False, "fuse": True}
 
 
 def test_every_method_is_defined_once_with_its_control_and_comparisons():
-    assert methods.ORDER == ("kd", "rcd", "siddo", "kd-masked", "rcd-masked", "fm", "fm-rcd")
+    assert methods.ORDER[:7] == ("kd", "rcd", "siddo", "kd-masked", "rcd-masked", "fm", "fm-rcd")
     assert methods.DISTILLED == tuple(m for m in methods.ORDER if m != "siddo")
     for m in methods.REGISTRY:
+        assert m.target in methods.TARGETS
         if m.control is not None:
             control = methods.method(m.control)
-            # a control replaces the teacher by noise and keeps everything else
-            assert control.uses_noise and m.uses_teacher
-            assert (control.loss, control.masked, control.uses_temperature, control.option) == \
-                   (m.loss, m.masked, m.uses_temperature, m.option)
+            # a control replaces the target by noise and keeps everything else
+            assert control.uses_noise and not m.uses_noise
+            assert (control.loss, control.masked, control.uses_alpha, control.uses_temperature,
+                    control.option, control.settings, control.loss_settings) == \
+                   (m.loss, m.masked, m.uses_alpha, m.uses_temperature, m.option, m.settings,
+                    m.loss_settings)
             names = {name for name, _, _ in m.comparisons}
             assert {f"{m.name}_vs_siddo", f"{m.name}_vs_{m.control}",
                     f"{m.control}_vs_siddo"} <= names
         for name, first, second in m.comparisons:
             assert name == f"{first}_vs_{second}" and {first, second} <= set(methods.ORDER)
-    assert set(methods.COMPARISONS_OF) == {"kd", "kd-masked", "fm"}
+        assert set(m.loss_settings) <= set(m.settings)
+        if m.settings:
+            assert set(m.settings) <= set(methods.SECTIONS[m.option]["properties"])
+    assert {"kd", "kd-masked", "fm"} <= set(methods.COMPARISONS_OF)
     assert not methods.method("siddo").uses_alpha and not methods.method("fm").uses_temperature
+    assert methods.method("siddo").teacher_free and not methods.method("rcd").teacher_free
+    assert methods.method("kd").depends_on_teacher and methods.method("rcd-masked").depends_on_teacher
+    assert not methods.method("rcd").depends_on_teacher
+    assert methods.CLAIMS[0] == (methods.NOT_BELOW, "kd", "rcd")
+    assert methods.BUILT_IN.leads[0] == methods.LEAD == "kd" and methods.CONTROL == "rcd"
 
 
 def test_methods_enabled_by_the_config():
     assert methods.enabled({}) == ["kd", "rcd", "siddo"]
     assert methods.enabled({"kd_masked": {"enabled": True}, "feature_matching": {}}) == [
         "kd", "rcd", "siddo", "kd-masked", "rcd-masked"]
-    try:
+    assert methods.enabled({"methods": {"mine": MINE}}) == ["kd", "rcd", "siddo", "mine",
+                                                            "mine-rcd"]
+    with pytest.raises(ValueError, match="unknown method 'kd-typo'"):
         methods.method("kd-typo")
-    except ValueError as error:
-        assert "unknown method 'kd-typo'" in str(error)
-    else:
-        raise AssertionError("an unknown method was accepted")
 
 
 def test_importing_the_registry_imports_only_the_standard_library():
@@ -44,3 +70,211 @@ def test_importing_the_registry_imports_only_the_standard_library():
     heavy = [m for m in eval(new) if m.split(".")[0] in
              ("torch", "numpy", "pandas", "scipy", "matplotlib", "seaborn")]
     assert heavy == []
+
+
+# --- one home per method ----------------------------------------------------------------------------
+
+def string_constants(source: str) -> list[tuple[int, str]]:
+    """(line, value) of every string constant of Python or Snakemake source: each whole literal,
+    and each constant part of an f-string."""
+    found = []
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type != tokenize.STRING:
+            continue
+        node = ast.parse(token.string.strip(), mode="eval").body
+        parts = node.values if isinstance(node, ast.JoinedStr) else [node]
+        found += [(token.start[0], part.value) for part in parts
+                  if isinstance(part, ast.Constant) and isinstance(part.value, str)]
+    return found
+
+
+def test_no_method_is_named_outside_the_registry():
+    """The package and the rules branch on a method's entry, never on its name: no registry
+    name is a string literal in kdpipe/ (but the registry) or in the workflow."""
+    names = set(methods.ORDER)
+    files = [p for p in sorted((REPO / "kdpipe").rglob("*.py")) if p.name != "methods.py"]
+    files += [REPO / "Snakefile", *sorted((REPO / "workflow").rglob("*.smk"))]
+    assert len(files) > 20
+    found = [f"{path.relative_to(REPO)}:{line}: {value!r}" for path in files
+             for line, value in string_constants(path.read_text()) if value in names]
+    assert not found, found
+
+
+def test_the_literal_finder_sees_literals_and_fstring_parts():
+    source = 'a = "kd"\nb = f"{x}_vs_{y}" + f"siddo{z}"\nc = "kd-masked vs kd"\n'
+    assert string_constants(source) == [(1, "kd"), (2, "_vs_"), (2, "siddo"),
+                                        (3, "kd-masked vs kd")]
+
+
+# --- the losses against independent computations --------------------------------------------------
+
+def test_kd_loss_matches_the_protocol_formula_by_hand():
+    zs = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    zt = torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    y = torch.tensor([0, 2])
+    alpha, t = 0.3, 2.0
+    ps, pt = torch.softmax(zs / t, -1), torch.softmax(zt / t, -1)
+    kl = (pt * (pt.log() - ps.log())).sum(-1).mean()  # KL(teacher || student), batch mean
+    ce = -torch.log_softmax(zs, -1)[torch.arange(2), y].mean()
+    expected = (1 - alpha) * ce + alpha * t * t * kl
+    assert methods.kd_loss(zs, y, zt, alpha, t).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_kd_loss_at_alpha_zero_is_cross_entropy_and_at_one_pure_kl():
+    zs, zt = torch.randn(5, 4, generator=generator(0)), torch.randn(5, 4, generator=generator(1))
+    y = torch.tensor([0, 1, 2, 3, 0])
+    ce = F.cross_entropy(zs, y).item()
+    assert methods.cross_entropy(zs, y).item() == pytest.approx(ce, rel=1e-6)
+    assert methods.kd_loss(zs, y, zt, 0.0, 4.0).item() == pytest.approx(ce, rel=1e-6)
+    kl = F.kl_div(F.log_softmax(zs, -1), F.softmax(zt, -1), reduction="batchmean")
+    assert methods.kd_loss(zs, y, zt, 1.0, 1.0).item() == pytest.approx(kl.item(), rel=1e-6)
+    assert methods.kd_loss(zt, y, zt, 1.0, 3.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_every_position_of_a_language_model_is_a_sample():
+    zs = torch.randn(2, 5, 4, generator=generator(0))
+    zt = torch.randn(2, 5, 4, generator=generator(1))
+    y = torch.randint(0, 4, (2, 5), generator=generator(2))
+    flat = methods.kd_loss(zs.reshape(10, 4), y.reshape(10), zt.reshape(10, 4), 0.5, 2.0)
+    assert methods.kd_loss(zs, y, zt, 0.5, 2.0).item() == pytest.approx(flat.item())
+
+
+def test_sample_weights_scale_each_samples_kl_term():
+    zs = torch.randn(4, 3, generator=generator(0))
+    zt = torch.randn(4, 3, generator=generator(1))
+    y = torch.tensor([0, 1, 2, 0])
+    keep = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    ce = F.cross_entropy(zs, y)
+    per_sample = F.kl_div(F.log_softmax(zs / 2, -1), F.log_softmax(zt / 2, -1), log_target=True,
+                          reduction="none").sum(-1)
+    expected = 0.5 * ce + 0.5 * 4 * (per_sample * keep).sum() / 4
+    got = methods.kd_loss(zs, y, zt, 0.5, 2.0, sample_weights=keep)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_stage_mse_loss_is_cross_entropy_plus_alpha_times_the_mse():
+    logits, y = torch.randn(3, 4, generator=generator(0)), torch.tensor([1, 0, 3])
+    features, target = torch.randn(3, 2, 5, generator=generator(1)), torch.zeros(3, 2, 5)
+    expected = F.cross_entropy(logits, y) + 0.25 * F.mse_loss(features, target)
+    got = methods.stage_mse_loss((logits, features), y, target, 0.25)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def lone_and_vmapped(loss, output, labels, target, alphas, temperatures, weights=None):
+    """The loss of each slice called alone, and vmapped over the slices (as a fused step does,
+    with alpha and T as 0-d tensors)."""
+    def part(x, k):
+        return tuple(p[k] for p in x) if isinstance(x, tuple) else None if x is None else x[k]
+
+    alone = torch.stack([loss(part(output, k), labels[k], part(target, k), alphas[k],
+                              temperatures[k], part(weights, k)) for k in range(len(alphas))])
+    in_dims = (0, 0, None if target is None else 0, 0, 0, None if weights is None else 0)
+    fused = vmap(loss, in_dims=in_dims)(output, labels, target, torch.tensor(alphas),
+                                        torch.tensor(temperatures), weights)
+    return alone, fused
+
+
+@pytest.mark.parametrize("name", ["siddo", "kd", "kd-masked", "fm"])
+def test_a_loss_vmapped_over_learners_equals_its_lone_calls(name):
+    m = methods.method(name)
+    g = generator(3)
+    logits, y = torch.randn(3, 6, 5, generator=g), torch.randint(0, 5, (3, 6), generator=g)
+    target, weights, output = torch.randn(3, 6, 5, generator=g), None, logits
+    if m.target == "none":
+        target = None
+    if m.masked:
+        weights = (torch.arange(18).view(3, 6) % 2).float()
+    if m.uses_stage:
+        output, target = (logits, torch.randn(3, 6, 2, generator=g)), torch.randn(3, 6, 2, generator=g)
+    alone, fused = lone_and_vmapped(m.loss, output, y, target, [0.1, 0.5, 0.9], [1.0, 2.0, 4.0],
+                                    weights)
+    torch.testing.assert_close(fused, alone, rtol=1e-6, atol=1e-7)
+
+
+# --- a user's method --------------------------------------------------------------------------------
+
+def test_a_users_method_gets_a_random_control_and_the_standard_comparisons():
+    registry = methods.Registry({"mine": MINE})
+    mine, control = registry.method("mine"), registry.method("mine-rcd")
+    assert registry.order[-2:] == ("mine", "mine-rcd")
+    assert (mine.target, control.target) == ("teacher", "noise")
+    assert mine.loss == control.loss == "mylosses.py:my_kd" and mine.user_loss
+    assert mine.control == "mine-rcd" and not mine.uses_temperature and mine.uses_alpha
+    assert registry.comparisons_of["mine"] == (("mine_vs_siddo", "mine", "siddo"),
+                                               ("mine_vs_mine-rcd", "mine", "mine-rcd"),
+                                               ("mine-rcd_vs_siddo", "mine-rcd", "siddo"))
+    assert (methods.NOT_BELOW, "mine", "mine-rcd") in registry.claims
+    assert registry.leads == ("kd", "mine") and "mine" in registry.distilled
+    assert "mine" not in methods.ORDER  # the built-in registry is left alone
+
+
+@pytest.mark.parametrize("defined, key", [({"kd": MINE}, "methods.kd"),
+                                          ({"fm": MINE}, "methods.fm"),
+                                          ({"mine": MINE, "mine-rcd": MINE}, "methods.mine-rcd")])
+def test_a_users_method_may_not_take_a_known_name(defined, key):
+    with pytest.raises(methods.MethodError, match="is already defined") as error:
+        methods.Registry(defined)
+    assert error.value.key == key
+
+
+def write_loss(folder: Path, body: str, name="mylosses.py") -> Path:
+    path = folder / name
+    path.write_text(body)
+    return path
+
+
+def test_a_loss_file_is_checked_without_running_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    key = "methods.mine.loss"
+    with pytest.raises(methods.MethodError, match=r"loss file 'mylosses.py' not found .*"
+                                                  "relative to the working directory"):
+        methods.check_loss_file(key, "mylosses.py:my_kd")
+    write_loss(tmp_path, "import torch\nraise SystemExit('never run')\ndef my_kd(:\n")
+    with pytest.raises(methods.MethodError, match=r"not valid Python: .*\(line 3\)"):
+        methods.check_loss_file(key, "mylosses.py:my_kd")
+    write_loss(tmp_path, "import torch\nraise SystemExit('never run')\ndef other(): pass\n")
+    with pytest.raises(methods.MethodError, match="defines no 'my_kd' at its top level "
+                                                  r"\(it defines: other, torch\)") as error:
+        methods.check_loss_file(key, "mylosses.py:my_kd")
+    assert error.value.key == key and str(error.value).startswith("methods.mine.loss: ")
+    for body in ("def my_kd(*args): pass\n", "import functools\nmy_kd = functools.partial(max)\n",
+                 "from math import fsum as my_kd\n"):
+        write_loss(tmp_path, body)
+        methods.check_loss_file(key, "mylosses.py:my_kd")
+
+
+def test_a_loss_file_is_imported_once_and_its_source_digested(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_loss(tmp_path, "import dataclasses\n@dataclasses.dataclass\nclass A:\n    x: int = 1\n"
+                         "def my_kd(*args):\n    return A().x\n")
+    loss = methods.load_loss("methods.mine.loss", "mylosses.py:my_kd")
+    assert loss() == 1 and methods.load_loss("methods.mine.loss", "mylosses.py:my_kd") is loss
+    before = methods.loss_source("mylosses.py:my_kd")
+    assert len(before) == 16
+    write_loss(tmp_path, "def my_kd(*args):\n    return 2\n")
+    assert methods.loss_source("mylosses.py:my_kd") != before
+    with pytest.raises(methods.MethodError, match="has no function 'other'"):
+        methods.load_loss("methods.mine.loss", "mylosses.py:other")
+    write_loss(tmp_path, "import not_a_module_anywhere\n", name="broken.py")
+    with pytest.raises(methods.MethodError, match="broken.py' cannot be imported: "
+                                                  "ModuleNotFoundError"):
+        methods.load_loss("methods.broken.loss", "broken.py:my_kd")
+
+
+def test_the_config_check_names_the_key_and_the_file(tmp_path, monkeypatch):
+    from conftest import TINY
+    from kdpipe.config import ConfigError, validate
+
+    monkeypatch.chdir(tmp_path)
+    config = {**TINY, "methods": {"mine": {"loss": "mylosses.py:my_kd"}}}
+    with pytest.raises(ConfigError, match="config error at methods.mine.loss: loss file "
+                                          "'mylosses.py' not found"):
+        validate(config)
+    write_loss(tmp_path, "def my_kd(*args): pass\n")
+    filled = validate(config)
+    assert filled["methods"]["mine"] == MINE
+    with pytest.raises(ConfigError, match=r"config error at methods.kd: method 'kd' is already "
+                                          "defined"):
+        validate({**TINY, "methods": {"kd": {"loss": "mylosses.py:my_kd"}}})
+    with pytest.raises(ConfigError, match="config error at methods: 'My_KD' does not match"):
+        validate({**TINY, "methods": {"My_KD": {"loss": "mylosses.py:my_kd"}}})

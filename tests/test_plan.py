@@ -268,7 +268,7 @@ def test_figures_follow_setups_temperatures_and_trained_methods():
         "fig1_functional_b", "fig2_payoff_b", "fig3_accuracy_b", "fig4_width_b",
         "fig5_teacher_loss", "fig6_temperature_a", "fig6_temperature_b"]
     assert figures(["a"], [1], ["kd", "rcd", "siddo", "fm", "fm-rcd"])[-2:] == [
-        ("fig5_teacher_loss", "fig5_teacher_loss", None), ("fig8_fm_a", "fig8_fm", "a")]
+        ("fig5_teacher_loss", "fig5_teacher_loss", None, "kd"), ("fig8_fm_a", "fig8_fm", "a", "fm")]
     assert audit_stems(["a", "b"]) == ["audit_a", "audit_b"]
     # a study's: its setups, its temperatures, the methods its config enables
     plan = study(temperatures=[1, 2], kd_masked={"enabled": True})

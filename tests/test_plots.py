@@ -227,7 +227,7 @@ def test_fig4_lines_have_the_scaling_slopes(one_t):
                 assert (y1 - y0) / (x1 - x0) == pytest.approx(expected)
                 assert f"{expected:+.3f}" in line.get_label()
                 checked += 1
-    assert checked == 2 * len(ALPHAS) * len(plots.METHODS)
+    assert checked == 2 * len(ALPHAS) * (len(plots.SHOWN) + 1)
 
 
 def test_fig4_incorrect_legend_has_the_slope_ratio_and_its_interval(one_t):
@@ -237,8 +237,8 @@ def test_fig4_incorrect_legend_has_the_slope_ratio_and_its_interval(one_t):
     scaling = tables["scaling"][tables["scaling"]["setup"] == setup].set_index(["method", "alpha"])
     for ax, (row, col) in zip(fig.axes, np.ndindex(2, len(ALPHAS))):
         texts = [text.get_text() for text in ax.get_legend().get_texts()]
-        assert len(texts) == len(plots.METHODS)
-        for method, text in zip(plots.METHODS, texts):
+        assert len(texts) == len(plots.SHOWN) + 1
+        for method, text in zip((*plots.SHOWN, plots.REFERENCE), texts):
             if row == 0:
                 assert "ratio" not in text
                 continue

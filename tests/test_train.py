@@ -11,31 +11,11 @@ import torch.nn.functional as F
 
 from conftest import fresh_mlp, full_recipe, toy_data
 from kdpipe import models
-from kdpipe.train import (Learner, RandomLogits, TeacherLogits, TeacherModel,
-                          distillation_loss, generator, seed_for, train)
+from kdpipe.methods import cross_entropy, kd_loss, stage_mse_loss
+from kdpipe.train import (Learner, RandomLogits, TeacherLogits, TeacherModel, generator,
+                          seed_for, train)
 
 torch.set_num_threads(1)
-
-
-def test_kd_loss_matches_the_protocol_formula_by_hand():
-    zs = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
-    zt = torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
-    y = torch.tensor([0, 2])
-    alpha, t = 0.3, 2.0
-    ps, pt = torch.softmax(zs / t, -1), torch.softmax(zt / t, -1)
-    kl = (pt * (pt.log() - ps.log())).sum(-1).mean()  # KL(teacher || student), batch mean
-    ce = -torch.log_softmax(zs, -1)[torch.arange(2), y].mean()
-    expected = (1 - alpha) * ce + alpha * t * t * kl
-    assert distillation_loss(zs, y, zt, alpha, t).item() == pytest.approx(expected.item(), rel=1e-6)
-
-
-def test_kd_loss_without_target_is_cross_entropy_and_alpha_one_is_pure_kl():
-    zs, zt = torch.randn(5, 4, generator=generator(0)), torch.randn(5, 4, generator=generator(1))
-    y = torch.tensor([0, 1, 2, 3, 0])
-    assert distillation_loss(zs, y, None, 0.9, 4.0).item() == pytest.approx(F.cross_entropy(zs, y).item())
-    kl = F.kl_div(F.log_softmax(zs, -1), F.softmax(zt, -1), reduction="batchmean")
-    assert distillation_loss(zs, y, zt, 1.0, 1.0).item() == pytest.approx(kl.item(), rel=1e-6)
-    assert distillation_loss(zt, y, zt, 1.0, 3.0).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_random_logits_are_uniform_fresh_every_step_and_reproducible():
@@ -144,12 +124,7 @@ def test_seed_streams_are_distinct():
     assert seed_for("init", 0.5, 1) == seed_for("init", 0.5, 1)
 
 
-def test_sequence_logits_count_every_position_as_a_sample():
-    zs = torch.randn(2, 5, 4, generator=generator(0))
-    zt = torch.randn(2, 5, 4, generator=generator(1))
-    y = torch.randint(0, 4, (2, 5), generator=generator(2))
-    flat = distillation_loss(zs.reshape(10, 4), y.reshape(10), zt.reshape(10, 4), 0.5, 2.0)
-    assert distillation_loss(zs, y, zt, 0.5, 2.0).item() == pytest.approx(flat.item())
+def test_noise_of_a_language_model_has_a_vector_per_position():
     noise = RandomLogits(8, (5, 4), seed=1)(torch.tensor([0, 3]), None, 0, 0)
     assert noise.shape == (2, 5, 4)
 
@@ -185,23 +160,8 @@ def fresh_cnn():
     return model
 
 
-def test_sample_weights_drop_the_kd_term_on_masked_samples():
-    zs = torch.randn(4, 3, generator=generator(0))
-    zt = torch.randn(4, 3, generator=generator(1))
-    y = torch.tensor([0, 1, 2, 0])
-    keep = torch.tensor([1.0, 0.0, 1.0, 0.0])
-    ce = F.cross_entropy(zs, y)
-    per_sample = F.kl_div(F.log_softmax(zs / 2, -1), F.log_softmax(zt / 2, -1), log_target=True,
-                          reduction="none").sum(-1)
-    expected = 0.5 * ce + 0.5 * 4 * (per_sample * keep).sum() / 4
-    got = distillation_loss(zs, y, zt, 0.5, 2.0, sample_weights=keep)
-    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
-    ones = distillation_loss(zs, y, zt, 0.5, 2.0, sample_weights=torch.ones(4))
-    assert ones.item() == pytest.approx(distillation_loss(zs, y, zt, 0.5, 2.0).item(), rel=1e-6)
-
-
 def test_feature_matching_loss_and_staged_forward():
-    from kdpipe.train import FeatureMatch, feature_matching_loss, staged_forward
+    from kdpipe.train import FeatureMatch, staged_forward
 
     model = fresh_cnn()
     x = torch.rand(2, 1, 8, 8, generator=generator(3))
@@ -212,7 +172,7 @@ def test_feature_matching_loss_and_staged_forward():
         staged_forward(model, "stage9", x)
     y = torch.tensor([0, 2])
     target = torch.zeros_like(features)
-    loss = feature_matching_loss(logits, y, features, target, 0.5)
+    loss = stage_mse_loss((logits, features), y, target, 0.5)
     expected = F.cross_entropy(logits, y) + 0.5 * (features ** 2).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert FeatureMatch("stage1").adapt(features) is features
@@ -253,7 +213,7 @@ def test_downweighted_classes_scale_the_wrong_class_mass_and_renormalise():
     drop = DownweightedClasses(lambda i, x, e, s: logits[i], labels, 0.0, 1.0, 3)
     q = torch.softmax(drop(torch.arange(2), None, 0, 0), -1)
     torch.testing.assert_close(q, F.one_hot(labels, 3).float(), atol=1e-12, rtol=0)
-    loss = distillation_loss(torch.randn(2, 3), labels, drop(torch.arange(2), None, 0, 0), 0.5, 1.0)
+    loss = kd_loss(torch.randn(2, 3), labels, drop(torch.arange(2), None, 0, 0), 0.5, 1.0)
     assert torch.isfinite(loss)
 
 
@@ -668,3 +628,101 @@ def test_fused_feature_matching_and_sample_weighted_learners_equal_their_lone_ru
         for module, fused in zip(alone.modules(), together[k].modules()):
             for p, q in zip(module.parameters(), fused.parameters()):
                 torch.testing.assert_close(q, p, atol=1e-5, rtol=1e-4)
+
+
+def stacked_kd_formula(logits, labels, targets, alpha, temperature):
+    """The KD loss of K learners written over the stacked tensors ([K, B, C] logits, [K]
+    alpha and T; a learner without a target has alpha 0 and zero targets), as one expression."""
+    log_p = F.log_softmax(logits, dim=-1)
+    ce = -log_p.gather(-1, labels[..., None]).squeeze(-1).mean(-1)
+    t = temperature[:, None, None]
+    log_p = F.log_softmax(logits / t, dim=-1)
+    log_q = F.log_softmax(targets / t, dim=-1)
+    per_sample = (log_q.exp() * (log_q - log_p)).sum(-1)
+    return (1 - alpha) * ce + alpha * temperature ** 2 * per_sample.mean(-1)
+
+
+def test_a_fused_step_groups_learners_by_loss_and_computes_the_stacked_formula_exactly():
+    """The losses of a fused kd, rcd and siddo group (kd_loss vmapped over kd and rcd, the
+    cross-entropy over siddo) and their gradients are, bit for bit, those of the KD loss written
+    over the stacked tensors: what keeps fused students identical to those trained before the
+    losses had one home."""
+    from kdpipe.train import Fused
+
+    x, y = toy_data()
+    teacher = torch.randn(len(x), 3, generator=generator(5))
+    learners = [Learner("kd", fresh_mlp(seed=1), TeacherLogits(teacher), 0.5, 2.0, order_seed=1),
+                Learner("siddo", fresh_mlp(seed=2), order_seed=1),
+                Learner("rcd", fresh_mlp(seed=1), RandomLogits(len(x), 3, seed=9), 0.1,
+                        order_seed=1)]
+    fused = Fused(learners, full_recipe(epochs=1, batch_size=16), [None] * 3)
+    assert [group.members for group in fused.loss_groups] == [[0, 2], [1]]
+    index = torch.arange(16)
+    picked = [(index, x[index], y[index])] * 3
+    targets = [None if l.target is None else l.target(index, x[index], 0, 0) for l in learners]
+    out = torch.randn(3, 16, 3, generator=generator(7), requires_grad=True)
+    labels = y[index].expand(3, 16)
+    parts = [fused.group_loss(group, out, labels, targets, picked) for group in fused.loss_groups]
+    grouped = torch.empty(3)
+    for group, part in zip(fused.loss_groups, parts):
+        grouped[group.index] = part.detach()
+    got, = torch.autograd.grad(sum(part.sum() for part in parts), out)
+    stacked_targets = torch.stack([torch.zeros(16, 3) if t is None else t for t in targets])
+    reference = stacked_kd_formula(out, labels, stacked_targets, torch.tensor([0.5, 0.0, 0.1]),
+                                   torch.tensor([2.0, 1.0, 1.0]))
+    expected, = torch.autograd.grad(reference.sum(), out)
+    assert torch.equal(grouped, reference.detach()) and torch.equal(got, expected)
+
+
+def scaled_kd(output, labels, target, alpha, temperature, sample_weights=None, *, scale):
+    """A loss with a setting, bound by functools.partial as a method's settings are."""
+    return scale * kd_loss(output, labels, target, alpha, temperature, sample_weights)
+
+
+def test_learners_of_different_losses_and_targets_fuse_and_end_as_they_do_alone():
+    """One stacked group of learners with the KD loss (teacher, constant uniform and noise
+    targets), a loss bound to a setting (functools.partial: two learners' equal partials are
+    one function) and plain cross-entropy: each ends as it does alone. A learner whose loss
+    cannot fuse trains alone."""
+    import functools
+
+    from kdpipe.train import Alone, ConstantLogits, Fused, build_engines
+
+    x, y = toy_data()
+    teacher = torch.randn(len(x), 3, generator=generator(5))
+    uniform = ConstantLogits(3)
+    assert torch.equal(uniform(torch.arange(4), None, 0, 0), torch.zeros(4, 3))
+
+    def learners(fuse=True):
+        return [Learner("kd", fresh_mlp(), TeacherLogits(teacher), 0.5, 2.0, order_seed=1),
+                Learner("uniform", fresh_mlp(), uniform, 0.3, 1.0, order_seed=1),
+                Learner("bound", fresh_mlp(seed=2), TeacherLogits(teacher), 0.9, order_seed=1,
+                        loss=functools.partial(scaled_kd, scale=0.5)),
+                Learner("rcd", fresh_mlp(), RandomLogits(len(x), 3, seed=9), 0.5, order_seed=2),
+                Learner("bound too", fresh_mlp(seed=4), RandomLogits(len(x), 3, seed=8), 0.5,
+                        order_seed=1, loss=functools.partial(scaled_kd, scale=0.5), fuse=fuse),
+                Learner("ce", fresh_mlp(seed=3), order_seed=3, loss=cross_entropy)]
+
+    recipe = full_recipe(epochs=2, batch_size=16, optimizer="sgd", lr=0.1)
+    engines = build_engines(learners(), range(6), recipe, {}, "always")
+    assert [type(e) for e in engines] == [Fused]
+    assert [g.members for g in engines[0].loss_groups] == [[0, 1, 3], [2, 4], [5]]
+    # consecutive members are a slice of the stack, the others an index
+    assert engines[0].loss_groups[2].index == slice(5, 6)
+    assert torch.equal(engines[0].loss_groups[1].index, torch.tensor([2, 4]))
+    engines = build_engines(learners(fuse=False), range(6), recipe, {}, "always")
+    assert [type(e) for e in engines] == [Fused, Alone]
+    together = learners()
+    train(together, x, y, recipe, fuse="always")
+    for k in range(6):
+        alone = learners()[k]
+        train([alone], x, y, recipe)
+        for p, q in zip(alone.model.parameters(), together[k].model.parameters()):
+            torch.testing.assert_close(q, p, atol=1e-5, rtol=1e-4)
+    # the uniform target is label smoothing: (1 - a) CE + a KL(u || p) = CE with smoothing a,
+    # less a log C
+    z = torch.randn(6, 3, generator=generator(1))
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    smoothed = F.cross_entropy(z, labels, label_smoothing=0.3) - 0.3 * math.log(3)
+    got = kd_loss(z, labels, uniform(torch.arange(6), None, 0, 0), 0.3, 1.0)
+    assert got.item() == pytest.approx(smoothed.item(), rel=1e-6)

@@ -15,7 +15,7 @@ rule figures:
     conda:
         CONDA_ENV
     params:
-        spec=json.dumps(config["plots"], sort_keys=True),
+        spec=STUDY.plots_spec(),
         code=package_hash("plots"),
         tables=lambda w, input: Path(input[0]).parent,
         figures=lambda w, output: Path(output[0]).parent,
@@ -53,7 +53,7 @@ rule audit:
     # figure on the CPUs it may use (one after another in a one-CPU SLURM job).
     threads: 1
     params:
-        spec=json.dumps(config["plots"], sort_keys=True),
+        spec=STUDY.plots_spec(),
         code=package_hash("audit"),
         tables=lambda w, input: Path(input.models).parent,
         results=lambda w, input: Path(input.models).parent.parent,

@@ -55,7 +55,7 @@ rule statistics:
     conda:
         CONDA_ENV
     params:
-        spec=json.dumps(config["stats"], sort_keys=True),
+        spec=STUDY.stats_spec(),
         code=package_hash("stats"),
     shell:
         "python -m kdpipe stats --spec {params.spec:q} --out $(dirname {input.models:q}) 2> {log:q}"
