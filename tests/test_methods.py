@@ -278,3 +278,102 @@ def test_the_config_check_names_the_key_and_the_file(tmp_path, monkeypatch):
         validate({**TINY, "methods": {"kd": {"loss": "mylosses.py:my_kd"}}})
     with pytest.raises(ConfigError, match="config error at methods: 'My_KD' does not match"):
         validate({**TINY, "methods": {"My_KD": {"loss": "mylosses.py:my_kd"}}})
+
+
+# --- a user's method in a study ---------------------------------------------------------------------
+
+USER_LOSS = '''import torch.nn.functional as F
+
+
+def my_kd(student_logits, labels, target_logits, alpha, temperature, sample_weights=None):
+    """KD with the KL term replaced by the squared distance between the distributions."""
+    classes = student_logits.shape[-1]
+    z, y = student_logits.reshape(-1, classes), labels.reshape(-1)
+    p, q = F.softmax(z, -1), F.softmax(target_logits.reshape(-1, classes), -1)
+    return (1 - alpha) * F.cross_entropy(z, y) + alpha * SCALE * (p - q).square().sum(-1).mean()
+
+
+SCALE = 1.0
+'''
+
+
+@pytest.mark.slow
+def test_a_users_method_from_a_file_reaches_every_table_and_retrains_only_itself(tmp_path):
+    """A method declared in the config with its loss in the study's folder: it and its random
+    control train beside kd, rcd and siddo, have rows in every table and figures 1-4 and the
+    audit of their own; the loss trains fused as it does alone; editing the file retrains its
+    students and no other."""
+    import re
+
+    import pandas as pd
+
+    from conftest import snakemake, write_config
+    from kdpipe.plan import figure_stems
+
+    (tmp_path / "mylosses.py").write_text(USER_LOSS)
+    write_config(tmp_path, widths=[1], seeds=[0, 1, 2], methods={"mykd": {
+        "loss": "mylosses.py:my_kd"}},
+        setups={"digits-mlp": {"dataset": "digits", "arch": "mlp",
+                               "recipe": {"epochs": 2, "batch_size": 32}}})
+    snakemake(tmp_path)
+    results = tmp_path / "results"
+    tables = {name: pd.read_parquet(results / f"tables/{name}.parquet")
+              for name in ("models", "stats", "claims", "asymmetry", "scaling", "copied_errors")}
+    mine = {"mykd", "mykd-rcd"}
+    assert tables["models"].groupby("method").size()[list(mine)].tolist() == [3, 3]
+    assert {"mykd_vs_siddo", "mykd_vs_mykd-rcd", "mykd-rcd_vs_siddo"} <= set(tables["stats"].comparison)
+    claim = tables["claims"][tables["claims"].claim == "mykd-rcd accuracy not significantly below mykd"]
+    assert len(claim) == 1 and claim["median_accuracy_mykd"].notna().all()
+    for name in ("asymmetry", "scaling", "copied_errors"):
+        assert mine <= set(tables[name].method), name
+    stems = figure_stems(["digits-mlp"], [1.0], ["kd", "rcd", "siddo", *mine],
+                         methods.Registry({"mykd": MINE}))
+    assert "fig1_functional-mykd_digits-mlp" in stems and "fig1_functional_digits-mlp" in stems
+    drawn = {p.stem for p in (results / "figures").glob("*.png")}
+    assert set(stems) | {"audit_digits-mlp", "audit-mykd_digits-mlp"} == drawn
+    # the same students, alone and in the study's fused block, 4 steps: the engine's tolerance
+    fused_vs_alone(tmp_path)
+    # editing the loss retrains the method's students (and its control's), no other
+    (tmp_path / "mylosses.py").write_text(USER_LOSS.replace("SCALE = 1.0", "SCALE = 2.0"))
+    logs = results / "logs/train_block"
+    for log in logs.glob("*/*/*.log"):
+        log.unlink()
+    snakemake(tmp_path)
+    trained = [int(re.search(r"block of \d+ students: \d+ already finished, training (\d+)",
+                             log.read_text()).group(1)) for log in logs.glob("*/*/*.log")]
+    assert trained == [6]
+    again = pd.read_parquet(results / "tables/models.parquet")
+    kept = ~again["method"].isin(mine)
+    pd.testing.assert_frame_equal(again[kept], tables["models"][kept])
+
+
+def fused_vs_alone(workdir: Path):
+    """The user's loss (imported from ``workdir``) trains four learners for 4 SGD steps stacked
+    as they train alone, within the fused engine's tolerance (atol 1e-4, rtol 1e-3;
+    tests/test_train.py)."""
+    import copy
+
+    from conftest import full_recipe
+    from kdpipe import data as datasets, models
+    from kdpipe.train import Learner, RandomLogits, TeacherLogits, train
+
+    loss = methods.load_loss("methods.mykd.loss", str(workdir / "mylosses.py") + ":my_kd")
+    dataset = datasets.load(workdir / "results/data/digits.pt", "cpu")
+    x, y = dataset.x_train[:64], dataset.y_train[:64]
+    teacher = torch.randn(64, 10, generator=generator(1))
+    base = models.build("mlp", dataset.input_shape, 10, 0.5)
+    models.init_parameters(base, generator(2))
+
+    def learners():
+        return [Learner(f"mine {k}", copy.deepcopy(base),
+                        TeacherLogits(teacher) if k % 2 == 0 else RandomLogits(64, 10, seed=k),
+                        0.5, order_seed=k // 2, loss=loss) for k in range(4)]
+
+    recipe = full_recipe(epochs=1, batch_size=16, optimizer="sgd", lr=1e-2, momentum=0.0)
+    together = learners()
+    train(together, x, y, recipe, fuse="always")
+    for k in range(4):
+        alone = learners()[k]
+        train([alone], x, y, recipe)
+        for p, q in zip(alone.model.parameters(), together[k].model.parameters()):
+            torch.testing.assert_close(q, p, atol=1e-4, rtol=1e-3)
