@@ -187,6 +187,10 @@ FEATURE_MATCHING_SECTION = enabling(
     "of a named stage, through a 1x1 convolution or linear map where the widths differ) and its "
     "random control fm-rcd (noise targets of that shape), per (alpha, width, seed); the stage is "
     "each setup's fm_stage, by default the last stage before the head")
+LS_SECTION = enabling(
+    "our addition: also train ls, label smoothing at the study's alpha (the kd loss with the "
+    "teacher's distribution replaced by the uniform one), per (alpha, T, width, seed), on the "
+    "same batches as kd, rcd and siddo: is rcd's effect label smoothing's?")
 
 # In the order of the figures' legends and colours (the palette's first colours go to the first).
 REGISTRY = (
@@ -209,6 +213,9 @@ REGISTRY = (
            comparisons=standard_comparisons("fm", "fm-rcd"), figure="fig8_fm"),
     Method("fm-rcd", "noise-stage", stage_mse_loss, uses_temperature=False,
            option="feature_matching"),
+    # label smoothing: kd's loss towards the uniform distribution, a control of its own
+    Method("ls", "uniform", kd_loss, option="ls", section=LS_SECTION,
+           comparisons=(versus("ls", "rcd"), versus("ls", "siddo")), claim=(NO_DIFFERENCE, "rcd")),
 )
 # The paper's method and its random control: what figures 5 and 6 show, and the figures and
 # audit whose file names carry no method's name.

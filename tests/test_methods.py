@@ -3,6 +3,7 @@ computations, a user's method from the config, and that the registry stays the o
 names a method and stays light to import."""
 import ast
 import io
+import math
 import subprocess
 import sys
 import tokenize
@@ -174,7 +175,7 @@ def lone_and_vmapped(loss, output, labels, target, alphas, temperatures, weights
     return alone, fused
 
 
-@pytest.mark.parametrize("name", ["siddo", "kd", "kd-masked", "fm"])
+@pytest.mark.parametrize("name", ["siddo", "kd", "kd-masked", "fm", "ls"])
 def test_a_loss_vmapped_over_learners_equals_its_lone_calls(name):
     m = methods.method(name)
     g = generator(3)
@@ -182,6 +183,8 @@ def test_a_loss_vmapped_over_learners_equals_its_lone_calls(name):
     target, weights, output = torch.randn(3, 6, 5, generator=g), None, logits
     if m.target == "none":
         target = None
+    if m.target == "uniform":
+        target = torch.zeros(3, 6, 5)
     if m.masked:
         weights = (torch.arange(18).view(3, 6) % 2).float()
     if m.uses_stage:
@@ -189,6 +192,31 @@ def test_a_loss_vmapped_over_learners_equals_its_lone_calls(name):
     alone, fused = lone_and_vmapped(m.loss, output, y, target, [0.1, 0.5, 0.9], [1.0, 2.0, 4.0],
                                     weights)
     torch.testing.assert_close(fused, alone, rtol=1e-6, atol=1e-7)
+
+
+def test_ls_is_the_kd_loss_towards_the_uniform_distribution_by_hand():
+    """z = [ln 2, 0, 0], y = 0: p = [1/2, 1/4, 1/4], CE = ln 2 and KL(u || p) = (1/3) (ln(2/3) +
+    2 ln(4/3)); at T = 1 ls is CE with label smoothing alpha (torch's), less alpha ln C."""
+    ls = methods.method("ls")
+    assert (ls.target, ls.control, ls.uses_alpha, ls.uses_temperature) == ("uniform", None, True,
+                                                                         True)
+    assert ls.comparisons == (("ls_vs_rcd", "ls", "rcd"), ("ls_vs_siddo", "ls", "siddo"))
+    assert ls.claim == (methods.NO_DIFFERENCE, "rcd") and not ls.depends_on_teacher
+    z, y, uniform = torch.tensor([[math.log(2), 0.0, 0.0]]), torch.tensor([0]), torch.zeros(1, 3)
+    for alpha in (0.1, 0.9):
+        by_hand = (1 - alpha) * math.log(2) + alpha * (math.log(2 / 3) + 2 * math.log(4 / 3)) / 3
+        assert ls.loss(z, y, uniform, alpha, 1.0).item() == pytest.approx(by_hand, rel=1e-6)
+    z, y = torch.randn(8, 5, generator=generator(0)), torch.randint(0, 5, (8,), generator=generator(1))
+    smoothed = F.cross_entropy(z, y, label_smoothing=0.3) - 0.3 * math.log(5)
+    assert ls.loss(z, y, torch.zeros(8, 5), 0.3, 1.0).item() == pytest.approx(smoothed.item(),
+                                                                               rel=1e-6)
+    # at T the KL term is alpha T^2 KL(u || softmax(z / T))
+    log_p = torch.log_softmax(z / 2, -1).double()
+    kl = (-math.log(5) - log_p).mean(-1).mean() * 1.0
+    expected = 0.7 * F.cross_entropy(z, y).double() + 0.3 * 4 * kl
+    assert ls.loss(z, y, torch.zeros(8, 5), 0.3, 2.0).item() == pytest.approx(expected.item(),
+                                                                              rel=1e-6)
+    assert methods.enabled({"ls": {"enabled": True}})[-1] == "ls"
 
 
 # --- a user's method --------------------------------------------------------------------------------
