@@ -87,6 +87,43 @@ def stage_mse_loss(student_output, labels, target_features, alpha, temperature=1
     return cross_entropy(logits, labels) + alpha * (features - target_features).square().mean()
 
 
+def dkd_loss(student_logits, labels, target_logits, alpha, temperature, sample_weights=None, *,
+             tckd_weight, nckd_weight):
+    """Decoupled KD (Zhao et al., CVPR 2022): (1 - alpha) CE(y, z_s) + alpha T^2 (a TCKD + b NCKD),
+    batch mean, a = ``tckd_weight``, b = ``nckd_weight``. At temperature T, TCKD is the KL from the
+    target's binary distribution [p(y), 1 - p(y)] to the student's, NCKD the KL between their
+    distributions over the other classes, each renormalised. In log space throughout: log p(y) =
+    z_y / T - logsumexp(z / T), log(1 - p(y)) = logsumexp over the other classes minus the same,
+    the renormalised distribution the log-softmax of the other classes alone, so that no
+    probability that underflows (p(y) = 1 in float32) is ever taken the log of.
+    ``sample_weights`` scale each sample's distillation term, as in kd_loss."""
+    import torch
+
+    ce = cross_entropy(student_logits, labels)
+    classes = student_logits.shape[-1]
+    y = labels.reshape(-1, 1)
+    step = torch.arange(classes - 1, device=y.device)
+    others = step + (step >= y)  # per sample, the classes other than its label, in order
+
+    def parts(logits):
+        scaled = logits.reshape(-1, classes) / temperature
+        everything = torch.logsumexp(scaled, -1)
+        rest = scaled.gather(-1, others)
+        beside = torch.logsumexp(rest, -1)
+        binary = torch.stack([scaled.gather(-1, y).squeeze(-1) - everything,
+                              beside - everything], -1)
+        return binary, rest - beside[:, None]
+
+    binary_s, rest_s = parts(student_logits)
+    binary_t, rest_t = parts(target_logits)
+    tckd = (binary_t.exp() * (binary_t - binary_s)).sum(-1)
+    nckd = (rest_t.exp() * (rest_t - rest_s)).sum(-1)
+    per_sample = tckd_weight * tckd + nckd_weight * nckd
+    if sample_weights is not None:
+        per_sample = per_sample * sample_weights.reshape(-1)
+    return (1 - alpha) * ce + alpha * temperature ** 2 * per_sample.mean(-1)
+
+
 # --- entries ------------------------------------------------------------------------------------
 
 REFERENCE = "siddo"  # the same-init, different-data-order control every method is compared with
@@ -152,7 +189,7 @@ def standard_comparisons(name: str, control: str) -> tuple:
 
 
 def enabling(description: str, **properties) -> dict:
-    """The JSON schema of a method's config section: ``enabled`` (default false) and ``properties``."""
+    """The JSON schema of a method's config section: ``enabled`` (default false), ``properties``."""
     return {"description": description, "type": "object", "additionalProperties": False,
             "default": {}, "properties": {"enabled": {"type": "boolean", "default": False},
                                           **properties}}
@@ -191,6 +228,15 @@ LS_SECTION = enabling(
     "our addition: also train ls, label smoothing at the study's alpha (the kd loss with the "
     "teacher's distribution replaced by the uniform one), per (alpha, T, width, seed), on the "
     "same batches as kd, rcd and siddo: is rcd's effect label smoothing's?")
+DKD_SECTION = enabling(
+    "also train dkd, Decoupled KD (Zhao et al., CVPR 2022): (1 - alpha) CE + alpha T^2 "
+    "(tckd_weight TCKD + nckd_weight NCKD), and its random control dkd-rcd, per (alpha, T, "
+    "width, seed), on the same batches as kd, rcd and siddo",
+    tckd_weight={"description": "a, the weight of the target-class term (DKD's published 1.0)",
+                 "type": "number", "minimum": 0, "default": 1.0},
+    nckd_weight={"description": "b, the weight of the non-target-class term, which carries the "
+                                "teacher's wrong-class mass (DKD's published 8.0)",
+                 "type": "number", "minimum": 0, "default": 8.0})
 
 # In the order of the figures' legends and colours (the palette's first colours go to the first).
 REGISTRY = (
@@ -216,6 +262,13 @@ REGISTRY = (
     # label smoothing: kd's loss towards the uniform distribution, a control of its own
     Method("ls", "uniform", kd_loss, option="ls", section=LS_SECTION,
            comparisons=(versus("ls", "rcd"), versus("ls", "siddo")), claim=(NO_DIFFERENCE, "rcd")),
+    # Decoupled KD: does splitting off the non-target part change what is copied?
+    Method("dkd", "teacher", dkd_loss, control="dkd-rcd", option="dkd", section=DKD_SECTION,
+           settings=("tckd_weight", "nckd_weight"), loss_settings=("tckd_weight", "nckd_weight"),
+           comparisons=(*standard_comparisons("dkd", "dkd-rcd"), versus("dkd", "kd")),
+           claim=(NOT_BELOW, "dkd-rcd"), figure=STANDARD_FIGURES),
+    Method("dkd-rcd", "noise", dkd_loss, option="dkd", settings=("tckd_weight", "nckd_weight"),
+           loss_settings=("tckd_weight", "nckd_weight")),
 )
 # The paper's method and its random control: what figures 5 and 6 show, and the figures and
 # audit whose file names carry no method's name.
@@ -291,7 +344,8 @@ def load_loss(key: str, loss: str):
     """The function a user's ``loss`` ("file.py:function") names, its file imported (once per
     file); MethodError where it cannot be imported or the function is missing."""
     path, function = loss_parts(loss)
-    module_name = "kdpipe_user_loss_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    where = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    module_name = f"kdpipe_user_loss_{where}"
     module = sys.modules.get(module_name)
     if module is None:
         spec = importlib.util.spec_from_file_location(module_name, path)

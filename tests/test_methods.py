@@ -2,6 +2,7 @@
 computations, a user's method from the config, and that the registry stays the one place that
 names a method and stays light to import."""
 import ast
+import functools
 import io
 import math
 import subprocess
@@ -47,7 +48,8 @@ def test_every_method_is_defined_once_with_its_control_and_comparisons():
     assert {"kd", "kd-masked", "fm"} <= set(methods.COMPARISONS_OF)
     assert not methods.method("siddo").uses_alpha and not methods.method("fm").uses_temperature
     assert methods.method("siddo").teacher_free and not methods.method("rcd").teacher_free
-    assert methods.method("kd").depends_on_teacher and methods.method("rcd-masked").depends_on_teacher
+    assert methods.method("kd").depends_on_teacher
+    assert methods.method("rcd-masked").depends_on_teacher
     assert not methods.method("rcd").depends_on_teacher
     assert methods.CLAIMS[0] == (methods.NOT_BELOW, "kd", "rcd")
     assert methods.BUILT_IN.leads[0] == methods.LEAD == "kd" and methods.CONTROL == "rcd"
@@ -73,7 +75,7 @@ def test_importing_the_registry_imports_only_the_standard_library():
     assert heavy == []
 
 
-# --- one home per method ----------------------------------------------------------------------------
+# --- one home per method -------------------------------------------------------------------------
 
 def string_constants(source: str) -> list[tuple[int, str]]:
     """(line, value) of every string constant of Python or Snakemake source: each whole literal,
@@ -107,7 +109,7 @@ def test_the_literal_finder_sees_literals_and_fstring_parts():
                                         (3, "kd-masked vs kd")]
 
 
-# --- the losses against independent computations --------------------------------------------------
+# --- the losses against independent computations -------------------------------------------------
 
 def test_kd_loss_matches_the_protocol_formula_by_hand():
     zs = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
@@ -175,7 +177,13 @@ def lone_and_vmapped(loss, output, labels, target, alphas, temperatures, weights
     return alone, fused
 
 
-@pytest.mark.parametrize("name", ["siddo", "kd", "kd-masked", "fm", "ls"])
+def bound_loss(m: methods.Method):
+    """A method's loss with its settings at their config defaults, bound as a job binds them."""
+    defaults = methods.SECTIONS[m.option]["properties"] if m.option else {}
+    return functools.partial(m.loss, **{key: defaults[key]["default"] for key in m.loss_settings})
+
+
+@pytest.mark.parametrize("name", ["siddo", "kd", "kd-masked", "fm", "ls", "dkd"])
 def test_a_loss_vmapped_over_learners_equals_its_lone_calls(name):
     m = methods.method(name)
     g = generator(3)
@@ -188,9 +196,10 @@ def test_a_loss_vmapped_over_learners_equals_its_lone_calls(name):
     if m.masked:
         weights = (torch.arange(18).view(3, 6) % 2).float()
     if m.uses_stage:
-        output, target = (logits, torch.randn(3, 6, 2, generator=g)), torch.randn(3, 6, 2, generator=g)
-    alone, fused = lone_and_vmapped(m.loss, output, y, target, [0.1, 0.5, 0.9], [1.0, 2.0, 4.0],
-                                    weights)
+        output = (logits, torch.randn(3, 6, 2, generator=g))
+        target = torch.randn(3, 6, 2, generator=g)
+    alone, fused = lone_and_vmapped(bound_loss(m), output, y, target, [0.1, 0.5, 0.9],
+                                    [1.0, 2.0, 4.0], weights)
     torch.testing.assert_close(fused, alone, rtol=1e-6, atol=1e-7)
 
 
@@ -206,7 +215,8 @@ def test_ls_is_the_kd_loss_towards_the_uniform_distribution_by_hand():
     for alpha in (0.1, 0.9):
         by_hand = (1 - alpha) * math.log(2) + alpha * (math.log(2 / 3) + 2 * math.log(4 / 3)) / 3
         assert ls.loss(z, y, uniform, alpha, 1.0).item() == pytest.approx(by_hand, rel=1e-6)
-    z, y = torch.randn(8, 5, generator=generator(0)), torch.randint(0, 5, (8,), generator=generator(1))
+    z = torch.randn(8, 5, generator=generator(0))
+    y = torch.randint(0, 5, (8,), generator=generator(1))
     smoothed = F.cross_entropy(z, y, label_smoothing=0.3) - 0.3 * math.log(5)
     assert ls.loss(z, y, torch.zeros(8, 5), 0.3, 1.0).item() == pytest.approx(smoothed.item(),
                                                                                rel=1e-6)
@@ -219,7 +229,82 @@ def test_ls_is_the_kd_loss_towards_the_uniform_distribution_by_hand():
     assert methods.enabled({"ls": {"enabled": True}})[-1] == "ls"
 
 
-# --- a user's method --------------------------------------------------------------------------------
+def dkd_by_the_paper(zs, zt, y, alpha, t, a, b):
+    """DKD's loss written from the paper in float64, by definitions: the probabilities at T, the
+    binary distributions [p(y), 1 - p(y)] (1 - p(y) as the other classes' mass, which float64
+    holds where 1 minus a rounded p(y) would be 0), the other classes' distributions
+    renormalised, and each KL as sum q log(q / p); the batch mean of (1 - alpha) CE + alpha T^2
+    (a TCKD + b NCKD)."""
+    zs, zt = zs.double(), zt.double()
+    total = 0.0
+    for k in range(len(y)):
+        ps, pt = torch.softmax(zs[k] / t, -1), torch.softmax(zt[k] / t, -1)
+        gt = int(y[k])
+        keep = [c for c in range(len(ps)) if c != gt]
+        bs = torch.stack([ps[gt], ps[keep].sum()])
+        bt = torch.stack([pt[gt], pt[keep].sum()])
+        rs, rt = ps[keep] / ps[keep].sum(), pt[keep] / pt[keep].sum()
+        tckd = (bt * (bt / bs).log()).sum()
+        nckd = (rt * (rt / rs).log()).sum()
+        ce = -torch.log_softmax(zs[k], -1)[gt]
+        total += (1 - alpha) * ce + alpha * t * t * (a * tckd + b * nckd)
+    return total / len(y)
+
+
+def test_dkd_matches_the_papers_formula_and_a_hand_worked_case():
+    dkd = methods.method("dkd")
+    assert (dkd.target, dkd.control, dkd.settings) == ("teacher", "dkd-rcd",
+                                                       ("tckd_weight", "nckd_weight"))
+    section = methods.SECTIONS["dkd"]["properties"]
+    assert (section["tckd_weight"]["default"], section["nckd_weight"]["default"]) == (1.0, 8.0)
+    assert {name for name, _, _ in dkd.comparisons} == {
+        "dkd_vs_siddo", "dkd_vs_dkd-rcd", "dkd-rcd_vs_siddo", "dkd_vs_kd"}
+    assert methods.enabled({"dkd": {"enabled": True}})[-2:] == ["dkd", "dkd-rcd"]
+    g = generator(4)
+    zs, zt = torch.randn(6, 5, generator=g) * 3, torch.randn(6, 5, generator=g) * 3
+    y = torch.randint(0, 5, (6,), generator=g)
+    for alpha, t, a, b in ((0.5, 1.0, 1.0, 8.0), (0.9, 4.0, 1.0, 8.0), (0.3, 2.0, 0.5, 2.0)):
+        got = dkd.loss(zs, y, zt, alpha, t, tckd_weight=a, nckd_weight=b)
+        assert got.item() == pytest.approx(dkd_by_the_paper(zs, zt, y, alpha, t, a, b).item(),
+                                           rel=1e-5)
+    # by hand: z_s uniform over 3 classes, p_t = [1/2, 1/4, 1/4], y = 0: the binary
+    # distributions are [1/2, 1/2] and [1/3, 2/3], TCKD = (ln(3/2) + ln(3/4)) / 2; the other
+    # classes are uniform in both, NCKD = 0; CE = ln 3
+    zs, zt, y = torch.zeros(1, 3), torch.tensor([[math.log(2), 0.0, 0.0]]), torch.tensor([0])
+    by_hand = 0.5 * math.log(3) + 0.5 * 2.0 * (math.log(1.5) + math.log(0.75)) / 2
+    assert dkd.loss(zs, y, zt, 0.5, 1.0, tckd_weight=2.0, nckd_weight=8.0).item() == \
+        pytest.approx(by_hand, rel=1e-6)
+
+
+def test_dkd_decomposes_kd_and_stays_finite_where_a_probability_underflows():
+    """The paper's identity KL = TCKD + (1 - p_t(y)) NCKD, per sample; and with the label's
+    logit 120 above the others (float32 p(y) = 1, 1 - p(y) = 0), a finite loss and gradient that
+    equal the float64 computation of the paper's formula."""
+    dkd = methods.method("dkd").loss
+    g = generator(5)
+    for k in range(4):
+        zs, zt = torch.randn(1, 6, generator=g) * 2, torch.randn(1, 6, generator=g) * 2
+        y = torch.tensor([k])
+        tckd = dkd(zs, y, zt, 1.0, 1.0, tckd_weight=1.0, nckd_weight=0.0)
+        nckd = dkd(zs, y, zt, 1.0, 1.0, tckd_weight=0.0, nckd_weight=1.0)
+        kl = methods.kd_loss(zs, y, zt, 1.0, 1.0)
+        p_true = torch.softmax(zt, -1)[0, k]
+        assert kl.item() == pytest.approx((tckd + (1 - p_true) * nckd).item(), rel=1e-5)
+    zs = torch.tensor([[120.0, 1.0, -2.0, 0.5]], requires_grad=True)
+    zt = torch.tensor([[3.0, 2.5, -1.0, 0.0]])
+    y = torch.tensor([0])
+    assert torch.softmax(zs, -1)[0, 0].item() == 1.0  # float32 underflow of 1 - p(y)
+    loss = dkd(zs, y, zt, 0.9, 1.0, tckd_weight=1.0, nckd_weight=8.0)
+    grad, = torch.autograd.grad(loss, zs)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    reference = zs.detach().double().requires_grad_()
+    expected = dkd_by_the_paper(reference, zt, y, 0.9, 1.0, 1.0, 8.0)
+    expected_grad, = torch.autograd.grad(expected, reference)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-4, atol=1e-6)
+
+
+# --- a user's method -----------------------------------------------------------------------------
 
 def test_a_users_method_gets_a_random_control_and_the_standard_comparisons():
     registry = methods.Registry({"mine": MINE})
@@ -232,7 +317,8 @@ def test_a_users_method_gets_a_random_control_and_the_standard_comparisons():
                                                ("mine_vs_mine-rcd", "mine", "mine-rcd"),
                                                ("mine-rcd_vs_siddo", "mine-rcd", "siddo"))
     assert (methods.NOT_BELOW, "mine", "mine-rcd") in registry.claims
-    assert registry.leads == ("kd", "mine") and "mine" in registry.distilled
+    assert registry.leads[0] == "kd" and registry.leads[-1] == "mine"
+    assert "mine" in registry.distilled
     assert "mine" not in methods.ORDER  # the built-in registry is left alone
 
 
@@ -308,7 +394,7 @@ def test_the_config_check_names_the_key_and_the_file(tmp_path, monkeypatch):
         validate({**TINY, "methods": {"My_KD": {"loss": "mylosses.py:my_kd"}}})
 
 
-# --- a user's method in a study ---------------------------------------------------------------------
+# --- a user's method in a study ------------------------------------------------------------------
 
 USER_LOSS = '''import torch.nn.functional as F
 
@@ -349,8 +435,10 @@ def test_a_users_method_from_a_file_reaches_every_table_and_retrains_only_itself
               for name in ("models", "stats", "claims", "asymmetry", "scaling", "copied_errors")}
     mine = {"mykd", "mykd-rcd"}
     assert tables["models"].groupby("method").size()[list(mine)].tolist() == [3, 3]
-    assert {"mykd_vs_siddo", "mykd_vs_mykd-rcd", "mykd-rcd_vs_siddo"} <= set(tables["stats"].comparison)
-    claim = tables["claims"][tables["claims"].claim == "mykd-rcd accuracy not significantly below mykd"]
+    assert {"mykd_vs_siddo", "mykd_vs_mykd-rcd",
+            "mykd-rcd_vs_siddo"} <= set(tables["stats"].comparison)
+    claims = tables["claims"]
+    claim = claims[claims.claim == "mykd-rcd accuracy not significantly below mykd"]
     assert len(claim) == 1 and claim["median_accuracy_mykd"].notna().all()
     for name in ("asymmetry", "scaling", "copied_errors"):
         assert mine <= set(tables[name].method), name
