@@ -9,9 +9,9 @@ from scipy.stats import binomtest, mannwhitneyu, wilcoxon
 
 from kdpipe import methods, power
 from kdpipe.metrics import FUNCTIONAL_METRICS, HIGHER_IS_CLOSER, PERFORMANCE_METRICS
-from kdpipe.stats import (adjust_pvalues, asymmetry, claims, compare_methods, mann_whitney,
-                          scaling, toward_teacher, untestable_summary, wilcoxon_p,
-                          wilcoxon_paired)
+from kdpipe.stats import (adjust_pvalues, asymmetry, claims, claims_table, compare_methods,
+                          mann_whitney, no_difference, scaling, toward_teacher,
+                          untestable_summary, wilcoxon_p, wilcoxon_paired)
 
 NAN = float("nan")
 P_SEPARATED_5_5 = 2 / math.comb(10, 5)  # exact two-sided p of fully separated samples of 5 and 5
@@ -505,6 +505,53 @@ def test_claims_are_na_with_the_note_where_untestable():
     enough = claims(compare_methods(seeds_models(4, metric="accuracy"), metrics=["accuracy"]))
     row = enough.iloc[0]
     assert row["rcd_below_kd"] and not row["claim_holds"] and row["verdict_note"] == ""
+
+
+def ls_models(n_seeds):
+    """kd, rcd, siddo and ls at alphas 0.1 and 0.5, ``n_seeds`` seeds each: at 0.1, ls is far
+    from rcd in activation distance (further from the teacher) and in loss, and equal to it
+    elsewhere; at 0.5 equal to rcd in every metric."""
+    rows = []
+    for seed, alpha in itertools.product(range(n_seeds), (0.1, 0.5)):
+        same = {**all_metrics(0.5, seed), "accuracy": 0.8, "loss": 0.4, "ece": 0.1}
+        apart = {**same, "activation_distance": 0.9 + 0.01 * seed, "loss": 0.7 + 0.01 * seed}
+        rows += [model("a", "kd", alpha, 1.0, 1, seed, **same),
+                 model("a", "rcd", alpha, 1.0, 1, seed, **same),
+                 model("a", "ls", alpha, 1.0, 1, seed, **(apart if alpha == 0.1 else same))]
+        if alpha == 0.1:
+            rows.append(siddo("a", 1, seed, **same))
+    return pd.DataFrame(rows)
+
+
+def test_the_ls_claim_says_per_cell_whether_ls_and_rcd_differ_on_any_metric():
+    """A metric differs where its two-sided test is significant, whichever way (ls further from
+    the teacher counts); "no difference" is a verdict only where every test can reject."""
+    tests = compare_methods(ls_models(4))
+    claim = no_difference(tests, "ls", "rcd").set_index("alpha")
+    assert list(claim["metrics_tested"]) == [9, 9]
+    assert claim.loc[0.1, "metrics_differing"] == "activation_distance, loss"
+    assert mannwhitneyu([0.9, 0.91, 0.92, 0.93], [0.5, 0.51, 0.52, 0.53]).pvalue < 0.05
+    assert claim.loc[0.1, "ls_differs_from_rcd"] and not claim.loc[0.1, "claim_holds"]
+    assert claim.loc[0.5, "metrics_differing"] == "" and claim.loc[0.5, "claim_holds"]
+    assert claim["testable"].all() and (claim["verdict_note"] == "").all()
+    assert (claim["claim"]
+            == "rcd and ls do not differ significantly on any tested metric").all()
+    few = no_difference(compare_methods(ls_models(2)), "ls", "rcd")
+    assert few["claim_holds"].isna().all() and few["ls_differs_from_rcd"].isna().all()
+    assert not few["testable"].any() and few["verdict_note"].str.contains("cannot reject").all()
+    # the claims table: kd's claim, then ls's, each claim's columns empty on the other's rows
+    assert (methods.NO_DIFFERENCE, "ls", "rcd") in methods.CLAIMS
+    table = claims_table(tests)
+    assert list(table["claim"].str.startswith("rcd accuracy")) == [True, True, False, False]
+    for column in ("ls_differs_from_rcd", "rcd_below_kd", "claim_holds"):
+        assert table[column].dtype == "boolean"
+    assert table["ls_differs_from_rcd"][:2].isna().all()
+    assert table["median_accuracy_kd"][2:].isna().all()
+    kd = claims(tests)
+    pd.testing.assert_frame_equal(table.iloc[:2][list(kd.columns)].astype(kd.dtypes.to_dict()), kd)
+    # without ls students, the claims table is kd's claim as it is
+    only_kd = compare_methods(ls_models(4)[lambda m: m["method"] != "ls"])
+    pd.testing.assert_frame_equal(claims_table(only_kd), claims(only_kd))
 
 
 def family_models():
