@@ -396,61 +396,52 @@ def test_the_config_check_names_the_key_and_the_file(tmp_path, monkeypatch):
 
 # --- a user's method in a study ------------------------------------------------------------------
 
-USER_LOSS = '''import torch.nn.functional as F
-
-
-def my_kd(student_logits, labels, target_logits, alpha, temperature, sample_weights=None):
-    """KD with the KL term replaced by the squared distance between the distributions."""
-    classes = student_logits.shape[-1]
-    z, y = student_logits.reshape(-1, classes), labels.reshape(-1)
-    p, q = F.softmax(z, -1), F.softmax(target_logits.reshape(-1, classes), -1)
-    return (1 - alpha) * F.cross_entropy(z, y) + alpha * SCALE * (p - q).square().sum(-1).mean()
-
-
-SCALE = 1.0
-'''
+EXAMPLE = REPO / "docs/examples/reverse_kd.py"  # the worked example of docs/methods.md
 
 
 @pytest.mark.slow
 def test_a_users_method_from_a_file_reaches_every_table_and_retrains_only_itself(tmp_path):
-    """A method declared in the config with its loss in the study's folder: it and its random
-    control train beside kd, rcd and siddo, have rows in every table and figures 1-4 and the
-    audit of their own; the loss trains fused as it does alone; editing the file retrains its
-    students and no other."""
+    """docs/methods.md's worked example, declared in the config with its loss file in the
+    study's folder: it and its random control train beside kd, rcd and siddo, have rows in
+    every table and figures 1-4 and the audit of their own; the loss trains fused as it does
+    alone; editing the file retrains its students and no other."""
     import re
+    import shutil
 
     import pandas as pd
 
     from conftest import snakemake, write_config
     from kdpipe.plan import figure_stems
 
-    (tmp_path / "mylosses.py").write_text(USER_LOSS)
-    write_config(tmp_path, widths=[1], seeds=[0, 1, 2], methods={"mykd": {
-        "loss": "mylosses.py:my_kd"}},
-        setups={"digits-mlp": {"dataset": "digits", "arch": "mlp",
-                               "recipe": {"epochs": 2, "batch_size": 32}}})
+    shutil.copy(EXAMPLE, tmp_path / "reverse_kd.py")
+    defined = {"reverse-kd": {"loss": "reverse_kd.py:reverse_kd", "uses_temperature": True}}
+    write_config(tmp_path, widths=[1], seeds=[0, 1, 2], methods=defined,
+                 setups={"digits-mlp": {"dataset": "digits", "arch": "mlp",
+                                        "recipe": {"epochs": 2, "batch_size": 32}}})
     snakemake(tmp_path)
     results = tmp_path / "results"
     tables = {name: pd.read_parquet(results / f"tables/{name}.parquet")
               for name in ("models", "stats", "claims", "asymmetry", "scaling", "copied_errors")}
-    mine = {"mykd", "mykd-rcd"}
-    assert tables["models"].groupby("method").size()[list(mine)].tolist() == [3, 3]
-    assert {"mykd_vs_siddo", "mykd_vs_mykd-rcd",
-            "mykd-rcd_vs_siddo"} <= set(tables["stats"].comparison)
+    mine = ["reverse-kd", "reverse-kd-rcd"]
+    assert tables["models"].groupby("method").size()[mine].tolist() == [3, 3]
+    assert {"reverse-kd_vs_siddo", "reverse-kd_vs_reverse-kd-rcd",
+            "reverse-kd-rcd_vs_siddo"} <= set(tables["stats"].comparison)
     claims = tables["claims"]
-    claim = claims[claims.claim == "mykd-rcd accuracy not significantly below mykd"]
-    assert len(claim) == 1 and claim["median_accuracy_mykd"].notna().all()
+    claim = claims[claims.claim == "reverse-kd-rcd accuracy not significantly below reverse-kd"]
+    assert len(claim) == 1 and claim["median_accuracy_reverse-kd"].notna().all()
     for name in ("asymmetry", "scaling", "copied_errors"):
-        assert mine <= set(tables[name].method), name
-    stems = figure_stems(["digits-mlp"], [1.0], ["kd", "rcd", "siddo", *mine],
-                         methods.Registry({"mykd": MINE}))
-    assert "fig1_functional-mykd_digits-mlp" in stems and "fig1_functional_digits-mlp" in stems
+        assert set(mine) <= set(tables[name].method), name
+    registry = methods.Registry({"reverse-kd": {**MINE, **defined["reverse-kd"]}})
+    stems = figure_stems(["digits-mlp"], [1.0], ["kd", "rcd", "siddo", *mine], registry)
+    assert {"fig1_functional-reverse-kd_digits-mlp", "fig1_functional_digits-mlp"} <= set(stems)
     drawn = {p.stem for p in (results / "figures").glob("*.png")}
-    assert set(stems) | {"audit_digits-mlp", "audit-mykd_digits-mlp"} == drawn
+    assert set(stems) | {"audit_digits-mlp", "audit-reverse-kd_digits-mlp"} == drawn
     # the same students, alone and in the study's fused block, 4 steps: the engine's tolerance
     fused_vs_alone(tmp_path)
     # editing the loss retrains the method's students (and its control's), no other
-    (tmp_path / "mylosses.py").write_text(USER_LOSS.replace("SCALE = 1.0", "SCALE = 2.0"))
+    edited = EXAMPLE.read_text().replace("alpha * temperature ** 2", "2 * alpha * temperature ** 2")
+    assert edited != EXAMPLE.read_text()
+    (tmp_path / "reverse_kd.py").write_text(edited)
     logs = results / "logs/train_block"
     for log in logs.glob("*/*/*.log"):
         log.unlink()
@@ -461,6 +452,7 @@ def test_a_users_method_from_a_file_reaches_every_table_and_retrains_only_itself
     again = pd.read_parquet(results / "tables/models.parquet")
     kept = ~again["method"].isin(mine)
     pd.testing.assert_frame_equal(again[kept], tables["models"][kept])
+    assert not again[~kept]["loss"].equals(tables["models"][~kept]["loss"])
 
 
 def fused_vs_alone(workdir: Path):
@@ -473,7 +465,7 @@ def fused_vs_alone(workdir: Path):
     from kdpipe import data as datasets, models
     from kdpipe.train import Learner, RandomLogits, TeacherLogits, train
 
-    loss = methods.load_loss("methods.mykd.loss", str(workdir / "mylosses.py") + ":my_kd")
+    loss = methods.load_loss("methods.reverse-kd.loss", f"{workdir / 'reverse_kd.py'}:reverse_kd")
     dataset = datasets.load(workdir / "results/data/digits.pt", "cpu")
     x, y = dataset.x_train[:64], dataset.y_train[:64]
     teacher = torch.randn(64, 10, generator=generator(1))
@@ -483,7 +475,7 @@ def fused_vs_alone(workdir: Path):
     def learners():
         return [Learner(f"mine {k}", copy.deepcopy(base),
                         TeacherLogits(teacher) if k % 2 == 0 else RandomLogits(64, 10, seed=k),
-                        0.5, order_seed=k // 2, loss=loss) for k in range(4)]
+                        0.5, 1.0 + k, order_seed=k // 2, loss=loss) for k in range(4)]
 
     recipe = full_recipe(epochs=1, batch_size=16, optimizer="sgd", lr=1e-2, momentum=0.0)
     together = learners()
@@ -493,3 +485,51 @@ def fused_vs_alone(workdir: Path):
         train([alone], x, y, recipe)
         for p, q in zip(alone.model.parameters(), together[k].model.parameters()):
             torch.testing.assert_close(q, p, atol=1e-4, rtol=1e-3)
+
+
+def test_a_users_loss_is_imported_and_called_on_one_batch_before_training(tmp_path, monkeypatch):
+    """At the start of a block job: a loss that cannot be imported, returns a non-scalar or a
+    non-finite value, fails under vmap, or whose file changed since the workflow read it stops
+    the job with an error naming the config key and the file."""
+    from types import SimpleNamespace
+
+    from kdpipe.jobs import JobError, check_user_loss
+    from kdpipe.train import TeacherLogits
+
+    monkeypatch.chdir(tmp_path)
+    g = generator(0)
+    dataset = SimpleNamespace(x_train=torch.randn(40, 6, generator=g),
+                              y_train=torch.randint(0, 3, (40,), generator=g))
+    teacher = TeacherLogits(torch.randn(40, 3, generator=g))
+    model = torch.nn.Linear(6, 3)
+    spec = {"recipe": {"batch_size": 16}}
+    bodies = {
+        "good": "def f(z, y, t, a, T, w=None):\n    return ((z - t) ** 2).mean() * a\n",
+        "vector": "def f(z, y, t, a, T, w=None):\n    return (z - t).sum(-1)\n",
+        "nan": "import torch\ndef f(z, y, t, a, T, w=None):\n    return (z * torch.nan).sum()\n",
+        "item": "import torch\ndef f(z, y, t, a, T, w=None):\n    return torch.tensor(z.sum().item())\n",
+        "broken": "import not_a_module_anywhere\ndef f(*args): pass\n",
+    }
+    problems = {"vector": r"returned \(16,\) when called on one batch, not a scalar tensor",
+                "nan": r"returned nan when called on one batch, not a finite value",
+                "item": r"fails when under torch.func.vmap: .*set methods.item.fuse: false",
+                "broken": r"loss file 'broken.py' cannot be imported: ModuleNotFoundError"}
+    for name, body in bodies.items():
+        write_loss(tmp_path, body, name=f"{name}.py")
+        m = methods.Registry({name: {**MINE, "loss": f"{name}.py:f"}}).method(name)
+        student = {"method": name, "alpha": 0.5, "loss_source": methods.loss_source(m.loss)}
+        if name == "good":
+            loss = check_user_loss(m, student, spec, model, dataset, teacher)
+            assert loss(torch.zeros(2, 3), None, torch.ones(2, 3), 2.0, 1.0).item() == 2.0
+            assert model.training  # the check leaves the model as it found it
+            with pytest.raises(JobError, match="loss file 'good.py' has changed since the "
+                                               "workflow read it"):
+                check_user_loss(m, {**student, "loss_source": "0" * 16}, spec, model, dataset,
+                                teacher)
+            continue
+        with pytest.raises(JobError, match=f"config methods.{name}.loss: .*{problems[name]}"):
+            check_user_loss(m, student, spec, model, dataset, teacher)
+    # a loss declared fuse: false is not called under vmap
+    m = methods.Registry({"item": {**MINE, "loss": "item.py:f", "fuse": False}}).method("item")
+    check_user_loss(m, {"method": "item", "alpha": 0.5,
+                        "loss_source": methods.loss_source(m.loss)}, spec, model, dataset, teacher)
