@@ -309,7 +309,8 @@ class Alone:
 
     def __init__(self, learner: Learner, recipe: Recipe, optimizer_state=None):
         self.learners, self.recipe = [learner], recipe
-        self.trainee = Trainee(learner)
+        # the model's output, or with feature matching (logits, stage output): its Trainee
+        self.forward = learner.model if learner.feature_match is None else Trainee(learner)
         self.parameters = learner.parameters()
         self.optimizer = Optimizer(self.parameters, recipe)
         for p, state in zip(self.parameters, optimizer_state or ()):
@@ -331,7 +332,7 @@ class Alone:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with autocast(self.recipe.precision, yb.device):
             target = None if learner.target is None else learner.target(index, xb, epoch, step)
-            output = self.trainee(xb)
+            output = self.forward(xb)
             weights = None if learner.sample_weights is None else learner.sample_weights[index]
             loss = learner.loss(output, yb, target, learner.alpha, learner.temperature, weights)
         self.optimizer.zero_grad()
@@ -435,11 +436,13 @@ def loss_key(loss):
 @dataclass
 class LossGroup:
     """The learners of a stacked step that share a loss function (and having a target or not):
-    their positions in the stack (``index``; a slice where they are consecutive) and the loss
-    vmapped over their slices."""
+    their positions in the stack (``index``; a slice where they are consecutive), the loss
+    vmapped over their slices, and their alphas and temperatures [k]."""
     members: list
     index: object
     loss: object
+    alpha: torch.Tensor
+    temperature: torch.Tensor
 
 
 class Fused:
@@ -509,7 +512,8 @@ class Fused:
             weighted = any(learners[k].sample_weights is not None for k in members)
             in_dims = (0, 0, None if no_target else 0, 0, 0, 0 if weighted else None)
             found.append(LossGroup(members, index,
-                                   vmap(learners[members[0]].loss, in_dims=in_dims)))
+                                   vmap(learners[members[0]].loss, in_dims=in_dims),
+                                   self.alpha[index], self.temperature[index]))
         return found
 
     def attention_kernels(self):
@@ -538,16 +542,20 @@ class Fused:
         self.optimizer.zero_grad()
         sum(part.sum() for part in parts).backward()
         self.optimizer.step(lr)
-        losses = torch.empty(len(self.learners), device=y.device)
-        for group, part in zip(self.loss_groups, parts):
-            losses[group.index] = part.detach().float()
+        losses = parts[0].detach().float()
+        if len(parts) > 1:
+            losses = torch.empty(len(self.learners), device=y.device)
+            for group, part in zip(self.loss_groups, parts):
+                losses[group.index] = part.detach().float()
         right = (logits_of(out).detach().argmax(-1) == y).flatten(1).sum(1)
         return losses, right
 
     def group_loss(self, group: LossGroup, out, y, targets: list, picked: list):
         """The losses [k] of one loss group's learners, from the stacked output."""
         members, index = group.members, group.index
-        output = tuple(o[index] for o in out) if isinstance(out, tuple) else out[index]
+        if len(members) < len(self.learners):  # else the whole stack, as it is
+            out = tuple(o[index] for o in out) if isinstance(out, tuple) else out[index]
+            y = y[index]
         target = None
         if targets[members[0]] is not None:
             target = torch.stack([targets[k] for k in members])
@@ -557,8 +565,7 @@ class Fused:
                 torch.ones(picked[k][2].shape, device=y.device)
                 if self.learners[k].sample_weights is None
                 else self.learners[k].sample_weights[picked[k][0]] for k in members])
-        return group.loss(output, y[index], target, self.alpha[index], self.temperature[index],
-                          weights)
+        return group.loss(out, y, target, group.alpha, group.temperature, weights)
 
     def stored(self, name: str, stacked):
         """A stacked parameter (or its optimizer state) in the layout it is kept in."""
