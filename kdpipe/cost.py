@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-from kdpipe import data, methods, power
+from kdpipe import data, power
 from kdpipe.plan import Study
 
 RULES = ("prepare_data", "train_teacher", "train_block", "collect", "statistics", "figures",
@@ -432,7 +432,7 @@ def trained_students(study: Study, setup: str, teacher: str) -> list:
     of the setup trains it (kdpipe.plan.Study.siddo_owner)."""
     shared = study.siddo_owner(setup, teacher) != teacher
     return [(width, s) for width, students in study.blocks[setup].values() for s in students
-            if not (shared and s["method"] == "siddo")]
+            if not (shared and study.registry.method(s["method"]).teacher_free)]
 
 
 def rate_needs(config: dict) -> list:
@@ -499,7 +499,7 @@ def setup_plan(study: Study, setup: str, found: data.Facts | None,
                          (mine.forward + mine.backward) * steps))
             work.append(("evaluation", student_arch, float(width), precision,
                          mine.forward * evaluated))
-            target = methods.method(student["method"]).target
+            target = study.registry.method(student["method"]).target
             if target == "teacher" and augmented:
                 work.append(("teacher passes", teacher_arch, 1.0, precision,
                              own.forward * steps))
@@ -580,13 +580,13 @@ def power_plan(study: Study) -> PowerPlan:
                 seeds.setdefault(key, set()).add(s["seed"])
 
         def side(name, width, alpha, temperature):
-            m = methods.method(name)
+            m = study.registry.method(name)
             return len(seeds.get((name, width, alpha if m.uses_alpha else None,
                                   temperature if m.uses_temperature else None), ()))
 
         for teacher in config["setups"][setup]["teachers"]:
             for (lead, width, alpha, temperature) in seeds:
-                for comparison, first, second in methods.COMPARISONS_OF.get(lead, ()):
+                for comparison, first, second in study.registry.comparisons_of.get(lead, ()):
                     n1 = side(first, width, alpha, temperature)
                     n2 = side(second, width, alpha, temperature)
                     if n1 and n2:
