@@ -51,7 +51,9 @@ NOT_BELOW, NO_DIFFERENCE = "accuracy not below", "no difference"
 # a stage method's output is (logits, stage output)), the target like the student's output (None
 # for "none"), alpha and T as floats alone and as 0-d tensors under vmap, sample_weights [...]
 # or None. Written as one sample batch's computation, they are vmapped over stacked learners.
-# Arithmetic order matters: a learner's fused and lone steps then compute the same numbers.
+# The order of the arithmetic matters: as written, a vmapped loss gives bit for bit the values
+# and gradients of its formula over the stacked tensors (tests/test_train.py). A KL is written
+# out, not F.kl_div, which has no batching rule (vmap would run it slice by slice).
 
 def cross_entropy(student_logits, labels, target=None, alpha=0.0, temperature=1.0,
                   sample_weights=None):
@@ -59,8 +61,10 @@ def cross_entropy(student_logits, labels, target=None, alpha=0.0, temperature=1.
     import torch.nn.functional as F
 
     classes = student_logits.shape[-1]
-    log_p = F.log_softmax(student_logits.reshape(-1, classes), dim=-1)
-    return -log_p.gather(-1, labels.reshape(-1, 1)).squeeze(-1).mean(-1)
+    # nll_loss: alone, the loss and gradient a teacher always had; vmapped, bit for bit the
+    # mean of the gathered log-probabilities over the stacked learners
+    return F.nll_loss(F.log_softmax(student_logits.reshape(-1, classes), dim=-1),
+                      labels.reshape(-1))
 
 
 def kd_loss(student_logits, labels, target_logits, alpha, temperature, sample_weights=None):

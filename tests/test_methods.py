@@ -127,7 +127,9 @@ def test_kd_loss_at_alpha_zero_is_cross_entropy_and_at_one_pure_kl():
     zs, zt = torch.randn(5, 4, generator=generator(0)), torch.randn(5, 4, generator=generator(1))
     y = torch.tensor([0, 1, 2, 3, 0])
     ce = F.cross_entropy(zs, y).item()
-    assert methods.cross_entropy(zs, y).item() == pytest.approx(ce, rel=1e-6)
+    # exactly torch's cross-entropy: a teacher's (or siddo's) loss and gradients are those it
+    # always had (tests/test_train.py: and fused, those of the stacked formula)
+    assert torch.equal(methods.cross_entropy(zs, y), F.cross_entropy(zs, y))
     assert methods.kd_loss(zs, y, zt, 0.0, 4.0).item() == pytest.approx(ce, rel=1e-6)
     kl = F.kl_div(F.log_softmax(zs, -1), F.softmax(zt, -1), reduction="batchmean")
     assert methods.kd_loss(zs, y, zt, 1.0, 1.0).item() == pytest.approx(kl.item(), rel=1e-6)
@@ -432,7 +434,8 @@ def test_a_users_method_from_a_file_reaches_every_table_and_retrains_only_itself
     for name in ("asymmetry", "scaling", "copied_errors"):
         assert set(mine) <= set(tables[name].method), name
     registry = methods.Registry({"reverse-kd": {**MINE, **defined["reverse-kd"]}})
-    stems = figure_stems(["digits-mlp"], [1.0], ["kd", "rcd", "siddo", *mine], registry)
+    stems = figure_stems(["digits-mlp"], [1.0], ["kd", "rcd", "siddo", *mine],
+                         registry=registry)
     assert {"fig1_functional-reverse-kd_digits-mlp", "fig1_functional_digits-mlp"} <= set(stems)
     drawn = {p.stem for p in (results / "figures").glob("*.png")}
     assert set(stems) | {"audit_digits-mlp", "audit-reverse-kd_digits-mlp"} == drawn
