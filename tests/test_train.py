@@ -265,17 +265,24 @@ def test_a_single_learner_trains_exactly_as_a_plain_loop_with_its_own_order(opti
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
 
 
-def test_training_does_not_import_torch_dynamo():
+def test_training_does_not_import_torch_dynamo_or_sympy():
     """torch.optim.Optimizer's methods import torch._dynamo on first use, 2-3 s of every
-    training job; kdpipe's Optimizer calls torch.optim's functional kernels instead."""
+    training job; kdpipe's Optimizer calls torch.optim's functional kernels instead. A loss
+    vmapped over fused learners must not run a Python decomposition (F.nll_loss's imports sympy,
+    0.4 s, and runs at every step): the fused kd, rcd and siddo here would import it."""
     code = ("import sys, torch; from conftest import fresh_mlp, full_recipe, toy_data; "
-            "from kdpipe.train import Learner, train; x, y = toy_data(); "
+            "from kdpipe.train import Learner, RandomLogits, train; x, y = toy_data(); "
             "[train([Learner('m', fresh_mlp(), order_seed=1)], x, y, "
             "full_recipe(epochs=1, batch_size=16, optimizer=o)) for o in ('adam', 'adamw', 'sgd')]; "
-            "sys.exit('torch._dynamo' in sys.modules)")
+            "noise = lambda: RandomLogits(len(x), 3, seed=2); "
+            "train([Learner('kd', fresh_mlp(), noise(), 0.5, order_seed=1), "
+            "Learner('rcd', fresh_mlp(), noise(), 0.9, order_seed=1), "
+            "Learner('siddo', fresh_mlp(), order_seed=1)], x, y, "
+            "full_recipe(epochs=1, batch_size=16), fuse='always'); "
+            "sys.exit(sorted({'torch._dynamo', 'sympy'} & set(sys.modules)) or None)")
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent,
                             capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr or "torch._dynamo was imported"
+    assert result.returncode == 0, result.stderr
 
 
 def test_each_learner_draws_its_own_batch_order():
