@@ -61,10 +61,14 @@ def cross_entropy(student_logits, labels, target=None, alpha=0.0, temperature=1.
     import torch.nn.functional as F
 
     classes = student_logits.shape[-1]
-    # the mean of the gathered log-probabilities, not F.nll_loss: vmapped, nll_loss runs a Python
-    # decomposition at every step (and its first call imports sympy, 0.4 s). Alone, the gradient
-    # is nll_loss's bit for bit; the value can differ from it in the last bit (summation order)
-    log_p = F.log_softmax(student_logits.reshape(-1, classes), dim=-1)
+    return _mean_nll(F.log_softmax(student_logits.reshape(-1, classes), dim=-1), labels)
+
+
+def _mean_nll(log_p, labels):
+    """The mean of -log p(label) over the samples: the gathered log-probabilities, not
+    F.nll_loss, which vmapped runs a Python decomposition at every step (its first call imports
+    sympy, 0.4 s). Alone its gradient is nll_loss's bit for bit; its value can differ from
+    nll_loss's in the last bit (another summation order)."""
     return -log_p.gather(-1, labels.reshape(-1, 1)).squeeze(-1).mean(-1)
 
 
@@ -74,10 +78,18 @@ def kd_loss(student_logits, labels, target_logits, alpha, temperature, sample_we
     divides by the batch size): kd-masked gives the teacher's errors weight 0."""
     import torch.nn.functional as F
 
-    ce = cross_entropy(student_logits, labels)
     classes = student_logits.shape[-1]
-    log_p = F.log_softmax(student_logits.reshape(-1, classes) / temperature, dim=-1)
-    log_q = F.log_softmax(target_logits.reshape(-1, classes) / temperature, dim=-1)
+    student_logits = student_logits.reshape(-1, classes)
+    target_logits = target_logits.reshape(-1, classes)
+    log_p = F.log_softmax(student_logits, dim=-1)
+    ce = _mean_nll(log_p, labels)
+    if not (isinstance(temperature, (int, float)) and temperature == 1):
+        # vmapped, T is a tensor and the KL term takes a log-softmax of its own. Alone at T = 1
+        # the CE's log-probabilities serve it as well: one log-softmax fewer, and the gradient
+        # summed as it always was for a student trained alone
+        log_p = F.log_softmax(student_logits / temperature, dim=-1)
+        target_logits = target_logits / temperature
+    log_q = F.log_softmax(target_logits, dim=-1)
     per_sample = (log_q.exp() * (log_q - log_p)).sum(-1)
     if sample_weights is not None:
         per_sample = per_sample * sample_weights.reshape(-1)
