@@ -22,8 +22,9 @@ try:
     )
 except study_config.ConfigError as error:
     raise WorkflowError(str(error)) from None
-# seeds too few for any test to reject are allowed (a trial run), but said before any job
-if (seeds_warning := power.seeds_warning(config)) is not None:
+# seeds too few for any test to reject are allowed (a trial run), but said before any job (once:
+# not again in every cluster job, which re-parses the Snakefile)
+if workflow.is_main_process and (seeds_warning := power.seeds_warning(config)):
     print(seeds_warning, file=sys.stderr)
 
 STUDY = Study(config)
