@@ -35,7 +35,7 @@ from kdpipe.io import atomic_path
 from kdpipe.methods import COMPARISONS_OF, CONTROL, LEAD, ORDER, REFERENCE, Registry, versus
 from kdpipe.metrics import FUNCTIONAL_METRICS, HIGHER_IS_CLOSER
 from kdpipe.plan import figures
-from kdpipe.stats import asymmetry
+from kdpipe.stats import asymmetry, fresh_init
 from kdpipe.tables import of_teachers, primary_teachers
 
 SHOWN = (LEAD, CONTROL)  # the methods drawn as dots against the reference: kd, rcd
@@ -372,8 +372,9 @@ def fig4_width(models, scaling_table, setup, temperature, colors, methods=SHOWN,
     legend of the incorrect-agreement panel adds the scaling table's slope ratio (incorrect /
     correct) and its 95% bootstrap interval over seeds, as they are ("n/a" where NaN).
     siddo has no alpha: the same siddo models appear in every column. Where the scaling table
-    was fitted on the fresh-init widths (its ``widths`` column), the lines leave out width 1 too
-    and the title says so.
+    was fitted on the fresh-init students (its ``widths`` column), the lines leave out the
+    students that start from the teacher's theta0 too (kdpipe.stats.fresh_init: width 1 of the
+    teacher's architecture) and the title says which widths that leaves out.
     """
     def number(value):
         return f"{value:.3g}" if np.isfinite(value) else "n/a"
@@ -384,9 +385,12 @@ def fig4_width(models, scaling_table, setup, temperature, colors, methods=SHOWN,
     students = students[students["method"].isin(drawn)]
     widths = np.sort(students["width"].unique())
     fitted = scaling_table.loc[scaling_table["setup"] == setup, "widths"]
-    fresh_init = len(fitted) > 0 and fitted.iloc[0] == "fresh-init"
+    fresh = len(fitted) > 0 and fitted.iloc[0] == "fresh-init"
+    fitted_students = fresh_init(students) if fresh else students
+    left_out = ", ".join(f"{w:g}" for w in sorted(
+        students.loc[~students.index.isin(fitted_students.index), "width"].unique()))
     # a slope needs two widths among those fitted
-    one_width = len(widths[widths != 1] if fresh_init else widths) < 2
+    one_width = fitted_students["width"].nunique() < 2
     missing = "n/a (one width: no slope)" if one_width else "n/a"
     fig = Figure(figsize=(3.6 * len(alphas) + 0.8, 7), layout="constrained")
     axes = fig.subplots(2, len(alphas), sharex=True, sharey="row", squeeze=False)
@@ -401,7 +405,8 @@ def fig4_width(models, scaling_table, setup, temperature, colors, methods=SHOWN,
             for method, offset in zip(drawn, _dodge(len(drawn))):
                 slope = _scaling_value(scaling_table, setup, method, alpha, temperature, slope_column,
                                        reference)
-                rows = at_alpha[(at_alpha["method"] == method) & ~(fresh_init & (at_alpha["width"] == 1))]
+                rows = at_alpha[(at_alpha["method"] == method)
+                                & at_alpha.index.isin(fitted_students.index)]
                 _fit_line(ax, rows, metric, slope, offset, colors[method], label=method,
                           missing=missing)
                 handles.append(ax.lines[-1])
@@ -420,12 +425,15 @@ def fig4_width(models, scaling_table, setup, temperature, colors, methods=SHOWN,
                 ax.set_ylabel(f"{METRIC_LABELS[metric][0]}\n{_value_label(metric)}")
             if row == 1:
                 _width_axis(ax, widths)
-    fit = ("lines: least-squares fit on log2(width) over all models "
-           + ("of every width but 1\n(fresh-init widths: width-1 students start from the "
-              "teacher's initial weights)" if fresh_init else "of every width"))
+    fit = "lines: least-squares fit on log2(width) over all models of every width"
+    if left_out:
+        fit += (f" but {left_out}\n(fresh-init widths: width-{left_out} students start from the "
+                "teacher's initial weights)")
+    elif fresh:
+        fit += "\n(fresh-init: no student starts from the teacher's initial weights)"
     if one_width:
         fit = ("no lines: the slopes need students of two widths or more"
-               + (" other than 1 (fresh-init widths)" if fresh_init else ""))
+               + (f" other than {left_out} (fresh-init widths)" if left_out else ""))
     # wrapped to the figure's width, which is that of one column per alpha
     fig.suptitle(f"{setup}: agreement with the teacher against student width ({_cell(None, temperature)}"
                  f"{_n_seeds(students)}); {reference} (no alpha) repeated in every column\n{fit}",

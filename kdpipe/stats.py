@@ -25,8 +25,17 @@ from kdpipe.power import CORRECTIONS, min_p
 
 # One teacher's students at one (alpha, temperature, width): the unit every test compares.
 GROUP = ["setup", "teacher_id", "alpha", "temperature", "width"]
-# scaling fits: every trained width, or only the widths whose students start from fresh weights
+# scaling fits: every student, or only those that start from fresh weights
 SCALING_WIDTHS = ("all", "fresh-init")
+
+
+def fresh_init(students: pd.DataFrame) -> pd.DataFrame:
+    """The students that did not start from their teacher's theta0: by the models table's
+    ``from_theta0``, or, in a table collected before that column, every student of width other
+    than 1 (the rule then: width 1 started from theta0)."""
+    if "from_theta0" not in students:
+        return students[students["width"] != 1]
+    return students[~students["from_theta0"].eq(True).to_numpy(dtype=bool)]
 
 
 def mann_whitney(x, y) -> dict:
@@ -630,9 +639,10 @@ def scaling(models: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
     per-width medians). slope_ratio = slope_incorrect / slope_correct, NaN when slope_correct is
     0 or NaN (fewer than two distinct widths).
 
-    ``widths``: "all" fits every trained width; "fresh-init" leaves out width 1, whose students
-    start from the teacher's own initial weights while the others start fresh. The table's
-    ``widths`` column says which was used.
+    ``widths``: "all" fits every student; "fresh-init" leaves out those that start from the
+    teacher's own initial weights (``fresh_init``: at width 1 with the teacher's architecture,
+    where the teacher has them) while the others start fresh. The table's ``widths`` column says
+    which was used.
 
     slope_ratio_low and slope_ratio_high are a 95% percentile bootstrap interval over seeds: each
     of ``bootstrap`` draws resamples the group's models with replacement within each width
@@ -666,7 +676,7 @@ def scaling(models: pd.DataFrame, bootstrap: int = 1000, seed: int = 0,
     students = models[(models["role"] == "student")
                       & models["method"].isin([*methods, reference])]
     if widths == "fresh-init":
-        students = students[students["width"] != 1]
+        students = fresh_init(students)
     keys = ["setup", "teacher_id", "alpha", "temperature", "method"]
     agreements = ["correct_agreement", "incorrect_agreement"]
     pool = students[students["method"] == reference]

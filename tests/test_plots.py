@@ -317,6 +317,21 @@ def test_fig4_says_which_widths_the_slopes_are_fitted_on(tmp_path):
     every = write_tables(tmp_path / "all", [1.0])
     fig = plots.fig4_width(every["models"], every["scaling"], setup, 1.0, plots.method_colors())
     assert fig.get_suptitle().endswith("of every width")
+    # students of another architecture start fresh at width 1 too: fitted, and the title says so
+    fresh_everywhere = every["models"].assign(from_theta0=False)
+    scaling = stats.scaling(fresh_everywhere, widths="fresh-init")
+    fig = plots.fig4_width(fresh_everywhere, scaling, setup, 1.0, plots.method_colors())
+    assert fig.get_suptitle().endswith(
+        "of every width\n(fresh-init: no student starts from the teacher's initial weights)")
+    # with the slopes fitted on every width
+    fitted = every["scaling"][every["scaling"]["setup"] == setup].set_index(["method", "alpha"])
+    lines = [line for line in fig.axes[0].lines if (line.get_gid() or "").startswith("fit:")]
+    assert len(lines) == 3
+    for line in lines:
+        method = line.get_gid()[4:]
+        (x0, x1), (y0, y1) = line.get_xdata(), line.get_ydata()
+        expected = fitted.loc[(method, 0.0 if method == "siddo" else ALPHAS[0]), "slope_correct"]
+        assert (y1 - y0) / (x1 - x0) == pytest.approx(expected)
 
 
 def three_seed_tables():

@@ -921,6 +921,22 @@ def test_scaling_fresh_init_leaves_out_width_one():
         scaling(models, widths="fresh")
 
 
+def test_scaling_fresh_init_goes_by_from_theta0_where_the_table_has_it():
+    """A table without from_theta0 (collected before it) leaves out width 1; one with it leaves
+    out the students marked, so that width-1 students of another architecture, which start
+    fresh, stay in the fit."""
+    models = shared_seed_models(bump=0.05)
+    without = scaling(models, bootstrap=0, widths="fresh-init")
+    marked = scaling(models.assign(from_theta0=models["width"] == 1), bootstrap=0,
+                     widths="fresh-init")
+    pd.testing.assert_frame_equal(marked, without)
+    every = scaling(models, bootstrap=0)
+    other_arch = scaling(models.assign(from_theta0=False), bootstrap=0, widths="fresh-init")
+    assert (other_arch["n_widths"] == 4).all()
+    columns = [c for c in every.columns if c != "widths"]
+    pd.testing.assert_frame_equal(other_arch[columns], every[columns])
+
+
 def test_scaling_slope_that_is_zero_in_exact_arithmetic_gives_no_ratio():
     # widths 0.5, 0.5, 2 with counts 1256, 1258, 1257 of 1258: the exact slope is 0, in floats
     # about 3e-17, which made the slope ratio about 1e15
