@@ -41,6 +41,7 @@ the figure functions and pandas only by the table functions, so that a training 
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -103,9 +104,27 @@ def chance_accuracy(labels) -> float:
 def at_chance(n_correct: int, n: int, chance: float) -> bool:
     """Whether ``n_correct`` right answers of ``n`` are not significantly more than ``chance``
     (one-sided binomial test at CHANCE_LEVEL)."""
-    from scipy.stats import binomtest
+    return binomial_upper_tail(int(n_correct), int(n), chance) >= CHANCE_LEVEL
 
-    return bool(binomtest(int(n_correct), int(n), chance, alternative="greater").pvalue >= CHANCE_LEVEL)
+
+def binomial_upper_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p): the p-value of the one-sided binomial test of k
+    successes in n trials against p (scipy.stats.binomtest's "greater"), summed in log space.
+    Written out because every teacher and block job tests its teacher, and importing
+    scipy.stats for that one number costs those jobs about a second each."""
+    if k <= 0:
+        return 1.0
+    if k > n or p <= 0:
+        return 0.0
+    if p >= 1:
+        return 1.0
+    i = np.arange(k, n + 1, dtype=np.float64)
+    # log C(n, i) from log C(n, k) by the ratios C(n, i + 1) / C(n, i) = (n - i) / (i + 1)
+    log_choose = (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+                  + np.concatenate([[0.0], np.cumsum(np.log((n - i[:-1]) / (i[:-1] + 1)))]))
+    log_terms = log_choose + i * math.log(p) + (n - i) * math.log1p(-p)
+    top = log_terms.max()
+    return float(min(1.0, math.exp(top) * np.exp(log_terms - top).sum()))
 
 
 # ---- the tables --------------------------------------------------------------------------------
@@ -487,7 +506,7 @@ def _read_teacher(logits_path: Path, labels_path: Path) -> tuple[np.ndarray, np.
     """A teacher's test logits and labels, read as collect reads them: a missing or damaged file
     raises ResultError naming it and the remedy."""
     from kdpipe.store import ROW
-    from kdpipe.tables import check_logits, read_labels
+    from kdpipe.rows import check_logits, read_labels
 
     labels = read_labels(labels_path)
     logits = check_logits(logits_path, len(labels), None, Path(logits_path).parent / ROW)

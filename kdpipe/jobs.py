@@ -179,7 +179,7 @@ def weights_fingerprint(path: Path) -> str:
     import torch
 
     from kdpipe.io import ResultError
-    from kdpipe.tables import remedy
+    from kdpipe.rows import remedy
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -404,7 +404,7 @@ def train_teacher(spec: dict, data: Path, labels: Path, out: Path, results: Path
     A given teacher's files are checked against the setup's architecture first."""
     from kdpipe import data as datasets, metrics, models
     from kdpipe.io import write_json, write_npy
-    from kdpipe.tables import read_labels
+    from kdpipe.rows import read_labels
     from kdpipe.train import EpochLog, Learner, TrainingDiverged, generator, seed_for, train
 
     out, recipe = Path(out), spec_recipe(spec)
@@ -525,7 +525,7 @@ def train_block(spec: dict, data: Path, labels: Path, teacher_dir: Path, manifes
 
     from kdpipe import data as datasets
     from kdpipe.io import ResultError
-    from kdpipe.tables import check_logits, read_labels, remedy
+    from kdpipe.rows import check_logits, read_labels, remedy
     from kdpipe.train import EpochLog, TrainingDiverged, train
 
     recipe, teacher = spec_recipe(spec), Teacher(teacher_dir)

@@ -97,7 +97,7 @@ import soundfile
 import torch
 import yaml
 from scipy.io import savemat
-from scipy.stats import binomtest
+from scipy.stats import binom, binomtest
 
 from conftest import (ENV, LABELS, REPO, TEACHER, TEACHER_CONFIDENCE, TINY, fresh_mlp, full_recipe,
                       job_spec, kdpipe_step, logits_for, planned_jobs, prepare_digits,
@@ -184,6 +184,30 @@ def test_at_chance_is_a_one_sided_binomial_test():
     assert not audit.at_chance(9, 20, 0.25)
     assert audit.at_chance(8, 20, 0.25)  # P(X >= 8) = 0.10
     assert audit.chance_accuracy([0, 0, 0, 1]) == 0.75  # the majority class, not 1/C
+
+
+@pytest.mark.parametrize("n", [1, 20, 1258, 111_360])
+def test_the_binomial_tail_is_scipy_s(n):
+    """audit.binomial_upper_tail, written out so that jobs need not import scipy.stats, is
+    scipy's one-sided binomial p-value, from the edges to the far tail, up to the size of Tiny
+    Shakespeare's test text."""
+    for p in (1e-3, 0.1, 0.25, 0.5, 0.99, 0.0, 1.0):
+        for k in sorted({0, 1, n // 10, n // 4, n // 2, int(n * 0.27), n - 1, n, n + 1}):
+            expected = binom.sf(k - 1, n, p)
+            assert audit.binomial_upper_tail(k, n, p) == pytest.approx(expected, rel=1e-9,
+                                                                         abs=1e-300), (k, n, p)
+            if 0 <= k <= n and 0 < p < 1:
+                assert binomtest(k, n, p, alternative="greater").pvalue == pytest.approx(
+                    audit.binomial_upper_tail(k, n, p), rel=1e-9, abs=1e-300)
+
+
+def test_a_block_job_tests_its_teacher_without_scipy():
+    code = ("import sys, numpy as np; from kdpipe import jobs; "
+            "labels = np.repeat(np.arange(10), 100); "
+            "assert jobs.at_chance_problem(100, labels) is not None; "
+            "assert jobs.at_chance_problem(900, labels) is None; "
+            "sys.exit('scipy' in sys.modules)")
+    subprocess.run([sys.executable, "-c", code], env=ENV, check=True)
 
 
 def test_a_teacher_at_chance_is_flagged_in_the_table_and_its_figure(tmp_path):

@@ -91,6 +91,25 @@ def test_students_start_from_theta0_at_width_1_and_share_drawn_weights_elsewhere
                            atol=1e-3)
 
 
+def test_a_training_job_imports_no_table_statistics_or_plotting_library(teacher, device):
+    """A block or teacher job trains, evaluates and checks its teacher's files with torch and numpy: pandas,
+    scipy and matplotlib would add about a second to every one of a study's block jobs (an
+    import of scipy.stats alone 0.9 s), and torch._dynamo and sympy 2-3 s (test_train)."""
+    teacher_job = ["train-teacher", "--spec", job_spec(seed=0, recipe={"epochs": 1, "batch_size": 32}),
+                   "--data",
+                   teacher / "data/digits.pt", "--labels", teacher / "data/digits.labels.npy",
+                   "--out", teacher / "s/imports", "--results", teacher, "--device", device]
+    for args in (block_args(teacher, device, 0.5, [5], 1, "imports"), teacher_job):
+        result = subprocess.run([sys.executable, "-X", "importtime", "-m", "kdpipe",
+                                 *map(str, args)], env=ENV, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+        imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines()
+                    if line.startswith("import time:")}
+        assert "kdpipe.train" in imported
+        assert not {"pandas", "scipy", "matplotlib", "sympy"} & {n.split(".")[0] for n in imported}
+        assert "torch._dynamo" not in imported
+
+
 def test_a_rerun_of_a_block_trains_only_unfinished_or_changed_students(teacher, device):
     work = teacher
     log = block(work, device, 1.0, [0], 1, "store", methods=("kd", "siddo"))
