@@ -4,6 +4,7 @@ finished tiny study wrote, scipy's exact Mann-Whitney test and the statistics ta
 study; and the data sets' facts (kdpipe.data) against what their prepare steps write."""
 import json
 import re
+import statistics
 import subprocess
 import sys
 
@@ -186,6 +187,64 @@ def test_a_rate_measured_here_goes_through_the_calibration_file(tmp_path):
     assert f"at the training rates of {profile}" in result.stdout
     hours = re.search(r"^  total .* (\d[\d,.]*)$", result.stdout, flags=re.M)
     assert hours and float(hours.group(1).replace(",", "")) >= 0
+
+
+def bench_device():
+    """benchmarks/bench_device.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_device",
+                                                  REPO / "benchmarks/bench_device.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_device_is_busy_for_the_union_of_its_kernels():
+    """Kernels on two streams that overlap count once (intervals in microseconds)."""
+    busy = bench_device().busy_seconds
+    assert busy([(20, 30), (0, 10), (5, 15)]) == pytest.approx(25e-6)
+    assert busy([(0, 100), (10, 20), (30, 40)]) == pytest.approx(100e-6)
+    assert busy([]) == 0
+
+
+def test_utilisation_rows_hold_the_step_s_flops_by_hand_over_its_time(tmp_path):
+    """bench_device.py --utilisation: each row's FLOPs a step are K students' forward and
+    backward on one batch, counted by hand for the MLP; the achieved rate is that over the
+    median epoch's time a step, and its share of peak that over the matmul measured in the run;
+    the profile's shares are shares."""
+    out = tmp_path / "utilisation.json"
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks/bench_device.py"),
+                             "--utilisation", "--quick", "--archs", "mlp", "--widths", "0.125",
+                             "--precisions", "fp32", "--ks", "1,2", "--json", str(out)],
+                            env=ENV, capture_output=True, text=True, check=True)
+    found = json.loads(out.read_text())
+    assert found["complete"] and found["torch"] == torch.__version__
+    assert "--utilisation" in found["command"] and found["peaks"]["fp32"] > 0
+    forward, backward = mlp_step_by_hand(0.125, samples=16)  # --quick: batches of 16
+    for row, k, engine in zip(found["rows"], (1, 2), ("alone", "fused"), strict=True):
+        assert (row["arch"], row["k"], row["engine"], row["batch_size"]) == ("mlp", k, engine, 16)
+        assert row["step_flops"] == k * (forward + backward)
+        assert len(row["epoch_seconds"]) == 3  # --repeats, after the warm-up epoch
+        steps = row["steps_per_epoch"]
+        assert row["step_seconds"] == pytest.approx(statistics.median(row["epoch_seconds"]) / steps)
+        assert row["flops_per_second"] == pytest.approx(row["step_flops"] / row["step_seconds"])
+        assert row["utilisation"] == pytest.approx(row["flops_per_second"] / found["peaks"]["fp32"])
+        profile = row["profile"]
+        assert 0 < profile["kernel_share"] <= 1 and profile["launch_share"] is None  # a CPU
+        assert profile["ops_per_step"] > 0
+        assert [op["name"][:6] for op in profile["top_ops"]] == ["aten::"] * 3
+        assert row_line(row) in result.stdout
+    assert "summary: best mlp width 0.125 K " in result.stdout
+    refused = subprocess.run([sys.executable, str(REPO / "benchmarks/bench_device.py"),
+                              "--utilisation", "--archs", "nope"], env=ENV, capture_output=True,
+                             text=True)
+    assert refused.returncode == 1 and "--archs: no workload for nope; known: " in refused.stderr
+
+
+def row_line(row: dict) -> str:
+    """The start of a row's printed line."""
+    return f"{row['arch']:10} {row['width']:5g} {row['k']:3d} {row['precision']:9} {row['engine']}"
 
 
 # --- disk, history, kept weights and power of a finished tiny study ------------------------------
