@@ -196,6 +196,22 @@ def fresh_mlp(width=0.1, seed=1, d=6, c=3):
     return model
 
 
+def assert_fused_as_alone(learners, x, y, recipe, atol, rtol) -> None:
+    """The learners ``learners()`` makes, trained together with fuse="always", end as each of
+    another ``learners()`` trained alone does: every parameter of every module, within
+    ``atol`` and ``rtol``."""
+    from kdpipe.train import train
+
+    together = learners()
+    train(together, x, y, recipe, fuse="always")
+    for k, fused in enumerate(together):
+        alone = learners()[k]
+        train([alone], x, y, recipe)
+        for module, fused_module in zip(alone.modules(), fused.modules(), strict=True):
+            for p, q in zip(module.parameters(), fused_module.parameters(), strict=True):
+                torch.testing.assert_close(q, p, atol=atol, rtol=rtol)
+
+
 # --- the audit's hand-worked study -------------------------------------------------------------
 
 C = 4

@@ -473,9 +473,9 @@ def fused_vs_alone(workdir: Path):
     tests/test_train.py)."""
     import copy
 
-    from conftest import full_recipe
+    from conftest import assert_fused_as_alone, full_recipe
     from kdpipe import data as datasets, models
-    from kdpipe.train import Learner, RandomLogits, TeacherLogits, train
+    from kdpipe.train import Learner, RandomLogits, TeacherLogits
 
     loss = methods.load_loss("methods.reverse-kd.loss", f"{workdir / 'reverse_kd.py'}:reverse_kd")
     dataset = datasets.load(workdir / "results/data/digits.pt", "cpu")
@@ -490,13 +490,7 @@ def fused_vs_alone(workdir: Path):
                         0.5, 1.0 + k, order_seed=k // 2, loss=loss) for k in range(4)]
 
     recipe = full_recipe(epochs=1, batch_size=16, optimizer="sgd", lr=1e-2, momentum=0.0)
-    together = learners()
-    train(together, x, y, recipe, fuse="always")
-    for k in range(4):
-        alone = learners()[k]
-        train([alone], x, y, recipe)
-        for p, q in zip(alone.model.parameters(), together[k].model.parameters()):
-            torch.testing.assert_close(q, p, atol=1e-4, rtol=1e-3)
+    assert_fused_as_alone(learners, x, y, recipe, atol=1e-4, rtol=1e-3)
 
 
 def test_a_users_loss_is_imported_and_called_on_one_batch_before_training(tmp_path, monkeypatch):

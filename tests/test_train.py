@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import fresh_mlp, full_recipe, toy_data
+from conftest import assert_fused_as_alone, fresh_mlp, full_recipe, toy_data
 from kdpipe import models
 from kdpipe.methods import cross_entropy, kd_loss, stage_mse_loss
 from kdpipe.train import (Learner, RandomLogits, TeacherLogits, TeacherModel, generator,
@@ -627,14 +627,7 @@ def test_fused_feature_matching_and_sample_weighted_learners_equal_their_lone_ru
     recipe = full_recipe(epochs=2, batch_size=8, optimizer="sgd", lr=1e-2, momentum=0.0)
     engines = build_engines(learners(), range(4), recipe, {}, "always")
     assert [type(e) for e in engines] == [Fused] * 2
-    together = learners()
-    train(together, x, y, recipe, fuse="always")
-    for k in range(4):
-        alone = learners()[k]
-        train([alone], x, y, recipe)
-        for module, fused in zip(alone.modules(), together[k].modules()):
-            for p, q in zip(module.parameters(), fused.parameters()):
-                torch.testing.assert_close(q, p, atol=1e-5, rtol=1e-4)
+    assert_fused_as_alone(learners, x, y, recipe, atol=1e-5, rtol=1e-4)
 
 
 def stacked_kd_formula(logits, labels, targets, alpha, temperature):
@@ -749,13 +742,7 @@ def test_learners_of_different_losses_and_targets_fuse_and_end_as_they_do_alone(
     assert torch.equal(engines[0].loss_groups[1].index, torch.tensor([2, 4]))
     engines = build_engines(learners(fuse=False), range(6), recipe, {}, "always")
     assert [type(e) for e in engines] == [Fused, Alone]
-    together = learners()
-    train(together, x, y, recipe, fuse="always")
-    for k in range(6):
-        alone = learners()[k]
-        train([alone], x, y, recipe)
-        for p, q in zip(alone.model.parameters(), together[k].model.parameters()):
-            torch.testing.assert_close(q, p, atol=1e-5, rtol=1e-4)
+    assert_fused_as_alone(learners, x, y, recipe, atol=1e-5, rtol=1e-4)
     # the uniform target is label smoothing: (1 - a) CE + a KL(u || p) = CE with smoothing a,
     # less a log C
     z = torch.randn(6, 3, generator=generator(1))
