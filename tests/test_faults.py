@@ -237,12 +237,9 @@ def test_a_teacher_at_chance_stops_its_students_unless_allowed_and_then_every_fi
              "recipe": {"epochs": 2, "batch_size": 32, "optimizer": "adam", "lr": 1.0e4}}
     write_config(tmp_path, widths=[1], seeds=[0, 1], setups={"digits-mlp": setup},
                  plots={"formats": ["png"], "dpi": 40}, stats={"bootstrap": 10})
-    result = snakemake(tmp_path, check=False)
-    assert result.returncode != 0
-    found = re.search(r"kdpipe train-block: error: teacher digits-mlp/teacher: test accuracy "
-                      r"(0\.\d+) is at chance: not significantly above the (0\.\d+) of always "
-                      r"predicting the most frequent class .* set (\S+): true", console(result))
-    assert found, console(result)[-3000:]
+    found = failed_naming(tmp_path, r"kdpipe train-block: error: teacher digits-mlp/teacher: test "
+                          r"accuracy (0\.\d+) is at chance: not significantly above the (0\.\d+) "
+                          r"of always predicting the most frequent class .* set (\S+): true")
     assert not list((tmp_path / "results/digits-mlp/teacher").glob("*/*/row.json"))
     assert not (tmp_path / "results/tables/models.parquet").exists()
 
@@ -466,6 +463,16 @@ def console(result) -> str:
     return result.stdout + result.stderr
 
 
+def failed_naming(workdir: Path, pattern: str, *args) -> re.Match:
+    """Run the workflow with ``args``, which must fail with ``pattern`` on its console (the
+    failed job's log is shown there); the match."""
+    result = snakemake(workdir, *args, check=False)
+    assert result.returncode != 0
+    found = re.search(pattern, console(result))
+    assert found, console(result)[-3000:]
+    return found
+
+
 def run_counting_students(workdir: Path, *args) -> int:
     """Run the workflow, which must succeed; return how many students its block jobs trained,
     from their logs ("block of N students: K already finished, training M"), 0 where none ran."""
@@ -509,13 +516,10 @@ def test_a_damaged_student_file_stops_collect_with_the_remedy_which_works(finish
     workdir = copy_of(finished, tmp_path)
     folder = workdir / TEACHER_DIR / "kd/a0.5_T1_w1_s1"
     truncate(folder)
-    result = snakemake(workdir, "--forcerun", "collect", check=False)
-    assert result.returncode != 0
     # the job's log on the console (show-failed-logs): the file, and what to do
-    found = re.search(r"kdpipe collect: error: test logits \S+/kd/a0.5_T1_w1_s1/logits.npy of "
-                      r"\S+row.json are unreadable .*; remove the folder (\S+) and its block's "
-                      r"manifest (\S+), and run", console(result))
-    assert found, console(result)[-3000:]
+    found = failed_naming(workdir, r"kdpipe collect: error: test logits \S+/kd/a0.5_T1_w1_s1/"
+                          r"logits.npy of \S+row.json are unreadable .*; remove the folder (\S+) "
+                          r"and its block's manifest (\S+), and run", "--forcerun", "collect")
     shutil.rmtree(workdir / found.group(1))
     (workdir / found.group(2)).unlink()
     assert run_counting_students(workdir) == 1
@@ -589,11 +593,9 @@ def test_a_damaged_teacher_row_is_retrained_and_its_students_kept(finished, tmp_
     workdir = copy_of(finished, tmp_path)
     row = workdir / TEACHER_DIR / "row.json"
     row.write_text(row.read_text()[:40])
-    result = snakemake(workdir, "--forcerun", "collect", check=False)
-    assert result.returncode != 0
-    found = re.search(r"kdpipe collect: error: model row \S+row.json is damaged .*; retrain the "
-                      r"teacher: snakemake --cores all --forcerun (\S+) \(", console(result))
-    assert found, console(result)[-3000:]
+    found = failed_naming(workdir, r"kdpipe collect: error: model row \S+row.json is damaged .*; "
+                          r"retrain the teacher: snakemake --cores all --forcerun (\S+) \(",
+                          "--forcerun", "collect")
     assert run_counting_students(workdir, "--forcerun", found.group(1)) == 0
     assert list((workdir / BLOCK_LOGS).glob("*/*/*.log"))  # the block reran, and trained none
     assert_whole(workdir, original)
@@ -611,11 +613,8 @@ def test_damaged_prepared_data_is_named_and_its_remedy_brings_the_teacher_back(f
     workdir = copy_of(finished, tmp_path)
     prepared = workdir / "results/data/digits.pt"
     prepared.write_bytes(prepared.read_bytes()[:prepared.stat().st_size // 2])
-    result = snakemake(workdir, check=False)
-    assert result.returncode != 0
-    found = re.search(r"kdpipe train-teacher: error: (\S+): damaged prepared data file .*; delete "
-                      r"it and run the workflow again", console(result))
-    assert found, console(result)[-3000:]
+    found = failed_naming(workdir, r"kdpipe train-teacher: error: (\S+): damaged prepared data "
+                          r"file .*; delete it and run the workflow again")
     (workdir / found.group(1)).unlink()
     assert run_counting_students(workdir) == 0
     assert_whole(workdir, original)
@@ -640,11 +639,8 @@ def test_damaged_test_labels_are_named_with_a_remedy_that_works(finished, tmp_pa
     if read_by == "collect":
         os.utime(labels, ns=(before.st_atime_ns, before.st_mtime_ns))
         args = ("--forcerun", "collect")
-    result = snakemake(workdir, *args, check=False)
-    assert result.returncode != 0
-    found = re.search(rf"kdpipe {read_by}: error: test labels (\S+) are missing or damaged .*; "
-                      r"remove them and run the workflow again", console(result))
-    assert found, console(result)[-3000:]
+    found = failed_naming(workdir, rf"kdpipe {read_by}: error: test labels (\S+) are missing or "
+                          r"damaged .*; remove them and run the workflow again", *args)
     (workdir / found.group(1)).unlink()
     assert run_counting_students(workdir) == 0
     assert_whole(workdir, original)
